@@ -1,0 +1,1 @@
+"""Datasets and LightningDataModules: annotation formats live here and nowhere else."""

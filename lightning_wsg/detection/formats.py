@@ -1,0 +1,291 @@
+"""Proposal files: read and write the detection formats the project accepts.
+
+Every source ends up as a :class:`DetectionStore`, a read-only mapping from image id
+(a string, ``"1000092795"``) to :class:`Detections`. Boxes are corners in pixels of the
+original image (see :mod:`lightning_wsg.boxes`).
+
+Formats:
+
+* JSON Lines (the project's own), one record per image::
+
+    {"image_id": "1000092795", "boxes": [[x1, y1, x2, y2], ...],
+     "labels": ["man", ...], "scores": [0.93, ...]}
+
+  ``labels`` and ``scores`` are optional; ``class_probs`` (a list of per-box probability
+  vectors over a vocabulary) is optional and then needs a header record
+  ``{"class_names": [...]}`` on the first line.
+* bottom-up-attention TSV (Visual Genome Faster R-CNN): tab-separated
+  ``image_id, image_w, image_h, num_boxes, boxes, features[, objects_id, objects_conf,
+  attrs_id, attrs_conf]`` with base64 float32 / int64 arrays; labels come from
+  ``objects_id`` named through a vocabulary file (first synonym of each line).
+
+Example:
+    >>> store = open_detections("proposals.jsonl")  # doctest: +SKIP
+    >>> dets = store["1000092795"]  # doctest: +SKIP
+    >>> dets.boxes.shape, dets.labels[:2]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Detections",
+    "DetectionFormatError",
+    "DetectionStore",
+    "JsonlDetections",
+    "TsvDetections",
+    "open_detections",
+    "read_vocabulary",
+    "write_jsonl",
+]
+
+
+class DetectionFormatError(ValueError):
+    """A detections file is malformed; the message names the file and the record."""
+
+
+@dataclass
+class Detections:
+    """The detector's output for one image.
+
+    Attributes:
+        image_id: the image id as a string.
+        boxes: ``[N, 4]`` float32 corners in original-image pixels.
+        labels: ``N`` class names, or ``None`` when the source has no labels.
+        scores: ``[N]`` float32 confidences (ones when the source has none).
+        class_probs: optional ``[N, C]`` class-probability vectors over the store's
+            ``class_names``.
+    """
+
+    image_id: str
+    boxes: Tensor
+    labels: list[str] | None
+    scores: Tensor
+    class_probs: Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    def validate(self, where: str) -> None:
+        """Raise :class:`DetectionFormatError` naming ``where`` if fields disagree."""
+        n = len(self)
+        if self.boxes.ndim != 2 or self.boxes.shape[1] != 4:
+            raise DetectionFormatError(f"{where}: image {self.image_id}: boxes must be [N, 4], got {tuple(self.boxes.shape)}")
+        if self.labels is not None and len(self.labels) != n:
+            raise DetectionFormatError(f"{where}: image {self.image_id}: {n} boxes but {len(self.labels)} labels")
+        if self.scores.shape != (n,):
+            raise DetectionFormatError(f"{where}: image {self.image_id}: {n} boxes but {self.scores.numel()} scores")
+        if self.class_probs is not None and self.class_probs.shape[0] != n:
+            raise DetectionFormatError(
+                f"{where}: image {self.image_id}: {n} boxes but {self.class_probs.shape[0]} class_probs rows"
+            )
+        if n and not torch.isfinite(self.boxes).all():
+            raise DetectionFormatError(f"{where}: image {self.image_id}: non-finite box coordinates")
+        if n and ((self.boxes[:, 2] < self.boxes[:, 0]) | (self.boxes[:, 3] < self.boxes[:, 1])).any():
+            raise DetectionFormatError(f"{where}: image {self.image_id}: a box has x2 < x1 or y2 < y1")
+
+
+class DetectionStore(Mapping[str, Detections]):
+    """Read-only mapping ``image_id -> Detections`` with the source's class names."""
+
+    path: Path
+    class_names: list[str] | None = None
+
+    def __init__(self, path: str | Path, records: dict[str, Detections], class_names: list[str] | None = None):
+        self.path = Path(path)
+        self._records = records
+        self.class_names = class_names
+
+    def __getitem__(self, image_id: str) -> Detections:
+        return self._records[str(image_id)]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._records)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r}, images={len(self)})"
+
+
+def _tensor(values, where: str, name: str, dtype=torch.float32) -> Tensor:
+    try:
+        return torch.as_tensor(values, dtype=dtype)
+    except (TypeError, ValueError) as err:
+        raise DetectionFormatError(f"{where}: field {name!r} is not numeric: {err}") from None
+
+
+def _record_from_json(obj: dict, where: str) -> Detections:
+    if not isinstance(obj, dict) or "image_id" not in obj or "boxes" not in obj:
+        raise DetectionFormatError(f"{where}: a record needs 'image_id' and 'boxes'")
+    boxes = _tensor(obj["boxes"], where, "boxes")
+    if boxes.numel() == 0:
+        boxes = boxes.reshape(0, 4)
+    n = boxes.shape[0] if boxes.ndim >= 1 else -1
+    labels = obj.get("labels")
+    if labels is not None:
+        labels = [str(x) for x in labels]
+    scores = _tensor(obj["scores"], where, "scores") if "scores" in obj else torch.ones(max(n, 0))
+    probs = obj.get("class_probs")
+    det = Detections(
+        image_id=str(obj["image_id"]),
+        boxes=boxes,
+        labels=labels,
+        scores=scores.reshape(-1) if scores.numel() or n == 0 else scores,
+        class_probs=_tensor(probs, where, "class_probs") if probs is not None else None,
+    )
+    det.validate(where)
+    return det
+
+
+class JsonlDetections(DetectionStore):
+    """Detections from the project's JSON Lines format, read fully into memory."""
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"detections file not found: {path}")
+        records: dict[str, Detections] = {}
+        class_names = None
+        with path.open("r", encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                line = line.strip()
+                if not line:
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DetectionFormatError(f"{where}: not valid JSON: {err.msg}") from None
+                if lineno == 1 and isinstance(obj, dict) and "class_names" in obj and "image_id" not in obj:
+                    class_names = [str(c) for c in obj["class_names"]]
+                    continue
+                det = _record_from_json(obj, where)
+                if det.class_probs is not None and (class_names is None or det.class_probs.shape[1] != len(class_names)):
+                    raise DetectionFormatError(f"{where}: class_probs need a class_names header of matching length")
+                if det.image_id in records:
+                    raise DetectionFormatError(f"{where}: image {det.image_id} appears twice")
+                records[det.image_id] = det
+        super().__init__(path, records, class_names)
+
+
+def read_vocabulary(path: str | Path) -> list[str]:
+    """Class names, one per line; a line of comma-separated synonyms is named by the first."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"vocabulary file not found: {path}")
+    names = [line.strip().split(",")[0].strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    if not names or any(not n for n in names):
+        raise DetectionFormatError(f"{path}: empty vocabulary line")
+    return names
+
+
+_TSV_FIELDS = ["image_id", "image_w", "image_h", "num_boxes", "boxes", "features"]
+_TSV_LABEL_FIELDS = ["objects_id", "objects_conf", "attrs_id", "attrs_conf"]
+
+
+def _b64_array(text: str, dtype, where: str, name: str) -> np.ndarray:
+    try:
+        return np.frombuffer(base64.b64decode(text), dtype=dtype)
+    except (ValueError, TypeError) as err:
+        raise DetectionFormatError(f"{where}: field {name!r} is not base64 {np.dtype(dtype).name}: {err}") from None
+
+
+class TsvDetections(DetectionStore):
+    """Boxes (and labels when ``objects_id`` is present) from a bottom-up-attention TSV.
+
+    Args:
+        path: the TSV file.
+        vocabulary: the detector vocabulary (for example ``vg_objects_vocab.txt``); needed
+            to name ``objects_id``. Without it the records carry no labels.
+    """
+
+    def __init__(self, path: str | Path, vocabulary: str | Path | None = None):
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"detections file not found: {path}")
+        vocab = read_vocabulary(vocabulary) if vocabulary is not None else None
+        csv.field_size_limit(sys.maxsize)
+        records: dict[str, Detections] = {}
+        with path.open("r", encoding="utf-8", newline="") as fh:
+            for lineno, row in enumerate(csv.reader(fh, delimiter="\t"), 1):
+                if not row:
+                    continue
+                where = f"{path}:{lineno}"
+                if len(row) not in (6, 10):
+                    raise DetectionFormatError(f"{where}: expected 6 or 10 tab-separated fields, got {len(row)}")
+                fields = dict(zip(_TSV_FIELDS + _TSV_LABEL_FIELDS, row))
+                try:
+                    n = int(fields["num_boxes"])
+                except ValueError:
+                    raise DetectionFormatError(f"{where}: num_boxes is not an integer: {fields['num_boxes']!r}") from None
+                boxes = _b64_array(fields["boxes"], np.float32, where, "boxes")
+                if boxes.size != 4 * n:
+                    raise DetectionFormatError(f"{where}: num_boxes={n} but boxes hold {boxes.size} floats")
+                labels = None
+                scores = torch.ones(n)
+                if "objects_id" in fields:
+                    ids = _b64_array(fields["objects_id"], np.int64, where, "objects_id")
+                    conf = _b64_array(fields["objects_conf"], np.float32, where, "objects_conf")
+                    if ids.size != n or conf.size != n:
+                        raise DetectionFormatError(
+                            f"{where}: num_boxes={n} but {ids.size} objects_id and {conf.size} objects_conf"
+                        )
+                    scores = torch.from_numpy(conf.copy())
+                    if vocab is not None:
+                        if n and (ids.min() < 0 or ids.max() >= len(vocab)):
+                            raise DetectionFormatError(f"{where}: objects_id outside the {len(vocab)}-class vocabulary")
+                        labels = [vocab[i] for i in ids.tolist()]
+                det = Detections(fields["image_id"], torch.from_numpy(boxes.copy()).reshape(n, 4), labels, scores)
+                det.validate(where)
+                records[det.image_id] = det
+        super().__init__(path, records, vocab)
+
+
+def open_detections(path: str | Path, vocabulary: str | Path | None = None) -> DetectionStore:
+    """Open any supported detections source by its path.
+
+    ``*.jsonl`` / ``*.json`` -> :class:`JsonlDetections`; ``*.tsv`` -> :class:`TsvDetections`.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"detections not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        return JsonlDetections(path)
+    if suffix == ".tsv":
+        return TsvDetections(path, vocabulary)
+    raise DetectionFormatError(f"{path}: unknown detections format (expected .jsonl or .tsv)")
+
+
+def write_jsonl(path: str | Path, detections: Iterable[Detections], class_names: list[str] | None = None) -> None:
+    """Write detections in the project's JSON Lines format (atomically: temp file, rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        if class_names is not None:
+            fh.write(json.dumps({"class_names": list(class_names)}) + "\n")
+        for det in detections:
+            rec = {
+                "image_id": str(det.image_id),
+                "boxes": [[round(float(v), 2) for v in b] for b in det.boxes.tolist()],
+                "scores": [round(float(s), 4) for s in det.scores.tolist()],
+            }
+            if det.labels is not None:
+                rec["labels"] = list(det.labels)
+            if det.class_probs is not None:
+                rec["class_probs"] = [[round(float(p), 5) for p in row] for row in det.class_probs.tolist()]
+            fh.write(json.dumps(rec) + "\n")
+    tmp.replace(path)
