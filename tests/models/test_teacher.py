@@ -1,0 +1,109 @@
+"""Teacher: class-phrase matching, the teacher scores t(r, p), the distillation mask."""
+
+import copy
+
+import pytest
+import torch
+
+from lightning_wsg.models import Teacher
+from lightning_wsg.models.teacher import head_word, phrase_texts, singular_forms
+
+CLASSES = ["ball", "car", "dog"]
+
+
+@pytest.fixture(scope="module", params=["lexical", "glove", "minilm"])
+def teacher(request):
+    return Teacher(matching=request.param)
+
+
+def test_red_ball_matches_ball(teacher):
+    m = teacher.match(CLASSES, ["the red ball", "two dogs"])
+    assert m[:, 0].argmax().item() == 0 and m[0, 0] == pytest.approx(1.0)
+    assert m[:, 1].argmax().item() == 2
+
+
+def test_unmatched_phrase_gets_no_distillation(teacher):
+    t, kd = teacher(
+        [["the red ball", "the cloudy sky"]],
+        [CLASSES],
+        scores=torch.tensor([[0.9, 0.8, 0.7]]),
+        proposal_mask=torch.ones(1, 3, dtype=torch.bool),
+    )
+    assert kd.tolist() == [[True, False]]
+    assert t[0, 0].argmax().item() == 0
+
+
+def test_no_parameters_and_empty_state_dict(teacher):
+    teacher([["a dog"]], [CLASSES], scores=torch.ones(1, 3), proposal_mask=torch.ones(1, 3, dtype=torch.bool))
+    assert list(teacher.parameters()) == [] and list(teacher.buffers()) == []
+    assert teacher.state_dict() == {}
+    clone = copy.deepcopy(teacher)  # caches and embeddings are not copied, reloaded lazily
+    assert clone._embedder is None
+
+
+@pytest.mark.parametrize(("matching", "phrase", "cls"), [("glove", "a bike", "bicycle"), ("minilm", "a puppy", "dog")])
+def test_embedding_matching_finds_synonyms(matching, phrase, cls):
+    m = Teacher(matching).similarity(["bicycle", "car", "dog", "tree"], [phrase])[:, 0]
+    assert ["bicycle", "car", "dog", "tree"][m.argmax()] == cls
+    assert Teacher("lexical").similarity([cls], [phrase]).item() == 0.0
+
+
+def test_head_noun_and_naive_singular():
+    assert head_word("Two young , White males .") == "males"
+    assert head_word(", .") is None
+    assert "bush" in singular_forms("bushes") and "horse" in singular_forms("horses")
+    assert "man" in singular_forms("men")
+    lexical = Teacher("lexical")
+    m = lexical.similarity(
+        ["sports ball", "person", "traffic_light", "bush"], ["balls", "people", "traffic lights", "bushes"]
+    )
+    torch.testing.assert_close(m, torch.eye(4))
+
+
+def test_teacher_scores_from_top1_labels_by_hand():
+    teacher = Teacher("lexical")
+    labels = [["ball", "dog", "car"], ["dog", "dog"]]
+    scores = torch.tensor([[0.9, 0.5, 0.7], [0.6, 0.6, 0.0]])
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    texts = [["a dog", "the balls"], ["the dog"]]
+    t, kd = teacher(texts, labels, scores, mask)
+    expected = torch.tensor(
+        [
+            [[0.0, 0.5, 0.0], [0.9, 0.0, 0.0]],
+            [[0.6, 0.6, 0.0], [0.0, 0.0, 0.0]],
+        ]
+    )
+    torch.testing.assert_close(t, expected)
+    # image 1: both boxes are equally scored dogs, a flat teacher: no distillation; padding phrase: none
+    assert kd.tolist() == [[True, True], [False, False]]
+
+
+def test_teacher_scores_from_class_probs_by_hand():
+    teacher = Teacher("glove")
+    names = ["ball", "dog", "car", "bicycle"]
+    probs = torch.tensor([[[0.7, 0.1, 0.1, 0.1], [0.1, 0.2, 0.1, 0.6], [0.0, 0.0, 0.0, 0.0]]])
+    texts = [["a bike", "the red ball", "the cloudy sky"]]
+    m = teacher.match(names, texts[0])  # [C, P]
+    t, kd = teacher(texts, None, torch.zeros(1, 3), torch.tensor([[True, True, False]]), probs, names)
+    expected = torch.einsum("rc,cp->pr", probs[0], m)
+    torch.testing.assert_close(t[0], expected)
+    assert 0 < m[3, 0] < 1  # soft: bike ~ bicycle, rescaled above min_match
+    assert t[0, 0].argmax() == 1 and t[0, 1].argmax() == 0
+    assert kd.tolist() == [[True, True, False]]
+
+
+def test_rescale_off_gives_raw_cosines():
+    raw = Teacher("glove", rescale=False)
+    sim = raw.similarity(CLASSES, ["a puppy"])
+    torch.testing.assert_close(raw.match(CLASSES, ["a puppy"]), sim.clamp(min=0))
+
+
+def test_phrase_texts_helper():
+    assert phrase_texts([["A", "man", "in", "a", "hat"]], [[(0, 2), (3, 5)]]) == [["A man", "a hat"]]
+
+
+def test_inputs_are_checked():
+    with pytest.raises(ValueError):
+        Teacher("wordnet")
+    with pytest.raises(ValueError):
+        Teacher("lexical")([["a dog"]], None, torch.ones(1, 1), torch.ones(1, 1, dtype=torch.bool))

@@ -1,0 +1,184 @@
+"""Losses and scores checked by hand on small tensors (METHOD.md items 3-8)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_wsg.losses import distillation_kl, image_sentence_scores, info_nce, kd_weight, region_phrase_scores
+
+
+def _ce(logits: list[float], target: int) -> float:
+    return -(logits[target] - math.log(sum(math.exp(x) for x in logits)))
+
+
+SCORES = torch.tensor([[2.0, 1.0, 0.5], [0.3, 1.5, 1.4], [0.2, 0.1, 0.9]])
+# sentences 1 and 2 describe the same image, shown in columns 1 and 2
+SAME = torch.tensor([[True, False, False], [False, True, True], [False, True, True]])
+
+
+def test_info_nce_masks_copies_of_the_positive_image():
+    loss = info_nce(SCORES, torch.arange(3), SAME)
+    expected = (_ce([2.0, 1.0, 0.5], 0) + _ce([0.3, 1.5], 1) + _ce([0.2, 0.9], 1)) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    unmasked = (_ce([2.0, 1.0, 0.5], 0) + _ce([0.3, 1.5, 1.4], 1) + _ce([0.2, 0.1, 0.9], 2)) / 3
+    assert info_nce(SCORES, torch.arange(3)).item() == pytest.approx(unmasked, rel=1e-6)
+
+
+def test_info_nce_symmetric_by_hand():
+    loss = info_nce(SCORES, torch.arange(3), SAME, symmetric=True)
+    s2i = (_ce([2.0, 1.0, 0.5], 0) + _ce([0.3, 1.5], 1) + _ce([0.2, 0.9], 1)) / 3
+    # column j picks its sentence among the rows; rows describing the same image are dropped
+    i2s = (_ce([2.0, 0.3, 0.2], 0) + _ce([1.0, 1.5], 1) + _ce([0.5, 0.9], 1)) / 3
+    assert loss.item() == pytest.approx((s2i + i2s) / 2, rel=1e-6)
+
+
+def test_info_nce_gathered_columns_use_explicit_positives():
+    scores = torch.tensor([[0.1, 0.2, 3.0, 0.4], [0.5, 0.6, 0.7, 2.0]])  # 2 local sentences, 4 images
+    loss = info_nce(scores, torch.tensor([2, 3]))
+    expected = (_ce([0.1, 0.2, 3.0, 0.4], 2) + _ce([0.5, 0.6, 0.7, 2.0], 3)) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+E = torch.eye(3)
+
+
+def _inputs():
+    # image 0: regions e0, 0.6 e0 + 0.8 e1, padding (would win every max: 10 e0)
+    # image 1: regions -e0, -0.6 e0 + 0.8 e1, padding zeros (would win a negative max)
+    regions = torch.stack(
+        [
+            torch.stack([E[0], 0.6 * E[0] + 0.8 * E[1], 10 * E[0]]),
+            torch.stack([-E[0], -0.6 * E[0] + 0.8 * E[1], torch.zeros(3)]),
+        ]
+    )
+    region_mask = torch.tensor([[True, True, False], [True, True, False]])
+    phrases = torch.stack([torch.stack([E[0], E[1], 5 * E[2]]), torch.stack([E[1], torch.zeros(3), torch.zeros(3)])])
+    phrase_mask = torch.tensor([[True, True, False], [True, False, False]])
+    return regions, region_mask, phrases, phrase_mask
+
+
+def test_image_sentence_scores_by_hand_with_masks():
+    regions, region_mask, phrases, phrase_mask = _inputs()
+    S = image_sentence_scores(regions, region_mask, phrases, phrase_mask, tau=0.5)
+    expected = torch.tensor([[(1.0 + 0.8) / 0.5, (-0.6 + 0.8) / 0.5], [0.8 / 0.5, 0.8 / 0.5]])
+    torch.testing.assert_close(S, expected)
+    S_mean = image_sentence_scores(regions, region_mask, phrases, phrase_mask, tau=0.5, phrase_reduce="mean")
+    torch.testing.assert_close(S_mean, expected / torch.tensor([[2.0], [1.0]]))
+
+
+def test_image_sentence_scores_logsumexp_by_hand():
+    regions, region_mask, phrases, phrase_mask = _inputs()
+    T = 0.1
+    S = image_sentence_scores(
+        regions, region_mask, phrases, phrase_mask, tau=1.0, region_reduce="logsumexp", lse_temperature=T
+    )
+
+    def lse(xs):
+        return T * math.log(sum(math.exp(x / T) for x in xs))
+
+    assert S[0, 1].item() == pytest.approx(lse([-1.0, -0.6]) + lse([0.0, 0.8]), rel=1e-5)
+    assert S[1, 0].item() == pytest.approx(lse([0.0, 0.8]), rel=1e-5)
+
+
+def test_region_phrase_scores_are_paired_cosines():
+    regions, _, phrases, _ = _inputs()
+    s = region_phrase_scores(regions, phrases)
+    assert s.shape == (2, 3, 3)
+    assert s[1, 0, 1].item() == pytest.approx(0.8)
+    assert s[0, 0, 1].item() == pytest.approx(0.6)
+
+
+def test_kl_equals_soft_cross_entropy_minus_teacher_entropy():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
+    proposal_mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    kd_mask = torch.tensor([[True, False, True], [True, True, False]])
+    loss = distillation_kl(student, teacher, proposal_mask, kd_mask, tau_student=1.0, tau_teacher=2.0, top_k=None)
+    terms = []
+    for b, p in kd_mask.nonzero().tolist():
+        keep = proposal_mask[b]
+        t, s = teacher[b, p, keep], student[b, p, keep]
+        q = F.softmax((t - t.mean()) / 2.0, dim=0)
+        cross_entropy = -(q * F.log_softmax(s, dim=0)).sum()
+        entropy = -(q * q.log()).sum()
+        terms.append(cross_entropy - entropy)
+    torch.testing.assert_close(loss, torch.stack(terms).mean())
+
+
+def test_top_k_keeps_the_regions_around_the_students_top_box():
+    proposals = torch.tensor(
+        [
+            [
+                [0.0, 0.0, 10.0, 10.0],  # the student's top box
+                [0.0, 0.0, 10.0, 9.0],  # IoU 0.9
+                [0.0, 0.0, 5.0, 10.0],  # IoU 0.5
+                [20.0, 20.0, 30.0, 30.0],  # IoU 0
+                [0.0, 0.0, 10.0, 8.0],  # IoU 0.8
+                [0.0, 0.0, 10.0, 10.0],  # padding, would have IoU 1
+            ]
+        ]
+    )
+    student = torch.tensor([[[0.9, 0.1, 0.5, -0.3, 0.2, 5.0]]], requires_grad=True)
+    teacher = torch.tensor([[[0.0, 2.0, 1.0, 3.0, 0.5, 9.0]]])
+    proposal_mask = torch.tensor([[True] * 5 + [False]])
+    kd_mask = torch.tensor([[True]])
+    loss = distillation_kl(student, teacher, proposal_mask, kd_mask, top_k=3, proposals=proposals)
+    loss.backward()
+    assert (student.grad[0, 0] != 0).tolist() == [True, True, False, False, True, False]
+    keep = torch.tensor([0, 1, 4])
+    sub = distillation_kl(
+        student[..., keep], teacher[..., keep], torch.ones(1, 3, dtype=torch.bool), kd_mask, top_k=None
+    )
+    torch.testing.assert_close(loss, sub)
+
+
+def test_top_k_needs_proposals():
+    with pytest.raises(ValueError):
+        distillation_kl(
+            torch.randn(1, 1, 10),
+            torch.randn(1, 1, 10),
+            torch.ones(1, 10, dtype=torch.bool),
+            torch.ones(1, 1, dtype=torch.bool),
+        )
+
+
+def test_no_valid_phrase_gives_zero_with_a_graph():
+    student = torch.randn(2, 3, 4, requires_grad=True)
+    loss = distillation_kl(
+        student,
+        torch.randn(2, 3, 4),
+        torch.ones(2, 4, dtype=torch.bool),
+        torch.zeros(2, 3, dtype=torch.bool),
+        top_k=None,
+    )
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    assert torch.count_nonzero(student.grad) == 0
+
+
+def test_gradients_reach_the_student_not_the_teacher():
+    torch.manual_seed(1)
+    student = torch.randn(2, 2, 6, requires_grad=True)
+    teacher = torch.randn(2, 2, 6, requires_grad=True)
+    proposals = torch.rand(2, 6, 2).repeat(1, 1, 2) * 10 + torch.tensor([0.0, 0.0, 5.0, 5.0])
+    proposal_mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    kd_mask = torch.tensor([[True, True], [True, False]])
+    loss = distillation_kl(student, teacher, proposal_mask, kd_mask, top_k=3, proposals=proposals)
+    loss.backward()
+    assert teacher.grad is None
+    assert torch.isfinite(student.grad).all() and student.grad.abs().sum() > 0
+    assert torch.count_nonzero(student.grad[1, 1]) == 0  # a phrase left out
+    assert torch.count_nonzero(student.grad[1, :, 4:]) == 0  # padding regions
+
+
+@pytest.mark.parametrize(
+    ("step", "expected"), [(0, 0.001), (499, 0.001), (500, 1.001), (1499, 2.001), (1500, 3.0), (10**6, 3.0)]
+)
+def test_kd_weight_ramp(step, expected):
+    assert kd_weight(step) == pytest.approx(expected)
+
+
+def test_kd_weight_custom():
+    assert kd_weight(250, initial=0.0, increment=0.5, every=100, maximum=10.0) == pytest.approx(1.0)
