@@ -1,12 +1,16 @@
 """Region proposals and detector outputs: file formats, the on-disk cache, detectors.
 
 Nothing here imports :mod:`lightning_wsg.data`; the datasets read detections through
-:func:`open_detections`, the one reading path every source feeds.
+:func:`open_detections`, the one reading path every source feeds (files and cache folders).
+The detectors are reached from the :class:`DetectionCache` callback alone; importing this
+package imports neither MMDetection nor a detector model.
 """
 
+from .cache import CachedDetections, DetectorBackend, PrecomputedBackend, ShardedCache, file_digest, fingerprint
+from .callback import DetectionCache
 from .formats import (
-    Detections,
     DetectionFormatError,
+    Detections,
     DetectionStore,
     JsonlDetections,
     TsvDetections,
@@ -14,13 +18,24 @@ from .formats import (
     read_vocabulary,
     write_jsonl,
 )
+from .mmdet import MMDetectionBackend
+from .torchvision import TorchvisionBackend
 
 __all__ = [
+    "CachedDetections",
+    "DetectionCache",
     "Detections",
     "DetectionFormatError",
     "DetectionStore",
+    "DetectorBackend",
     "JsonlDetections",
+    "MMDetectionBackend",
+    "PrecomputedBackend",
+    "ShardedCache",
+    "TorchvisionBackend",
     "TsvDetections",
+    "file_digest",
+    "fingerprint",
     "open_detections",
     "read_vocabulary",
     "write_jsonl",

@@ -15,9 +15,12 @@ Formats:
   vectors over a vocabulary) is optional and then needs a header record
   ``{"class_names": [...]}`` on the first line.
 * bottom-up-attention TSV (Visual Genome Faster R-CNN): tab-separated
-  ``image_id, image_w, image_h, num_boxes, boxes, features[, objects_id, objects_conf,
-  attrs_id, attrs_conf]`` with base64 float32 / int64 arrays; labels come from
-  ``objects_id`` named through a vocabulary file (first synonym of each line).
+  ``image_id, image_w, image_h, num_boxes, boxes, features`` with base64 float32 arrays,
+  or a ten-field variant with ``objects_id`` (int64) and ``objects_conf`` (float32):
+  either the LXMERT order ``img_id, img_h, img_w, objects_id, objects_conf, attrs_id,
+  attrs_conf, num_boxes, boxes, features`` or the six fields followed by ``objects_id,
+  objects_conf, attrs_id, attrs_conf``. Labels come from ``objects_id`` named through a
+  vocabulary file (first synonym of each line).
 
 Example:
     >>> store = open_detections("proposals.jsonl")  # doctest: +SKIP
@@ -86,9 +89,9 @@ class Detections:
             raise DetectionFormatError(f"{where}: image {self.image_id}: {n} boxes but {len(self.labels)} labels")
         if self.scores.shape != (n,):
             raise DetectionFormatError(f"{where}: image {self.image_id}: {n} boxes but {self.scores.numel()} scores")
-        if self.class_probs is not None and self.class_probs.shape[0] != n:
+        if self.class_probs is not None and (self.class_probs.ndim != 2 or self.class_probs.shape[0] != n):
             raise DetectionFormatError(
-                f"{where}: image {self.image_id}: {n} boxes but {self.class_probs.shape[0]} class_probs rows"
+                f"{where}: image {self.image_id}: {n} boxes but class_probs of shape {tuple(self.class_probs.shape)}"
             )
         if n and not torch.isfinite(self.boxes).all():
             raise DetectionFormatError(f"{where}: image {self.image_id}: non-finite box coordinates")
@@ -139,12 +142,16 @@ def _record_from_json(obj: dict, where: str) -> Detections:
         labels = [str(x) for x in labels]
     scores = _tensor(obj["scores"], where, "scores") if "scores" in obj else torch.ones(max(n, 0))
     probs = obj.get("class_probs")
+    if probs is not None:
+        probs = _tensor(probs, where, "class_probs")
+        if probs.numel() == 0:
+            probs = probs.reshape(0, 0)
     det = Detections(
         image_id=str(obj["image_id"]),
         boxes=boxes,
         labels=labels,
         scores=scores.reshape(-1) if scores.numel() or n == 0 else scores,
-        class_probs=_tensor(probs, where, "class_probs") if probs is not None else None,
+        class_probs=probs,
     )
     det.validate(where)
     return det
@@ -173,8 +180,12 @@ class JsonlDetections(DetectionStore):
                     class_names = [str(c) for c in obj["class_names"]]
                     continue
                 det = _record_from_json(obj, where)
-                if det.class_probs is not None and (class_names is None or det.class_probs.shape[1] != len(class_names)):
+                if det.class_probs is not None and (
+                    class_names is None or (len(det) and det.class_probs.shape[1] != len(class_names))
+                ):
                     raise DetectionFormatError(f"{where}: class_probs need a class_names header of matching length")
+                if det.class_probs is not None and len(det) == 0:
+                    det.class_probs = torch.zeros(0, len(class_names))
                 if det.image_id in records:
                     raise DetectionFormatError(f"{where}: image {det.image_id} appears twice")
                 records[det.image_id] = det
@@ -194,6 +205,7 @@ def read_vocabulary(path: str | Path) -> list[str]:
 
 _TSV_FIELDS = ["image_id", "image_w", "image_h", "num_boxes", "boxes", "features"]
 _TSV_LABEL_FIELDS = ["objects_id", "objects_conf", "attrs_id", "attrs_conf"]
+_LXMERT_FIELDS = ["image_id", "image_h", "image_w", *_TSV_LABEL_FIELDS, "num_boxes", "boxes", "features"]
 
 
 def _b64_array(text: str, dtype, where: str, name: str) -> np.ndarray:
@@ -226,7 +238,9 @@ class TsvDetections(DetectionStore):
                 where = f"{path}:{lineno}"
                 if len(row) not in (6, 10):
                     raise DetectionFormatError(f"{where}: expected 6 or 10 tab-separated fields, got {len(row)}")
-                fields = dict(zip(_TSV_FIELDS + _TSV_LABEL_FIELDS, row))
+                # ten fields: LXMERT order unless the fourth field is num_boxes (labels appended)
+                lxmert = len(row) == 10 and not row[3].strip().isdigit()
+                fields = dict(zip(_LXMERT_FIELDS if lxmert else _TSV_FIELDS + _TSV_LABEL_FIELDS, row))
                 try:
                     n = int(fields["num_boxes"])
                 except ValueError:
@@ -250,6 +264,8 @@ class TsvDetections(DetectionStore):
                         labels = [vocab[i] for i in ids.tolist()]
                 det = Detections(fields["image_id"], torch.from_numpy(boxes.copy()).reshape(n, 4), labels, scores)
                 det.validate(where)
+                if det.image_id in records:
+                    raise DetectionFormatError(f"{where}: image {det.image_id} appears twice")
                 records[det.image_id] = det
         super().__init__(path, records, vocab)
 
@@ -257,11 +273,26 @@ class TsvDetections(DetectionStore):
 def open_detections(path: str | Path, vocabulary: str | Path | None = None) -> DetectionStore:
     """Open any supported detections source by its path.
 
-    ``*.jsonl`` / ``*.json`` -> :class:`JsonlDetections`; ``*.tsv`` -> :class:`TsvDetections`.
+    ``*.jsonl`` / ``*.json`` -> :class:`JsonlDetections`; ``*.tsv`` -> :class:`TsvDetections`;
+    a detection-cache folder (one holding ``manifest.json``, written by
+    :class:`~lightning_wsg.detection.DetectionCache`) ->
+    :class:`~lightning_wsg.detection.cache.CachedDetections`.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"detections not found: {path}")
+    if path.is_dir():
+        from .cache import MANIFEST, CachedDetections  # cache.py imports this module
+
+        if (path / MANIFEST).is_file():
+            return CachedDetections(path)
+        settings = sorted(p.name for p in path.iterdir() if (p / MANIFEST).is_file())
+        if settings:
+            raise DetectionFormatError(
+                f"{path}: a detection-cache root holding {len(settings)} detector settings; "
+                f"point at one of its folders: {', '.join(settings)}"
+            )
+        raise DetectionFormatError(f"{path}: a folder but not a detection cache (no {MANIFEST})")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
         return JsonlDetections(path)
@@ -271,8 +302,15 @@ def open_detections(path: str | Path, vocabulary: str | Path | None = None) -> D
 
 
 def write_jsonl(path: str | Path, detections: Iterable[Detections], class_names: list[str] | None = None) -> None:
-    """Write detections in the project's JSON Lines format (atomically: temp file, rename)."""
+    """Write detections in the project's JSON Lines format (atomically: temp file, rename).
+
+    Boxes are rounded to 0.01 pixel, scores to 1e-4, class probabilities to 1e-5.
+    ``class_names`` is required when any record carries ``class_probs``.
+    """
     path = Path(path)
+    detections = list(detections)
+    if class_names is None and any(det.class_probs is not None for det in detections):
+        raise ValueError(f"{path}: records carry class_probs: write_jsonl needs their class_names")
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as fh:
         if class_names is not None:

@@ -1,6 +1,6 @@
 """Region features: a timm backbone, RoIAlign over the proposals, an MLP (METHOD.md item 1).
 
-The last stage of the backbone gives a feature map; each proposal box (in pixels of the
+One stage of the backbone (the last by default) gives a feature map; each proposal box (in pixels of the
 input image tensor, ``GroundingBatch.roi_boxes``) is pooled with
 :func:`torchvision.ops.roi_align` on a ``roi_size x roi_size`` grid, averaged over the grid,
 passed through ``Linear(hidden_dim), ReLU, Linear(embed_dim)`` and L2-normalised.
@@ -36,6 +36,8 @@ class RegionEncoder(nn.Module):
         embed_dim: output dimension ``D``.
         pretrained_path: a local checkpoint of the full timm model (``state_dict`` file);
             when given it is loaded instead of downloading, whatever ``pretrained`` says.
+        out_index: which backbone stage feeds RoIAlign (timm ``out_indices``; ``-1`` the
+            last, stride 32 on ResNets; ``-2`` stride 16, finer for small images).
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class RegionEncoder(nn.Module):
         hidden_dim: int = 1024,
         embed_dim: int = 512,
         pretrained_path: str | None = None,
+        out_index: int = -1,
     ) -> None:
         super().__init__()
         kwargs = {"pretrained_cfg_overlay": {"file": pretrained_path}} if pretrained_path else {}
@@ -53,7 +56,7 @@ class RegionEncoder(nn.Module):
             backbone,
             pretrained=pretrained or pretrained_path is not None,
             features_only=True,
-            out_indices=(-1,),
+            out_indices=(out_index,),
             **kwargs,
         )
         channels = self.backbone.feature_info.channels()[-1]

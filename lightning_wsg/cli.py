@@ -1,0 +1,36 @@
+"""The ``lightning`` command: a LightningCLI over :class:`GroundingModule` and the datamodules.
+
+Usage::
+
+    lightning fit  --config cli_configs/flickr.yaml
+    lightning test --config cli_configs/flickr.yaml --ckpt_path path/to/best.ckpt
+
+``main(args)`` runs the same CLI in-process (tests call it with a list of arguments).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pytorch_lightning.cli import LightningCLI
+
+from .data import GroundingDataModule
+from .grounding_module import GroundingModule
+
+__all__ = ["main"]
+
+
+def main(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> LightningCLI:
+    """Run the command line interface (``args=None`` reads ``sys.argv``)."""
+    # Tokenizers fork badly inside DataLoader workers; the encoders run in the main process.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return LightningCLI(
+        GroundingModule,
+        GroundingDataModule,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )

@@ -1,0 +1,379 @@
+"""The shared dataset and datamodule over image-sentence entries and a proposals file.
+
+A concrete dataset (Flickr30K Entities, RefCOCO...) only turns its annotation files into
+a list of :class:`GroundingEntry` per split and says where an image lives; everything
+else (images, proposals, skipping, loaders) is done here once.
+
+Example:
+    >>> dm = Flickr30kEntitiesDataModule(root, image_dir, "proposals.jsonl")  # doctest: +SKIP
+    >>> dm.setup("test")  # doctest: +SKIP
+    >>> batch = next(iter(dm.test_dataloader()))  # a GroundingBatch  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.v2 import functional as TF
+
+from ..boxes import scale_boxes
+from ..detection.formats import DetectionFormatError, DetectionStore, open_detections
+from .batch import GroundingSample, collate
+
+__all__ = ["GroundingEntry", "GroundingDataset", "GroundingDataModule", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+logger = logging.getLogger("lightning_wsg")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_EXAMPLES = 5  # ids named in a warning or an error
+_NO_DETECTIONS = (  # issue 4
+    "no detections: data.detections is null and no DetectionCache callback supplied them; "
+    "set data.detections to a proposals file or cache folder, or add "
+    "lightning_wsg.detection.DetectionCache to trainer.callbacks (see cli_configs/detector/)"
+)
+
+
+@dataclass(slots=True)
+class GroundingEntry:
+    """One image-sentence pair as parsed from the annotations (no image, no proposals).
+
+    Attributes:
+        image_id: the image id as a string.
+        sentence_id: a unique id of the sentence (``"<image_id>#<index>"`` on Flickr,
+            index 0-based as in phraseloceval).
+        words: the sentence's words.
+        phrase_spans: per phrase ``(start, end)`` word indices, ``end`` exclusive.
+        phrase_ids: per phrase an id (Flickr chain id, RefCOCO sent id).
+        phrase_types: per phrase its types, or ``None``.
+        gt_boxes: evaluation entries only: per phrase all ground-truth boxes, ``[K, 4]``
+            corners (``K >= 1``); ``None`` for training entries.
+        image_size: original ``(width, height)`` from the annotations, or ``None``; when
+            given, the image file must have this size.
+    """
+
+    image_id: str
+    sentence_id: str
+    words: list[str]
+    phrase_spans: list[tuple[int, int]]
+    phrase_ids: list[str]
+    phrase_types: list[list[str]] | None = None
+    gt_boxes: list[Tensor] | None = None
+    image_size: tuple[int, int] | None = None
+
+
+def _examples(ids: Sequence[str]) -> str:
+    shown = ", ".join(ids[:_EXAMPLES])
+    return shown + (", ..." if len(ids) > _EXAMPLES else "")
+
+
+class GroundingDataset(Dataset[GroundingSample]):
+    """Image-sentence pairs with the detector's proposals, as :class:`GroundingSample`.
+
+    Entries whose image has no proposals (absent from ``detections`` or zero boxes) are
+    skipped; the count is logged once (``num_skipped``, ``skipped_ids`` keep it).
+
+    Args:
+        entries: the split's entries.
+        image_path: maps an image id to its file.
+        detections: the proposals store.
+        split: the split name carried by every sample.
+        image_size: images are resized to ``image_size x image_size``.
+        max_proposals: keep at most this many proposals per image, the top-scored ones
+            (kept in file order).
+        train: training samples carry no ground truth (``gt_boxes`` and
+            ``phrase_types`` are ``None``).
+    """
+
+    def __init__(
+        self,
+        entries: Sequence[GroundingEntry],
+        image_path: Callable[[str], Path],
+        detections: DetectionStore,
+        split: str,
+        image_size: int = 512,
+        max_proposals: int = 100,
+        train: bool = False,
+    ) -> None:
+        if image_size < 1 or max_proposals < 1:
+            raise ValueError(f"image_size and max_proposals must be >= 1, got {image_size}, {max_proposals}")
+        self.image_path = image_path
+        self.detections = detections
+        self.split = split
+        self.image_size = int(image_size)
+        self.max_proposals = int(max_proposals)
+        self.train = train
+        self.entries: list[GroundingEntry] = []
+        self.skipped_ids: list[str] = []
+        for entry in entries:
+            dets = detections.get(entry.image_id)
+            if dets is None or len(dets) == 0:
+                self.skipped_ids.append(entry.sentence_id)
+            else:
+                self.entries.append(entry)
+        if self.skipped_ids:
+            logger.warning(
+                "split %s: skipped %d of %d image-sentence pairs whose image has no proposals in %s (e.g. %s)",
+                split,
+                len(self.skipped_ids),
+                len(entries),
+                detections.path,
+                _examples(self.skipped_ids),
+            )
+
+    @property
+    def num_skipped(self) -> int:
+        """How many entries were left out for want of proposals."""
+        return len(self.skipped_ids)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def load_image(self, entry: GroundingEntry) -> tuple[Tensor, tuple[int, int]]:
+        """Read, resize and normalise an entry's image -> ``([3, S, S], (width, height))``."""
+        path = Path(self.image_path(entry.image_id))
+        if not path.is_file():
+            raise FileNotFoundError(f"image not found: {path}")
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+        except OSError as err:
+            raise OSError(f"cannot read image {path}: {err}") from err
+        size = img.size
+        if entry.image_size is not None and tuple(entry.image_size) != size:
+            raise ValueError(f"image {path} is {size[0]}x{size[1]}, the annotations say {entry.image_size}")
+        image = TF.pil_to_tensor(img)
+        image = TF.resize(image, [self.image_size, self.image_size], antialias=True)
+        image = TF.to_dtype(image, torch.float32, scale=True)
+        return TF.normalize(image, list(IMAGENET_MEAN), list(IMAGENET_STD)), size
+
+    def __getitem__(self, index: int) -> GroundingSample:
+        entry = self.entries[index]
+        image, (width, height) = self.load_image(entry)
+        dets = self.detections[entry.image_id]
+        keep = torch.arange(len(dets))
+        if len(dets) > self.max_proposals:
+            keep = torch.argsort(dets.scores, descending=True, stable=True)[: self.max_proposals].sort().values
+        proposals = dets.boxes[keep].float()
+        return GroundingSample(
+            split=self.split,
+            image_id=entry.image_id,
+            sentence_id=entry.sentence_id,
+            image=image,
+            image_size=(width, height),
+            words=list(entry.words),
+            phrase_spans=list(entry.phrase_spans),
+            proposals=proposals,
+            roi_boxes=scale_boxes(proposals, self.image_size / width, self.image_size / height),
+            proposal_scores=dets.scores[keep].float(),
+            proposal_labels=[dets.labels[i] for i in keep.tolist()] if dets.labels is not None else None,
+            class_probs=dets.class_probs[keep] if dets.class_probs is not None else None,
+            gt_boxes=None if self.train else entry.gt_boxes,
+            phrase_types=None if self.train else entry.phrase_types,
+            phrase_ids=list(entry.phrase_ids),
+        )
+
+
+class GroundingDataModule(pl.LightningDataModule):
+    """Base datamodule: a root of annotations, a folder of images, one proposals file.
+
+    A subclass implements :meth:`load_split`, :meth:`image_path` and
+    :meth:`known_image_ids`, and may change the split names (``val_splits``,
+    ``test_splits``: one loader per split, each batch carries its split name).
+
+    Args:
+        root: the annotation folder.
+        image_dir: the image folder.
+        detections: the proposals file or detection-cache folder (see
+            :func:`lightning_wsg.detection.open_detections`); ``None`` when a
+            :class:`~lightning_wsg.detection.DetectionCache` callback supplies them (setup then
+            parses the splits and waits for :meth:`use_detections`).
+        vocabulary: the detector vocabulary, to name the class ids of a TSV.
+        batch_size: samples per batch.
+        num_workers: loader worker processes.
+        image_size: images are resized to ``image_size x image_size``.
+        max_proposals: top-scored proposals kept per image.
+        max_phrases: training sentences keep at most this many phrases.
+        pin_memory: passed to the loaders.
+        persistent_workers: keep workers between epochs (only with ``num_workers > 0``).
+    """
+
+    train_split: str = "train"
+    val_splits: list[str] = ["val"]
+    test_splits: list[str] = ["test"]
+
+    def __init__(
+        self,
+        root: str | Path,
+        image_dir: str | Path,
+        detections: str | Path | None,
+        vocabulary: str | Path | None = None,
+        batch_size: int = 32,
+        num_workers: int = 4,
+        image_size: int = 512,
+        max_proposals: int = 100,
+        max_phrases: int = 16,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.root = Path(root)
+        self.image_dir = Path(image_dir)
+        self.detections = Path(detections) if detections is not None else None  # None: DetectionCache (issue 4)
+        self.vocabulary = Path(vocabulary) if vocabulary is not None else None
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.image_size = image_size
+        self.max_proposals = max_proposals
+        self.max_phrases = max_phrases
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.datasets: dict[str, GroundingDataset] = {}
+        self._store: DetectionStore | None = None
+        self._entries: dict[str, list[GroundingEntry]] = {}  # parsed once per split (issue 4)
+        self._supplied_detections: Path | None = None  # set by use_detections (issue 4)
+
+    # -- hooks of a concrete dataset -------------------------------------------------
+    def load_split(self, split: str) -> list[GroundingEntry]:
+        """Parse a split's entries; training entries (``split == train_split``) carry no boxes."""
+        raise NotImplementedError
+
+    def image_path(self, image_id: str) -> Path:
+        """The image file of ``image_id``."""
+        raise NotImplementedError
+
+    def known_image_ids(self) -> set[str]:
+        """Every image id the root knows (detections for any other id are an error)."""
+        raise NotImplementedError
+
+    # -- shared machinery -------------------------------------------------------------
+    @property
+    def store(self) -> DetectionStore:
+        """The proposals, opened once and checked against :meth:`known_image_ids`."""
+        if self._store is None:
+            source = self._supplied_detections or self.detections  # issue 4
+            if source is None:
+                raise RuntimeError(_NO_DETECTIONS)
+            store = open_detections(source, self.vocabulary)
+            known = self.known_image_ids()
+            unknown = [image_id for image_id in store if image_id not in known]
+            if unknown:
+                raise DetectionFormatError(
+                    f"{store.path}: {len(unknown)} detection records for images unknown to the dataset "
+                    f"at {self.root}: image {_examples(unknown)}"
+                )
+            self._store = store
+        return self._store
+
+    def _check_paths(self) -> None:
+        for what, path in (("dataset root", self.root), ("image folder", self.image_dir)):
+            if not path.is_dir():
+                raise FileNotFoundError(f"{what} not found: {path}")
+
+    def _splits_for(self, stage: str | None) -> list[str]:
+        if stage == "fit":
+            return [self.train_split, *self.val_splits]
+        if stage == "validate":
+            return list(self.val_splits)
+        if stage in ("test", "predict"):
+            return list(self.test_splits)
+        return [self.train_split, *self.val_splits, *self.test_splits]
+
+    def build_dataset(self, split: str) -> GroundingDataset:
+        """Parse ``split``, drop pairs without proposals, check that the images exist."""
+        dataset = GroundingDataset(
+            self.entries(split),
+            self.image_path,
+            self.store,
+            split,
+            image_size=self.image_size,
+            max_proposals=self.max_proposals,
+            train=split == self.train_split,
+        )
+        if len(dataset) == 0:
+            raise ValueError(f"split {split}: no image-sentence pair left: no image has proposals in {self.store.path}")
+        paths = {str(self.image_path(image_id)) for image_id in {e.image_id for e in dataset.entries}}
+        missing = sorted(p for p in paths if not Path(p).is_file())
+        if missing:
+            raise FileNotFoundError(f"split {split}: {len(missing)} images not found: {_examples(missing)}")
+        return dataset
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the datasets ``stage`` needs (each split once)."""
+        self._check_paths()
+        for split in self._splits_for(stage):
+            if self.detections is None:  # issue 4: parse now, datasets once DetectionCache supplies detections
+                self.entries(split)
+            elif split not in self.datasets:
+                self.datasets[split] = self.build_dataset(split)
+
+    # -- detections supplied by a callback (issue 4: lightning_wsg.detection.DetectionCache) ---------
+    # DataModule.setup() runs before the callbacks' setup(): the callback asks which images a stage
+    # needs (splits_for, image_paths), fills its cache, then calls use_detections().
+    def splits_for(self, stage: str | None) -> list[str]:
+        """The split names ``stage`` (``"fit"``, ``"validate"``, ``"test"``, ``"predict"``) uses."""
+        return self._splits_for(stage)
+
+    def entries(self, split: str) -> list[GroundingEntry]:
+        """The parsed entries of ``split`` (parsed on first use, then kept)."""
+        if split not in self._entries:
+            self._entries[split] = self.load_split(split)
+        return self._entries[split]
+
+    def image_paths(self, split: str) -> dict[str, Path]:
+        """``image_id -> image file`` of every image ``split``'s entries use (parsing it once)."""
+        image_ids = dict.fromkeys(entry.image_id for entry in self.entries(split))
+        return {image_id: Path(self.image_path(image_id)) for image_id in image_ids}
+
+    def use_detections(self, detections: str | Path, splits: Sequence[str] | None = None) -> None:
+        """Read proposals from ``detections`` from now on and rebuild the datasets of ``splits``.
+
+        ``splits`` defaults to every split parsed so far; datasets of other splits are dropped
+        (with ``data.detections`` null they wait for the next call). Entries are not parsed again.
+        """
+        self._supplied_detections = Path(detections)
+        self._store = None
+        splits = list(self._entries) if splits is None else list(splits)
+        self.datasets = {}
+        for split in splits:
+            self.datasets[split] = self.build_dataset(split)
+
+    def _dataloader_factory(self, split: str) -> DataLoader:
+        if split not in self.datasets:
+            if self.detections is None:  # issue 4
+                raise RuntimeError(_NO_DETECTIONS)
+            raise RuntimeError(f"split {split} is not set up: call setup() first")
+        dataset = self.datasets[split]
+        train = split == self.train_split
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=train and len(dataset) > self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+        )
+
+    def _loaders(self, splits: Sequence[str]) -> DataLoader | list[DataLoader]:
+        loaders = [self._dataloader_factory(split) for split in splits]
+        return loaders[0] if len(loaders) == 1 else loaders
+
+    def train_dataloader(self) -> DataLoader:
+        return self._dataloader_factory(self.train_split)
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        return self._loaders(self.val_splits)
+
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        return self._loaders(self.test_splits)

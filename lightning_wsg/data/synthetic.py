@@ -1,0 +1,99 @@
+"""The built-in synthetic grounding world as a datamodule (generated once, then cached).
+
+:class:`SyntheticWorldDataModule` is a :class:`Flickr30kEntitiesDataModule` whose root is
+written by :func:`lightning_wsg.synthetic.generate_world` in ``prepare_data`` when it is
+missing or was made with other arguments. The world holds images, Flickr30K Entities
+annotations and a simulated detector's proposals, so every part of the real code path
+runs on it.
+
+Example:
+    >>> dm = SyntheticWorldDataModule(root="outputs/demo/world", num_train=200)  # doctest: +SKIP
+    >>> dm.prepare_data(); dm.setup("fit")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..synthetic import DIFFICULTY, DISTRACTOR_RATE, IMAGE_SIZE, NUM_TEST, NUM_TRAIN, NUM_VAL, PAIR_RATE
+from ..synthetic import generate_world, world_is_complete
+from .flickr30k_entities import Flickr30kEntitiesDataModule
+
+__all__ = ["SyntheticWorldDataModule"]
+
+logger = logging.getLogger("lightning_wsg")
+
+
+class SyntheticWorldDataModule(Flickr30kEntitiesDataModule):
+    """A generated world in the Flickr30K Entities layout (see :mod:`lightning_wsg.synthetic`).
+
+    Args:
+        root: where the world is written (and found again on later runs).
+        num_train: training images (5 captions each).
+        num_val: validation images.
+        num_test: test images.
+        world_image_size: side of the generated square images in pixels.
+        seed: the world's random seed (output is deterministic for a seed).
+        difficulty: detector faults, 0 (clean) to 1 (hard).
+        distractor_rate: share of images with two objects of one category.
+        pair_rate: share of images seeded with a co-occurring category pair.
+        batch_size: samples per batch.
+        num_workers: loader worker processes.
+        image_size: images are resized to ``image_size x image_size`` for the model.
+        max_proposals: top-scored proposals kept per image.
+        max_phrases: training sentences keep at most this many phrases.
+        pin_memory: passed to the loaders.
+        persistent_workers: keep workers between epochs.
+    """
+
+    def __init__(
+        self,
+        root: str | Path = "outputs/demo/world",
+        num_train: int = NUM_TRAIN,
+        num_val: int = NUM_VAL,
+        num_test: int = NUM_TEST,
+        world_image_size: int = IMAGE_SIZE,
+        seed: int = 0,
+        difficulty: float = DIFFICULTY,
+        distractor_rate: float = DISTRACTOR_RATE,
+        pair_rate: float = PAIR_RATE,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        image_size: int = IMAGE_SIZE,
+        max_proposals: int = 30,
+        max_phrases: int = 16,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+    ) -> None:
+        root = Path(root)
+        super().__init__(
+            root,
+            root / "images",
+            root / "detections.jsonl",
+            batch_size=batch_size,
+            num_workers=num_workers,
+            image_size=image_size,
+            max_proposals=max_proposals,
+            max_phrases=max_phrases,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+        )
+        self.world_args = dict(
+            num_train=num_train,
+            num_val=num_val,
+            num_test=num_test,
+            image_size=world_image_size,
+            seed=seed,
+            difficulty=difficulty,
+            distractor_rate=distractor_rate,
+            pair_rate=pair_rate,
+        )
+
+    def prepare_data(self) -> None:
+        """Generate the world unless a complete one with the same arguments is there."""
+        if world_is_complete(self.root, **self.world_args):
+            logger.info("synthetic world found at %s", self.root)
+            return
+        logger.info("generating the synthetic world at %s", self.root)
+        generate_world(self.root, **self.world_args)

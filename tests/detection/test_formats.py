@@ -1,0 +1,202 @@
+"""Detection files: JSON Lines round trip and errors, bottom-up-attention TSV with a vocabulary."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers.flickr import SHARED_DATA
+
+from lightning_wsg.detection import (
+    DetectionFormatError,
+    Detections,
+    JsonlDetections,
+    TsvDetections,
+    open_detections,
+    read_vocabulary,
+    write_jsonl,
+)
+
+VOCAB = SHARED_DATA / "visual_genome" / "vg_objects_vocab.txt"
+needs_vocab = pytest.mark.skipif(not VOCAB.is_file(), reason=f"{VOCAB} not found")
+
+
+def _dets(image_id: str, n: int, seed: int, probs: int = 0) -> Detections:
+    gen = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=gen) * 100
+    wh = torch.rand(n, 2, generator=gen) * 50 + 1
+    return Detections(
+        image_id,
+        torch.cat([xy, xy + wh], 1),
+        [f"class{i}" for i in range(n)],
+        torch.rand(n, generator=gen),
+        torch.softmax(torch.rand(n, probs, generator=gen), 1) if probs else None,
+    )
+
+
+def _write_lines(path: Path, records: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+    return path
+
+
+# --- JSON Lines ---------------------------------------------------------------------------
+
+
+def test_jsonl_round_trip(tmp_path):
+    records = [_dets("1000092795", 5, 0, probs=3), _dets("42", 1, 1, probs=3), _dets("7", 0, 2, probs=3)]
+    path = tmp_path / "proposals.jsonl"
+    write_jsonl(path, records, class_names=["a", "b", "c"])
+    store = open_detections(path)
+    assert isinstance(store, JsonlDetections)
+    assert len(store) == 3 and list(store) == ["1000092795", "42", "7"]
+    assert store.class_names == ["a", "b", "c"] and store.path == path
+    for det in records:
+        got = store[det.image_id]
+        assert len(got) == len(det) and got.labels == det.labels
+        torch.testing.assert_close(got.boxes, det.boxes, atol=0.005, rtol=0)
+        torch.testing.assert_close(got.scores, det.scores, atol=5e-5, rtol=0)
+        torch.testing.assert_close(got.class_probs, det.class_probs, atol=5e-6, rtol=0)
+    assert store["7"].boxes.shape == (0, 4)
+    assert not (tmp_path / "proposals.jsonl.tmp").exists()
+
+
+def test_jsonl_without_labels_or_scores(tmp_path):
+    path = _write_lines(tmp_path / "d.jsonl", [{"image_id": 12, "boxes": [[0, 0, 5, 5], [1, 1, 2, 2]]}])
+    det = open_detections(path)["12"]
+    assert det.labels is None and det.scores.tolist() == [1.0, 1.0] and det.class_probs is None
+    assert det.boxes.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"image_id": "b", "boxes": [[0, 0, 1, 1], [0, 0, 2, 2]], "labels": ["x"]}, "2 boxes but 1 labels"),
+        ({"image_id": "b", "boxes": [[0, 0, 1, 1]], "scores": [0.5, 0.2]}, "1 boxes but 2 scores"),
+        ({"image_id": "b", "boxes": [[0, 0, 1]]}, r"boxes must be \[N, 4\]"),
+        ({"image_id": "b", "boxes": [[5, 0, 1, 1]]}, "x2 < x1"),
+        ({"image_id": "b", "boxes": [[0, 0, 1, "x"]]}, "not numeric"),
+        ({"boxes": [[0, 0, 1, 1]]}, "needs 'image_id' and 'boxes'"),
+        ({"image_id": "b", "boxes": [[0, 0, 1, 1]], "class_probs": [[0.5, 0.5]]}, "class_names header"),
+        ('{"image_id": "b", "boxes": [[0, 0, 1, 1]]', "not valid JSON"),
+        ({"image_id": "a", "boxes": []}, "image a appears twice"),
+    ],
+)
+def test_jsonl_errors_name_file_and_line(tmp_path, bad, message):
+    path = _write_lines(tmp_path / "d.jsonl", [{"image_id": "a", "boxes": [[0, 0, 1, 1]]}, "", bad])
+    with pytest.raises(DetectionFormatError, match=message) as err:
+        open_detections(path)
+    assert f"{path}:3" in str(err.value)
+
+
+def test_jsonl_class_probs_width_must_match_header(tmp_path):
+    path = _write_lines(
+        tmp_path / "d.jsonl",
+        [{"class_names": ["a", "b", "c"]}, {"image_id": "a", "boxes": [[0, 0, 1, 1]], "class_probs": [[0.5, 0.5]]}],
+    )
+    with pytest.raises(DetectionFormatError, match=f"{path}:2: class_probs need a class_names header"):
+        open_detections(path)
+
+
+def test_write_jsonl_needs_class_names_for_class_probs(tmp_path):
+    with pytest.raises(ValueError, match="class_names"):
+        write_jsonl(tmp_path / "d.jsonl", [_dets("a", 2, 0, probs=3)])
+
+
+def test_open_detections_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        open_detections(tmp_path / "missing.jsonl")
+    (tmp_path / "d.csv").write_text("x\n")
+    with pytest.raises(DetectionFormatError, match="unknown detections format"):
+        open_detections(tmp_path / "d.csv")
+
+
+# --- bottom-up-attention TSV -------------------------------------------------------------
+
+
+def _b64(array: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(array).tobytes()).decode("ascii")
+
+
+def _tsv_row(image_id: str, boxes: np.ndarray, ids: np.ndarray | None = None, layout: str = "plain") -> str:
+    n = len(boxes)
+    w, h = "500", "375"
+    feats = _b64(np.zeros((n, 8), np.float32))
+    base = [image_id, w, h, str(n), _b64(boxes.astype(np.float32)), feats]
+    if ids is None:
+        return "\t".join(base)
+    labels = [_b64(ids.astype(np.int64)), _b64(np.linspace(0.9, 0.5, n, dtype=np.float32))]
+    attrs = [_b64(np.zeros(n, np.int64)), _b64(np.ones(n, np.float32))]
+    if layout == "appended":
+        return "\t".join(base + labels + attrs)
+    # LXMERT order: img_id, img_h, img_w, objects_id, objects_conf, attrs_id, attrs_conf, num_boxes, boxes, features
+    return "\t".join([image_id, h, w, *labels, *attrs, str(n), base[4], feats])
+
+
+BOXES = np.array([[0, 0, 10, 10], [5, 5, 50.5, 60], [1, 2, 3, 4]], np.float32)
+
+
+def test_tsv_without_objects_id(tmp_path):
+    path = tmp_path / "d.tsv"
+    path.write_text(_tsv_row("1000092795", BOXES) + "\n" + _tsv_row("9", BOXES[:0]) + "\n")
+    store = open_detections(path)
+    assert isinstance(store, TsvDetections) and len(store) == 2
+    det = store["1000092795"]
+    assert det.boxes.tolist() == BOXES.tolist() and det.labels is None and det.scores.tolist() == [1.0] * 3
+    assert store["9"].boxes.shape == (0, 4)
+
+
+def _synonym_line() -> tuple[int, str, str]:
+    for index, line in enumerate(VOCAB.read_text().splitlines()):
+        if "," in line:
+            return index, line.split(",")[0], line
+    raise AssertionError("no synonym line in the vocabulary")
+
+
+@needs_vocab
+@pytest.mark.parametrize("layout", ["lxmert", "appended"])
+def test_tsv_with_objects_id_and_the_real_vocabulary(tmp_path, layout):
+    vocab = read_vocabulary(VOCAB)
+    assert len(vocab) == 1600
+    synonym, first, line = _synonym_line()
+    assert vocab[synonym] == first and first != line  # e.g. "stop sign,stopsign" -> "stop sign"
+    ids = np.array([0, synonym, 1599])
+    path = tmp_path / "d.tsv"
+    path.write_text(_tsv_row("1000092795", BOXES, ids, layout) + "\n")
+    det = open_detections(path, VOCAB)["1000092795"]
+    assert det.labels == [vocab[0], first, vocab[1599]]
+    assert det.boxes.tolist() == BOXES.tolist()
+    torch.testing.assert_close(det.scores, torch.tensor([0.9, 0.7, 0.5]))
+    # without a vocabulary: the confidences, no names
+    unnamed = open_detections(path)["1000092795"]
+    assert unnamed.labels is None and unnamed.scores.tolist() == det.scores.tolist()
+
+
+@needs_vocab
+def test_tsv_errors_name_file_and_line(tmp_path):
+    path = tmp_path / "d.tsv"
+    good = _tsv_row("1", BOXES, np.array([0, 1, 2]))
+    path.write_text(good + "\n" + _tsv_row("2", BOXES, np.array([0, 1, 1600])) + "\n")
+    with pytest.raises(DetectionFormatError, match=f"{path}:2: objects_id outside the 1600-class vocabulary"):
+        open_detections(path, VOCAB)
+    path.write_text(good + "\n" + good + "\n")
+    with pytest.raises(DetectionFormatError, match=f"{path}:2: image 1 appears twice"):
+        open_detections(path, VOCAB)
+    fields = _tsv_row("3", BOXES).split("\t")
+    fields[3] = "4"
+    path.write_text("\t".join(fields) + "\n")
+    with pytest.raises(DetectionFormatError, match=f"{path}:1: num_boxes=4 but boxes hold 12 floats"):
+        open_detections(path)
+    path.write_text("a\tb\tc\n")
+    with pytest.raises(DetectionFormatError, match=f"{path}:1: expected 6 or 10 tab-separated fields, got 3"):
+        open_detections(path)
+
+
+def test_read_vocabulary_rejects_empty_lines(tmp_path):
+    path = tmp_path / "vocab.txt"
+    path.write_text("man\n\ndog\n")
+    with pytest.raises(DetectionFormatError, match="empty vocabulary line"):
+        read_vocabulary(path)

@@ -1,0 +1,37 @@
+"""Arguments for in-process runs of the ``lightning`` CLI on small CPU-sized models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+FLICKR_YAML = str(REPO / "cli_configs" / "flickr.yaml")
+SMALL_YAML = str(REPO / "cli_configs" / "model" / "small.yaml")
+DEMO_YAML = str(REPO / "cli_configs" / "demo.yaml")
+
+#: a small random text encoder on the offline MiniLM tokenizer (fast on CPU)
+TINY_TEXT = json.dumps({"num_hidden_layers": 1, "hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 128})
+
+
+def tiny_model_args() -> list[str]:
+    """CLI overrides that make the model of ``model/small.yaml`` even smaller for tests."""
+    return [
+        "--model.pretrained_text_encoder=false",
+        f"--model.text_encoder_overrides={TINY_TEXT}",
+        "--model.hidden_dim=64",
+        "--model.embed_dim=32",
+        "--model.teacher_matching=lexical",
+    ]
+
+
+def data_args(root: Path, image_dir: Path, detections: Path) -> list[str]:
+    return [f"--data.root={root}", f"--data.image_dir={image_dir}", f"--data.detections={detections}"]
+
+
+def trainer_args(tmp: Path) -> list[str]:
+    return [
+        f"--trainer.default_root_dir={tmp}",
+        "--trainer.enable_model_summary=false",
+        "--trainer.num_sanity_val_steps=0",
+    ]

@@ -1,0 +1,122 @@
+"""Box conventions: conversions, the +1-pixel IoU equivalence, union boxes, point tests."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from lightning_wsg.boxes import (
+    box_centers,
+    box_iou,
+    coco_to_corners,
+    corners_to_xywh1,
+    phraseloceval_to_corners,
+    points_in_boxes,
+    scale_boxes,
+    union_box,
+    xml_to_corners,
+)
+
+
+def iou_plus1(a: list[int], b: list[int]) -> float:
+    """The phraseloceval IoU of inclusive integer boxes ``[xmin, ymin, xmax, ymax]``."""
+    iw = min(a[2], b[2]) - max(a[0], b[0]) + 1
+    ih = min(a[3], b[3]) - max(a[1], b[1]) + 1
+    inter = max(iw, 0) * max(ih, 0)
+    area_a = (a[2] - a[0] + 1) * (a[3] - a[1] + 1)
+    area_b = (b[2] - b[0] + 1) * (b[3] - b[1] + 1)
+    return inter / (area_a + area_b - inter)
+
+
+def random_inclusive_boxes(rng: random.Random, n: int, size: int = 60) -> list[list[int]]:
+    boxes = []
+    for _ in range(n):
+        x1, x2 = sorted(rng.randint(1, size) for _ in range(2))
+        y1, y2 = sorted(rng.randint(1, size) for _ in range(2))
+        boxes.append([x1, y1, x2, y2])
+    return boxes
+
+
+def test_xml_to_corners_is_zero_based_exclusive():
+    assert xml_to_corners(torch.tensor([[1, 1, 10, 10]])).tolist() == [[0.0, 0.0, 10.0, 10.0]]
+    # a single pixel: width 1 in corners
+    assert xml_to_corners(torch.tensor([5, 7, 5, 7])).tolist() == [4.0, 6.0, 5.0, 7.0]
+    assert xml_to_corners(torch.tensor([[1, 1, 10, 10]])).dtype == torch.float32
+
+
+def test_xml_to_corners_does_not_modify_its_input():
+    boxes = torch.tensor([[3.0, 4.0, 9.0, 9.0]])
+    xml_to_corners(boxes)
+    assert boxes.tolist() == [[3.0, 4.0, 9.0, 9.0]]
+
+
+def test_coco_to_corners():
+    assert coco_to_corners(torch.tensor([[10.5, 20.0, 30.0, 40.25]])).tolist() == [[10.5, 20.0, 40.5, 60.25]]
+
+
+def test_phraseloceval_agrees_with_xml():
+    rng = random.Random(0)
+    for xmin, ymin, xmax, ymax in random_inclusive_boxes(rng, 50):
+        xywh1 = torch.tensor([xmin, ymin, xmax - xmin + 1, ymax - ymin + 1], dtype=torch.float32)
+        corners = phraseloceval_to_corners(xywh1)
+        assert corners.tolist() == xml_to_corners(torch.tensor([xmin, ymin, xmax, ymax])).tolist()
+        assert corners_to_xywh1(corners).tolist() == xywh1.tolist()
+
+
+def test_box_iou_equals_the_plus_one_iou_of_inclusive_boxes():
+    rng = random.Random(1)
+    a = random_inclusive_boxes(rng, 40)
+    b = random_inclusive_boxes(rng, 30) + [a[0], [a[0][2] + 1, a[0][3] + 1, a[0][2] + 4, a[0][3] + 4]]
+    got = box_iou(xml_to_corners(torch.tensor(a)), xml_to_corners(torch.tensor(b)))
+    expected = torch.tensor([[iou_plus1(x, y) for y in b] for x in a])
+    assert got.shape == (40, 32)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert got[0, 30] == pytest.approx(1.0)  # identical box
+    assert got[0, 31] == 0.0  # touching diagonally, no shared pixel
+
+
+def test_box_iou_hand_example():
+    # pixels 1..10 and 6..15 on one row: 5 shared of 15 covered
+    a = xml_to_corners(torch.tensor([[1, 1, 10, 1]]))
+    b = xml_to_corners(torch.tensor([[6, 1, 15, 1]]))
+    assert box_iou(a, b).item() == pytest.approx(5 / 15)
+    assert iou_plus1([1, 1, 10, 1], [6, 1, 15, 1]) == pytest.approx(5 / 15)
+
+
+def test_union_box():
+    boxes = torch.tensor([[10.0, 20.0, 30.0, 40.0], [5.0, 25.0, 15.0, 50.0], [12.0, 22.0, 13.0, 23.0]])
+    assert union_box(boxes).tolist() == [5.0, 20.0, 30.0, 50.0]
+    assert union_box(boxes[:1]).tolist() == boxes[0].tolist()
+    with pytest.raises(ValueError, match="non-empty"):
+        union_box(torch.zeros(0, 4))
+    with pytest.raises(ValueError, match="non-empty"):
+        union_box(torch.zeros(4))
+
+
+def test_points_in_boxes_exclusive_far_corner():
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 6.0, 6.0]])
+    points = torch.tensor([[0.0, 0.0], [9.99, 9.99], [10.0, 5.0], [5.0, 10.0], [5.5, 5.5], [-0.1, 3.0]])
+    inside = points_in_boxes(points, boxes)
+    assert inside.dtype == torch.bool and inside.shape == (6, 2)
+    assert inside[:, 0].tolist() == [True, True, False, False, True, False]
+    assert inside[:, 1].tolist() == [False, False, False, False, True, False]
+
+
+def test_points_in_boxes_matches_the_pixels_of_an_inclusive_box():
+    xmin, ymin, xmax, ymax = 3, 4, 7, 9
+    box = xml_to_corners(torch.tensor([[xmin, ymin, xmax, ymax]]))
+    for i in range(1, 12):  # 1-based pixel i spans [i - 1, i) in corners
+        for j in range(1, 12):
+            centre = torch.tensor([[i - 0.5, j - 0.5]])
+            corner = torch.tensor([[i - 1.0, j - 1.0]])
+            covered = xmin <= i <= xmax and ymin <= j <= ymax
+            assert points_in_boxes(centre, box).item() == covered
+            assert points_in_boxes(corner, box).item() == covered
+
+
+def test_box_centers_and_scale():
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 20.0], [2.0, 4.0, 4.0, 8.0]])
+    assert box_centers(boxes).tolist() == [[5.0, 10.0], [3.0, 6.0]]
+    assert scale_boxes(boxes, 0.5, 2.0).tolist() == [[0.0, 0.0, 5.0, 40.0], [1.0, 8.0, 2.0, 16.0]]

@@ -1,0 +1,87 @@
+"""The ``lightning`` command end to end: fit then test on a tiny Flickr-layout dataset."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers.cli import FLICKR_YAML, REPO, SMALL_YAML, data_args, tiny_model_args, trainer_args
+
+from lightning_wsg.cli import main
+
+
+def _common(tiny_flickr, tmp_path: Path) -> list[str]:
+    return [
+        "--config",
+        FLICKR_YAML,
+        "--config",
+        SMALL_YAML,
+        *data_args(tiny_flickr.root, tiny_flickr.image_dir, tiny_flickr.detections),
+        *tiny_model_args(),
+        *trainer_args(tmp_path),
+        "--data.image_size=64",
+        "--data.batch_size=4",
+    ]
+
+
+def test_fit_then_test_writes_and_reads_a_checkpoint(tiny_flickr, tmp_path: Path) -> None:
+    cli = main(["fit", *_common(tiny_flickr, tmp_path), "--trainer.max_epochs=1"])
+    trainer = cli.trainer
+    assert trainer.state.finished
+    assert trainer.global_step > 0
+    metrics = trainer.callback_metrics
+    for key in ("train/loss", "train/nce", "train/kd", "val/acc", "val/upper_bound", "val/num_phrases"):
+        assert key in metrics, key
+    assert metrics["train/loss"].isfinite()
+    best = trainer.checkpoint_callback.best_model_path
+    assert best and Path(best).name == "best.ckpt" and Path(best).is_file()
+
+    cli = main(["test", *_common(tiny_flickr, tmp_path), f"--ckpt_path={best}"])
+    metrics = cli.trainer.callback_metrics
+    expected = {
+        "test/acc",
+        "test/acc_any",
+        "test/pointing",
+        "test/recall@1",
+        "test/recall@5",
+        "test/recall@10",
+        "test/upper_bound",
+        "test/num_phrases",
+    }
+    assert expected <= set(metrics)
+    # the tiny dataset's proposals hold every ground-truth and union box
+    assert metrics["test/upper_bound"] == pytest.approx(1.0)
+    # every evaluable phrase of the 4 test images: the annotated chains with a box
+    datamodule = cli.datamodule
+    n = sum(len(e.phrase_spans) for e in datamodule.datasets["test"].entries)
+    assert metrics["test/num_phrases"] == n > 0
+    assert 0.0 <= float(metrics["test/acc"]) <= float(metrics["test/recall@5"]) <= float(metrics["test/recall@10"])
+    assert any(k.startswith("test/acc_") and k != "test/acc_any" for k in metrics)
+
+
+def test_stacked_configs_merge_into_the_data_init_args() -> None:
+    cli = main(
+        [
+            "--config",
+            FLICKR_YAML,
+            "--config",
+            SMALL_YAML,
+            "--data.root=r",
+            "--data.image_dir=i",
+            "--data.detections=d.jsonl",
+        ],
+        run=False,
+    )
+    assert type(cli.datamodule).__name__ == "Flickr30kEntitiesDataModule"
+    assert cli.datamodule.batch_size == 8 and cli.datamodule.image_size == 128  # from small.yaml
+    assert cli.model.hparams.backbone == "resnet18" and cli.model.hparams.lr == pytest.approx(1e-4)
+
+
+def test_console_script_and_module_entry_points() -> None:
+    for cmd in ([str(Path(sys.executable).parent / "lightning"), "--help"], [sys.executable, "-m", "lightning_wsg", "--help"]):
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert out.returncode == 0, out.stderr
+        for sub in ("fit", "validate", "test", "predict"):
+            assert sub in out.stdout
