@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-all install benchmark clean-demo
+.PHONY: demo test test-fast install clean-demo
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,11 +17,14 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m lightning_wsg.demo
+	$(BIN)/lightning fit --config cli_configs/demo.yaml
+	$(BIN)/lightning test --config cli_configs/demo.yaml --ckpt_path outputs/demo/checkpoints/best.ckpt
 
 test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" tests
-	$(BIN)/python -m pytest -q -m "slow" tests
 
 clean-demo:
 	rm -rf outputs/demo

@@ -50,6 +50,7 @@ PHRASE_TYPES = frozenset(
     {"people", "clothing", "bodyparts", "animals", "vehicles", "instruments", "scene", "other", "notvisual"}
 )
 _HEADER = re.compile(r"\[/EN#(\d+)((?:/[^/\s\[\]]+)+)")
+_TYPES: dict[str, list[str]] = {}  # "/people/other" -> ["people", "other"], checked once
 _EXAMPLES = 5
 
 
@@ -59,7 +60,10 @@ class Flickr30kFormatError(ValueError):
 
 @dataclass
 class Phrase:
-    """A marked phrase: words ``start:end`` of its sentence, its chain and its types."""
+    """A marked phrase: words ``start:end`` of its sentence, its chain and its types.
+
+    ``types`` is shared by every phrase spelled with the same types: do not modify it.
+    """
 
     start: int
     end: int
@@ -88,6 +92,28 @@ class FlickrAnnotation:
     nobndbox: set[str] = field(default_factory=set)
 
 
+def _header(token: str, where: str) -> tuple[str, list[str]]:
+    """Chain id and types of a ``[/EN#<chain>/<type>...`` token.
+
+    Both are shared between the phrases that spell them alike (memory: 150,000 training
+    sentences); treat ``types`` as read-only.
+    """
+    match = _HEADER.fullmatch(token)
+    if match is None:
+        raise Flickr30kFormatError(f"{where}: bad phrase header {token!r} (expected [/EN#<chain>/<type>...)")
+    chain_id, spelled = match.groups()
+    types = _TYPES.get(spelled)
+    if types is None:
+        types = spelled[1:].split("/")
+        unknown = [t for t in types if t not in PHRASE_TYPES]
+        if unknown:
+            raise Flickr30kFormatError(f"{where}: unknown phrase type {unknown[0]!r} in {token!r}")
+        _TYPES[spelled] = types
+    if (chain_id == "0") != ("notvisual" in types):
+        raise Flickr30kFormatError(f"{where}: notvisual phrases and only they have chain 0: {token!r}")
+    return sys.intern(chain_id), types
+
+
 def parse_sentence(line: str, path: str | Path = "<string>", lineno: int = 0) -> tuple[list[str], list[Phrase]]:
     """Parse one caption line into its words and its marked phrases.
 
@@ -104,40 +130,33 @@ def parse_sentence(line: str, path: str | Path = "<string>", lineno: int = 0) ->
 
     Raises:
         Flickr30kFormatError: malformed markup (bad header, nesting, unclosed phrase,
-            stray bracket, empty token, unknown type, notvisual not on chain 0).
+            stray bracket, empty word, unknown type, notvisual not on chain 0).
     """
     where = f"{path}:{lineno}"
+    intern = sys.intern  # the 20,000 distinct words are shared by every sentence
     words: list[str] = []
     phrases: list[Phrase] = []
-    current: tuple[int, str, list[str]] | None = None
+    start, chain_id, types = -1, "", []
     for token in line.rstrip("\r\n").split(" "):
-        if not token:
-            raise Flickr30kFormatError(f"{where}: empty token (tokens are separated by single spaces): {line!r}")
-        if token.startswith("["):
-            if current is not None:
+        if token[:1] == "[":
+            if start >= 0:
                 raise Flickr30kFormatError(f"{where}: phrase opened inside another phrase at {token!r}")
-            match = _HEADER.fullmatch(token)
-            if match is None:
-                raise Flickr30kFormatError(f"{where}: bad phrase header {token!r} (expected [/EN#<chain>/<type>...)")
-            chain_id, types = match.group(1), match.group(2)[1:].split("/")
-            unknown = [t for t in types if t not in PHRASE_TYPES]
-            if unknown:
-                raise Flickr30kFormatError(f"{where}: unknown phrase type {unknown[0]!r} in {token!r}")
-            if (chain_id == "0") != ("notvisual" in types):
-                raise Flickr30kFormatError(f"{where}: notvisual phrases and only they have chain 0: {token!r}")
-            current = (len(words), chain_id, types)
-            continue
-        closes = current is not None and token.endswith("]")
-        word = token[:-1] if closes else token
-        if not word or "[" in word or "]" in word:
-            raise Flickr30kFormatError(f"{where}: stray bracket in token {token!r}")
-        words.append(sys.intern(word))
-        if closes:
-            start, chain_id, types = current
+            chain_id, types = _header(token, where)
+            start = len(words)
+        elif start >= 0 and token[-1:] == "]":
+            words.append(intern(token[:-1]))
             phrases.append(Phrase(start, len(words), chain_id, types))
-            current = None
-    if current is not None:
-        raise Flickr30kFormatError(f"{where}: phrase [/EN#{current[1]}... is never closed")
+            start = -1
+        else:
+            words.append(intern(token))
+    if start >= 0:
+        raise Flickr30kFormatError(f"{where}: phrase [/EN#{chain_id}... is never closed")
+    if "" in words:
+        raise Flickr30kFormatError(f"{where}: empty word (a double space or a lone ']'): {line!r}")
+    # every "[" opens a phrase and every "]" closes one: any other bracket is inside a word
+    if line.count("[") != len(phrases) or line.count("]") != len(phrases):
+        stray = next(w for w in words if "[" in w or "]" in w)
+        raise Flickr30kFormatError(f"{where}: stray bracket in word {stray!r}")
     return words, phrases
 
 

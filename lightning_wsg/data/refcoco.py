@@ -325,7 +325,7 @@ class RefCOCODataModule(GroundingDataModule):
         split_by: the split's author: refcoco: ``unc``, ``google``; refcoco+: ``unc``;
             refcocog: ``umd``, ``google``; refclef: ``unc``, ``berkeley``.
         val_split: the split validated during ``fit``.
-        eval_splits: the splits ``test`` evaluates; default every test split of the
+        eval_splits: the splits ``test`` evaluates (a list, or one name); default every test split of the
             combination (refcoco unc: testA, testB; refcocog umd: test), ``val`` for
             refcocog google, which has no test split.
         **kwargs: see :class:`~lightning_wsg.data.base.GroundingDataModule` (each expression
@@ -344,7 +344,7 @@ class RefCOCODataModule(GroundingDataModule):
         dataset: str = "refcoco",
         split_by: str = "unc",
         val_split: str = "val",
-        eval_splits: list[str] | None = None,
+        eval_splits: list[str] | str | None = None,
         vocabulary: str | Path | None = None,
         batch_size: int = 32,
         num_workers: int = 4,

@@ -419,10 +419,12 @@ class CachedDetections(DetectionStore):
         for shard_path in _shard_files(self.path / SHARDS):
             if shard_path.name in self._shards:
                 continue
-            shard = _Shard(shard_path)
-            self._shards[shard_path.name] = shard
+            name = shard_path.name
+            shard = self._shards[name] = _Shard(shard_path)
+            index = self._index
             for row, image_id in enumerate(shard.image_ids):
-                self._index.setdefault(image_id, (shard_path.name, row))  # first shard (by name) wins
+                if image_id not in index:  # an image in two shards (two jobs filling at once): first name wins
+                    index[image_id] = (name, row)
             if self.class_names is None and shard.class_names is not None:
                 self.class_names = list(shard.class_names)
 
@@ -505,7 +507,7 @@ class ShardedCache:
         shard_size: images per shard (a killed run loses at most one shard per rank).
     """
 
-    def __init__(self, root: str | Path, settings: Mapping[str, Any], shard_size: int = 256) -> None:
+    def __init__(self, root: str | Path, settings: Mapping[str, Any], shard_size: int = 512) -> None:
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
         self.root = Path(root)
@@ -517,7 +519,7 @@ class ShardedCache:
         self._store: CachedDetections | None = None
 
     @classmethod
-    def for_backend(cls, root: str | Path, backend: DetectorBackend, shard_size: int = 256) -> ShardedCache:
+    def for_backend(cls, root: str | Path, backend: DetectorBackend, shard_size: int = 512) -> ShardedCache:
         """The cache of ``backend``'s current settings (files hashed with a memo in ``root``)."""
         root = Path(root)
         return cls(root, backend.settings(lambda p: file_digest(p, memo=root / "digests.json")), shard_size)

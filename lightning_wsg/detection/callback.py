@@ -23,6 +23,7 @@ Example (Python)::
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import time
@@ -53,9 +54,13 @@ class DetectionCache(Callback):
             :class:`~lightning_wsg.detection.PrecomputedBackend` or your own
             :class:`~lightning_wsg.detection.DetectorBackend`). It is built only when some
             image lacks detections, and freed after detecting.
-        cache_dir: the cache root; each detector setting gets its own
-            ``<backend>-<fingerprint>`` folder inside it. Use one root per image collection
-            (the cache is keyed by image id).
+        cache_dir: the cache root: ``<cache_dir>/<namespace>/<backend>-<fingerprint>/``
+            holds one detector setting's detections of one image collection.
+        namespace: the image collection's folder name. The cache is keyed by image id, and
+            ids of different collections may collide (Flickr30K and COCO both use numbers),
+            so the default is ``<image folder name>-<hash of its absolute path>`` of the
+            datamodule's ``image_dir`` (RefCOCO, RefCOCO+ and RefCOCOg share COCO's). Set
+            it to share a cache between copies of the same images at different paths.
         shard_size: images per shard file; a killed run redoes at most one shard per rank.
         device: where the detector runs (``None``: the trainer's device of this rank).
         progress_bar: show a rich progress bar (rank 0) while detecting.
@@ -68,7 +73,8 @@ class DetectionCache(Callback):
         self,
         backend: DetectorBackend,
         cache_dir: str | Path,
-        shard_size: int = 256,
+        namespace: str | None = None,
+        shard_size: int = 512,
         device: str | None = None,
         progress_bar: bool = True,
         poll_seconds: float = 2.0,
@@ -78,6 +84,7 @@ class DetectionCache(Callback):
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
         self.backend = backend
         self.cache_dir = Path(cache_dir)
+        self.namespace = namespace
         self.shard_size = int(shard_size)
         self.device = device
         self.progress_bar = progress_bar
@@ -98,6 +105,15 @@ class DetectionCache(Callback):
                 f"with {', '.join(_DATAMODULE_API)}; got {type(dm).__name__}"
             )
         return dm
+
+    @staticmethod
+    def default_namespace(datamodule) -> str:
+        """``<image folder name>-<first 8 hex of the SHA-1 of its absolute path>``."""
+        image_dir = getattr(datamodule, "image_dir", None)
+        if image_dir is None:
+            return type(datamodule).__name__
+        path = Path(image_dir).resolve()
+        return f"{path.name or 'images'}-{hashlib.sha1(str(path).encode('utf-8')).hexdigest()[:8]}"
 
     def _device(self, trainer: pl.Trainer) -> torch.device:
         return torch.device(self.device) if self.device is not None else trainer.strategy.root_device
@@ -138,9 +154,13 @@ class DetectionCache(Callback):
         memo = self.cache_dir / "digests.json"
         payload = None
         if rank == 0:
-            payload = {"settings": self.backend.settings(lambda p: file_digest(p, memo=memo)), "run": uuid.uuid4().hex}
+            payload = {
+                "settings": self.backend.settings(lambda p: file_digest(p, memo=memo)),
+                "namespace": self.namespace or self.default_namespace(dm),
+                "run": uuid.uuid4().hex,
+            }
         payload = strategy.broadcast(payload, src=0)
-        cache = self.cache = ShardedCache(self.cache_dir, payload["settings"], self.shard_size)
+        cache = self.cache = ShardedCache(self.cache_dir / payload["namespace"], payload["settings"], self.shard_size)
         missing: list[str] | None = None
         if rank == 0:
             cache.ensure_manifest()

@@ -1,3 +1,335 @@
-"""placeholder"""
-class MMDetectionBackend:  # replaced below
-    pass
+"""An MMDetection 3.x backend for :class:`~lightning_wsg.detection.DetectionCache`.
+
+The model comes from ``mmdet.apis.init_detector(config, checkpoint)``; its class names from
+the checkpoint's ``meta.dataset_meta.classes`` (``model.dataset_meta["classes"]``), or
+``class_names`` when a converted checkpoint lacks them. MMDetection is optional (the
+``mmdet`` extra, built by ``scripts/install_mmdet.sh``): nothing here imports it until
+the cache needs a fingerprint or a detection.
+
+What a box carries:
+
+* ``boxes``, ``labels``, ``scores``: MMDetection's own test-time output (its score
+  threshold and per-class NMS, ``score_threshold`` and ``max_boxes`` written into the
+  config's ``test_cfg``), then a class-agnostic NMS at ``nms_iou`` and the ``max_boxes``
+  top-scored.
+* ``class_probs`` (``class_probs=True``, two-stage detectors whose R-CNN head is a
+  ``BBoxHead``: Faster R-CNN, Cascade R-CNN's last stage, ...): MMDetection 3 does not
+  return them, so the head's ``_predict_by_feat_single`` is wrapped on the loaded model:
+  it asks the original for the raw per-proposal output (class-specific boxes and the
+  softmax over ``C + 1`` classes, background last), runs MMDetection's own
+  ``multiclass_nms`` with ``return_inds=True``, and keeps, for every surviving box, the
+  softmax row of the proposal it was regressed from, without the background column:
+  ``class_probs[i, c] = P(class c | proposal of box i)`` over ``class_names`` (rows sum
+  to ``1 - P(background)``). The box's own ``scores[i]`` equals ``class_probs[i, label]``.
+
+Example:
+    >>> backend = MMDetectionBackend(  # doctest: +SKIP
+    ...     "mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py",
+    ...     checkpoint="checkpoints/faster_rcnn_r50_fpn_1x_coco_20200130-047c8118.pth")
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import MethodType
+from typing import Any
+
+import torch
+
+from .cache import DetectorBackend, file_digest
+from .formats import Detections, read_vocabulary
+
+__all__ = ["MMDetectionBackend", "mmdet_config_path"]
+
+_PKG_PREFIX = "mmdet::"
+
+
+def mmdet_config_path(config: str | Path) -> Path:
+    """Resolve ``"mmdet::<path>"`` to a config shipped inside the installed mmdet package
+    (``mmdet/.mim/configs/<path>``); any other value is a file path."""
+    text = str(config)
+    if text.startswith(_PKG_PREFIX):
+        try:
+            import mmdet
+        except ImportError as err:
+            raise ImportError(_install_hint()) from err
+        path = Path(mmdet.__file__).parent / ".mim" / "configs" / text[len(_PKG_PREFIX) :]
+    else:
+        path = Path(text)
+    if not path.is_file():
+        raise FileNotFoundError(f"MMDetection config not found: {path}")
+    return path
+
+
+def _install_hint() -> str:
+    return (
+        "the MMDetection backend needs mmdet 3.x and mmcv with its compiled ops: run scripts/install_mmdet.sh "
+        "(pip install -e '.[mmdet]' alone cannot build mmcv 2.1 for this torch)"
+    )
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in ("mmdet", "mmcv", "mmengine"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _predict_single_with_probs(
+    self, roi, cls_score, bbox_pred, img_meta, rescale: bool = False, rcnn_test_cfg=None
+):
+    """``BBoxHead._predict_by_feat_single`` that also returns ``class_probs`` per kept box."""
+    from mmdet.models.layers import multiclass_nms
+
+    original = self._wsg_original_predict_single
+    num_classes = self.num_classes
+    if rcnn_test_cfg is None or roi.shape[0] == 0:
+        results = original(roi, cls_score, bbox_pred, img_meta, rescale=rescale, rcnn_test_cfg=rcnn_test_cfg)
+        if rcnn_test_cfg is not None:
+            results.class_probs = roi.new_zeros(len(results), num_classes)
+        return results
+    raw = original(roi, cls_score, bbox_pred, img_meta, rescale=rescale, rcnn_test_cfg=None)
+    scores = raw.scores  # [N, C + 1], background last
+    dets, labels, inds = multiclass_nms(
+        raw.bboxes,
+        scores,
+        rcnn_test_cfg.score_thr,
+        rcnn_test_cfg.nms,
+        rcnn_test_cfg.max_per_img,
+        return_inds=True,
+        box_dim=4,
+    )
+    from mmengine.structures import InstanceData
+
+    results = InstanceData()
+    results.bboxes = dets[:, :-1]
+    results.scores = dets[:, -1]
+    results.labels = labels
+    results.class_probs = scores[inds // num_classes, :num_classes]
+    return results
+
+
+class MMDetectionBackend(DetectorBackend):
+    """An MMDetection 3.x detector (``init_detector(config, checkpoint)``).
+
+    Args:
+        config: the model config file, or ``"mmdet::<path>"`` for a config shipped with
+            mmdet (for example ``"mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py"``).
+        checkpoint: the weights (a local file, hashed for the fingerprint, or a URL,
+            fingerprinted by its text); ``None``: random weights (tests), COCO class names.
+        class_names: the detector's class names (a list or a vocabulary file), for
+            checkpoints whose meta lacks them; default ``model.dataset_meta["classes"]``.
+        score_threshold: the config's test-time score threshold (``test_cfg.rcnn.score_thr``).
+        max_boxes: boxes per image (the config's ``max_per_img`` and a final top-k).
+        nms_iou: class-agnostic NMS IoU after MMDetection's per-class NMS (``None``: none).
+        image_scale: ``(long, short)`` of the test pipeline's ``Resize`` (``None``: the
+            config's, usually ``(1333, 800)``).
+        class_probs: also return each box's class-probability vector (see module docstring).
+        cfg_options: extra config overrides (``{"model.test_cfg.rcnn.nms.iou_threshold": 0.3}``).
+        seed: the seed of random weights (``checkpoint=None``).
+    """
+
+    name = "mmdet"
+
+    def __init__(
+        self,
+        config: str | Path = "mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py",
+        checkpoint: str | Path | None = None,
+        class_names: list[str] | str | Path | None = None,
+        score_threshold: float = 0.05,
+        max_boxes: int = 100,
+        nms_iou: float | None = 0.5,
+        image_scale: tuple[int, int] | None = None,
+        class_probs: bool = False,
+        cfg_options: dict[str, Any] | None = None,
+        seed: int = 0,
+    ) -> None:
+        if max_boxes < 1:
+            raise ValueError(f"max_boxes must be >= 1, got {max_boxes}")
+        self.config = config
+        self.checkpoint = checkpoint
+        self.class_names_arg = class_names
+        self.score_threshold = float(score_threshold)
+        self.max_boxes = int(max_boxes)
+        self.nms_iou = float(nms_iou) if nms_iou is not None else None
+        self.image_scale = tuple(int(v) for v in image_scale) if image_scale is not None else None
+        self.class_probs = bool(class_probs)
+        self.cfg_options = dict(cfg_options or {})
+        self.seed = int(seed)
+        self.batch_size = 1
+        self._model = None
+        self._names: list[str] | None = None
+        self._device = torch.device("cpu")
+
+    # -- config (no model built) --------------------------------------------------------
+    def _is_url(self) -> bool:
+        return self.checkpoint is not None and "://" in str(self.checkpoint)
+
+    def build_config(self):
+        """The mmengine ``Config`` with this backend's settings written into it."""
+        try:
+            from mmengine.config import Config
+        except ImportError as err:
+            raise ImportError(_install_hint()) from err
+        cfg = Config.fromfile(str(mmdet_config_path(self.config)))
+        if self.cfg_options:
+            cfg.merge_from_dict(self.cfg_options)
+        backbone = cfg.model.get("backbone")
+        if backbone is not None and "init_cfg" in backbone:
+            backbone.init_cfg = None  # weights come from the checkpoint (or are random): no download
+        test_cfg = cfg.model.get("test_cfg")
+        if test_cfg is not None:
+            target = test_cfg.get("rcnn") or test_cfg
+            if "score_thr" in target:
+                target.score_thr = self.score_threshold
+            if "max_per_img" in target:
+                target.max_per_img = self.max_boxes
+        if self.image_scale is not None:
+            found = False
+            for pipeline in _test_pipelines(cfg):
+                for step in pipeline:
+                    if str(step.get("type", "")).split(".")[-1] == "Resize" and "scale" in step:
+                        step["scale"] = self.image_scale
+                        found = True
+            if not found:
+                raise ValueError(f"{self.config}: no Resize step with a scale in the test pipeline to set image_scale on")
+        return cfg
+
+    def settings(self, digest: Callable[[Path], str] = file_digest) -> dict[str, Any]:
+        cfg = self.build_config()
+        resolved = json.loads(json.dumps(cfg.to_dict(), sort_keys=True, default=str))
+        checkpoint = None
+        if self.checkpoint is not None:
+            checkpoint = {"url": str(self.checkpoint)} if self._is_url() else {"sha256": digest(Path(self.checkpoint))}
+        names = self.class_names_arg
+        if names is not None and not isinstance(names, list):
+            names = {"vocabulary_sha256": digest(Path(names))}
+        return {
+            "backend": self.name,
+            "config": resolved,
+            "checkpoint": checkpoint,
+            "random_init_seed": self.seed if self.checkpoint is None else None,
+            "class_names": names,
+            "score_threshold": self.score_threshold,
+            "max_boxes": self.max_boxes,
+            "nms_iou": self.nms_iou,
+            "image_scale": list(self.image_scale) if self.image_scale is not None else None,
+            "class_probs": self.class_probs,
+        }
+
+    def versions(self) -> dict[str, str]:
+        return _versions()
+
+    @property
+    def class_names(self) -> list[str] | None:
+        if self._names is not None:
+            return self._names
+        if isinstance(self.class_names_arg, list):
+            return [str(c) for c in self.class_names_arg]
+        if self.class_names_arg is not None:
+            return read_vocabulary(self.class_names_arg)
+        return None
+
+    # -- the model ----------------------------------------------------------------------
+    def load(self, device: torch.device | str | None = None) -> None:
+        try:
+            from mmdet.apis import init_detector
+        except ImportError as err:
+            raise ImportError(_install_hint()) from err
+        cfg = self.build_config()
+        self._device = torch.device(device) if device is not None else torch.device("cpu")
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            torch.manual_seed(self.seed)
+            warnings.filterwarnings("ignore", message=".*(checkpoint is None|class names are not saved).*")
+            model = init_detector(
+                cfg,
+                str(self.checkpoint) if self.checkpoint is not None else None,
+                palette="random",  # skips building the config's test dataset for its palette
+                device=str(self._device),
+            )
+        names = self.class_names
+        if names is None:
+            names = [str(c) for c in model.dataset_meta["classes"]]
+        if self.class_probs:
+            head = _rcnn_bbox_head(model)
+            if head is None:
+                raise ValueError(
+                    f"class_probs=True needs a two-stage detector with a BBoxHead (Faster R-CNN family); "
+                    f"{type(model).__name__} from {self.config} has none"
+                )
+            head._wsg_original_predict_single = head._predict_by_feat_single
+            head._predict_by_feat_single = MethodType(_predict_single_with_probs, head)
+        num_classes = _num_classes(model)
+        if num_classes is not None and num_classes != len(names):
+            raise ValueError(f"the detector has {num_classes} classes but {len(names)} class names")
+        self._model = model
+        self._names = names
+        self._loaded = True
+
+    def unload(self) -> None:
+        self._model = None
+        self._loaded = False
+        if self._device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def detect(self, images: Sequence[tuple[str, Path]]) -> list[Detections]:
+        from mmdet.apis import inference_detector
+        from torchvision.ops import nms
+
+        assert self._model is not None, "load() first"
+        samples = inference_detector(self._model, [str(path) for _, path in images])
+        results = []
+        for (image_id, _), sample in zip(images, samples):
+            pred = sample.pred_instances
+            boxes = pred.bboxes.detach().float().cpu()
+            scores = pred.scores.detach().float().cpu()
+            labels = pred.labels.detach().cpu()
+            probs = pred.class_probs.detach().float().cpu() if self.class_probs else None
+            order = torch.argsort(scores, descending=True, stable=True)
+            if self.nms_iou is not None and len(order):
+                order = nms(boxes, scores, self.nms_iou)
+            order = order[: self.max_boxes]
+            results.append(
+                Detections(
+                    image_id,
+                    boxes[order],
+                    [self._names[j] for j in labels[order].tolist()],
+                    scores[order],
+                    probs[order] if probs is not None else None,
+                )
+            )
+        return results
+
+
+def _test_pipelines(cfg) -> list[list]:
+    pipelines = []
+    if cfg.get("test_pipeline") is not None:
+        pipelines.append(cfg.test_pipeline)
+    loader = cfg.get("test_dataloader")
+    if loader is not None and loader.get("dataset") is not None and loader.dataset.get("pipeline") is not None:
+        if not any(p is loader.dataset.pipeline for p in pipelines):
+            pipelines.append(loader.dataset.pipeline)
+    return pipelines
+
+
+def _rcnn_bbox_head(model):
+    roi_head = getattr(model, "roi_head", None)
+    head = getattr(roi_head, "bbox_head", None)
+    if isinstance(head, torch.nn.ModuleList):  # cascade: the last stage predicts
+        head = head[-1]
+    return head if head is not None and hasattr(head, "_predict_by_feat_single") else None
+
+
+def _num_classes(model) -> int | None:
+    head = _rcnn_bbox_head(model)
+    if head is not None:
+        return int(head.num_classes)
+    bbox_head = getattr(model, "bbox_head", None)
+    return int(bbox_head.num_classes) if hasattr(bbox_head, "num_classes") else None

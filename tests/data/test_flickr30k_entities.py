@@ -81,8 +81,11 @@ def test_parse_sentence_keeps_punctuation_tokens_as_written():
         ("[/EN#4/notvisual it] .", "notvisual"),
         ("[/EN#0/people it] .", "notvisual"),
         ("a man] walks .", "stray bracket"),
-        ("[/EN#1/people a ] walks .", "stray bracket"),
-        ("a  man .", "empty token"),
+        ("[/EN#1/people a ] walks .", "empty word"),
+        ("[/EN#1/people a b]] walks .", "stray bracket in word .b]."),
+        ("a [b walks .", "bad phrase header"),
+        ("a b[ walks .", "stray bracket"),
+        ("a  man .", "empty word"),
     ],
 )
 def test_malformed_markup_names_file_line_and_problem(line, problem):

@@ -135,6 +135,7 @@ def test_each_image_is_detected_once_across_fit_test_and_a_second_fit(tiny, mode
     assert backend.loads == 1 and not backend.loaded  # freed after detecting
     assert isinstance(dm.store, CachedDetections) and dm.store.path == callback.cache.path
     assert set(dm.datasets) == {"train", "val"}
+    assert callback.cache.path.parent == tmp_path / "cache" / DetectionCache.default_namespace(dm)
 
     trainer(tmp_path, callback).test(model, datamodule=dm)  # only the test images are new
     assert set(backend.calls) == fit_images | set(tiny.splits["test"]) and set(backend.calls.values()) == {1}
@@ -162,11 +163,10 @@ def test_each_image_is_detected_once_across_fit_test_and_a_second_fit(tiny, mode
 def test_a_killed_run_resumes_and_detects_only_the_missing_images(tiny, model, tmp_path):
     cache_dir = tmp_path / "cache"
     killed = CountingBackend(fail_after=7)  # shards of 3: two complete shards, then the kill
+    callback = DetectionCache(killed, cache_dir, shard_size=3, progress_bar=False)
     with pytest.raises(RuntimeError, match="simulated kill"):
-        trainer(tmp_path, DetectionCache(killed, cache_dir, shard_size=3, progress_bar=False)).fit(
-            model, datamodule=datamodule(tiny)
-        )
-    cache = ShardedCache(cache_dir, killed.settings(), shard_size=3)
+        trainer(tmp_path, callback).fit(model, datamodule=datamodule(tiny))
+    cache = callback.cache
     done = set(cache.open())
     assert len(done) == 6 and set(killed.calls) >= done
     # a leftover temporary file of a writer killed in the middle of a rename
@@ -189,9 +189,17 @@ def test_a_changed_detector_setting_starts_a_new_cache(tiny, model, tmp_path):
     trainer(tmp_path, cb2).test(model, datamodule=datamodule(tiny))
     assert set(first.calls) == set(second.calls) == set(tiny.splits["test"])
     assert cb1.cache.path != cb2.cache.path and cb1.cache.path.parent == cb2.cache.path.parent
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()) == sorted(
+    assert sorted(p.name for p in cb1.cache.path.parent.iterdir() if p.is_dir()) == sorted(
         [cb1.cache.path.name, cb2.cache.path.name]
     )
+
+
+def test_image_collections_get_their_own_namespace(tiny, tmp_path):
+    dm = datamodule(tiny)
+    other = Flickr30kEntitiesDataModule(tiny.root, tmp_path / "images", None)  # same ids, other images
+    ns = DetectionCache.default_namespace(dm)
+    assert ns.startswith("images-") and ns != DetectionCache.default_namespace(other)
+    assert ns == DetectionCache.default_namespace(datamodule(tiny))
 
 
 def test_without_detections_or_callback_the_error_says_what_to_do(tiny, model, tmp_path):
@@ -268,7 +276,7 @@ def test_ddp_two_processes_fill_the_cache_with_each_image_detected_once(tiny, tm
     detected = [i for ids in per_process.values() for i in ids]
     fit_images = set(tiny.splits["train"]) | set(tiny.splits["val"])
     assert sorted(detected) == sorted(fit_images)  # each image once, over both ranks
-    cache_dirs = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+    cache_dirs = [p for p in (tmp_path / "cache").glob("*/*") if p.is_dir()]
     assert len(cache_dirs) == 1
     store = open_detections(cache_dirs[0])
     assert set(store) == fit_images

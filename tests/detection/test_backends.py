@@ -1,0 +1,188 @@
+"""Real detector backends on generated images: torchvision (random weights), MMDetection
+(when installed: scripts/install_mmdet.sh) and precomputed files; each one's cached output
+trains a step of the GroundingModule."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from helpers.flickr import make_tiny_flickr
+from pytorch_lightning import Trainer
+
+from lightning_wsg.data import Flickr30kEntitiesDataModule
+from lightning_wsg.detection import (
+    DetectionCache,
+    MMDetectionBackend,
+    PrecomputedBackend,
+    ShardedCache,
+    TorchvisionBackend,
+    open_detections,
+)
+from lightning_wsg.grounding_module import GroundingModule
+
+CATEGORIES = ["__background__", "man", "dog", "car", "shirt", "box"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_flickr(tmp_path_factory.mktemp("tiny"), n_images=6, seed=2, split_sizes=(1, 1))
+
+
+def _model() -> GroundingModule:
+    return GroundingModule(
+        backbone="resnet18",
+        pretrained_backbone=False,
+        text_encoder="all-MiniLM-L6-v2",
+        text_encoder_overrides={"num_hidden_layers": 1},
+        hidden_dim=64,
+        embed_dim=32,
+        teacher_matching="lexical",
+    )
+
+
+def _fit_one_step(tiny, callback: DetectionCache, tmp_path) -> tuple[Trainer, Flickr30kEntitiesDataModule]:
+    dm = Flickr30kEntitiesDataModule(
+        tiny.root, tiny.image_dir, None, batch_size=4, num_workers=0, image_size=64, max_proposals=20
+    )
+    model = _model()
+    before = [p.detach().clone() for p in model.region_encoder.parameters()]
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        callbacks=[callback],
+    )
+    trainer.fit(model, datamodule=dm)
+    assert trainer.global_step == 1
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.region_encoder.parameters()))  # it learned
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    return trainer, dm
+
+
+def _check_detections(store, tiny, image_ids, class_names, max_boxes, probs: bool) -> None:
+    for image_id in image_ids:
+        det = store[image_id]
+        w, h = tiny.sizes[image_id]
+        assert 0 < len(det) <= max_boxes
+        assert det.boxes.shape == (len(det), 4) and (det.boxes[:, 2:] >= det.boxes[:, :2]).all()
+        assert (det.boxes[:, 0] >= 0).all() and (det.boxes[:, 2] <= w + 1e-3).all() and (det.boxes[:, 3] <= h + 1e-3).all()
+        assert set(det.labels) <= set(class_names)
+        assert (det.scores[:-1] >= det.scores[1:]).all()  # top-scored first
+        if probs:
+            assert det.class_probs.shape == (len(det), len(class_names))
+            assert (det.class_probs.sum(1) <= 1 + 2e-3).all()
+            at_label = det.class_probs[torch.arange(len(det)), [class_names.index(lab) for lab in det.labels]]
+            torch.testing.assert_close(at_label, det.scores, atol=2e-3, rtol=0)  # fp16 storage
+        else:
+            assert det.class_probs is None
+
+
+def test_torchvision_backend_names_categories_from_the_weights_without_downloading():
+    backend = TorchvisionBackend("fasterrcnn_resnet50_fpn_v2", weights="DEFAULT")
+    settings = backend.settings()
+    assert settings["weights"] == "FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1"
+    assert backend.class_names[:2] == ["person", "bicycle"] and len(backend.class_names) == 90
+    assert TorchvisionBackend("fasterrcnn_resnet50_fpn_v2", weights="COCO_V1").settings() == settings
+    assert TorchvisionBackend("fasterrcnn_resnet50_fpn_v2", weights="DEFAULT", min_size=600).settings() != settings
+    with pytest.raises(ValueError, match="categories"):
+        TorchvisionBackend(weights=None)
+
+
+def test_torchvision_backend_random_weights_detect_and_train_a_step(tiny, tmp_path):
+    backend = TorchvisionBackend(
+        "fasterrcnn_mobilenet_v3_large_fpn",
+        weights=None,
+        categories=CATEGORIES,
+        score_threshold=0.0,
+        max_boxes=15,
+        min_size=64,
+        max_size=128,
+        class_probs=True,
+        batch_size=1,  # batches pad images to one size, which moves random-weight boxes
+    )
+    callback = DetectionCache(backend, tmp_path / "cache", progress_bar=False)
+    _, dm = _fit_one_step(tiny, callback, tmp_path)
+    store = open_detections(callback.cache.path)
+    fit_ids = tiny.splits["train"] + tiny.splits["val"]
+    assert set(store) == set(fit_ids) and store.class_names == CATEGORIES[1:]
+    _check_detections(store, tiny, fit_ids, CATEGORIES[1:], 15, probs=True)
+    assert dm.datasets["train"][0].proposal_labels is not None
+
+    # random weights are seeded: the same settings give the same boxes (the cache key is honest)
+    again = TorchvisionBackend(
+        "fasterrcnn_mobilenet_v3_large_fpn", weights=None, categories=CATEGORIES, score_threshold=0.0,
+        max_boxes=15, min_size=64, max_size=128, class_probs=True,
+    )
+    again.load()
+    image_id = fit_ids[0]
+    det = again.detect([(image_id, tiny.image_dir / f"{image_id}.jpg")])[0]
+    torch.testing.assert_close(det.boxes, store[image_id].boxes)
+    batch = again.detect([(i, tiny.image_dir / f"{i}.jpg") for i in fit_ids[:3]])  # one forward, three images
+    assert [d.image_id for d in batch] == fit_ids[:3] and all(0 < len(d) <= 15 for d in batch)
+    # class_probs=False: the same boxes through torchvision's own post-processing
+    plain = TorchvisionBackend(
+        "fasterrcnn_mobilenet_v3_large_fpn", weights=None, categories=CATEGORIES, score_threshold=0.0,
+        max_boxes=15, min_size=64, max_size=128,
+    )
+    plain.load()
+    det_plain = plain.detect([(image_id, tiny.image_dir / f"{image_id}.jpg")])[0]
+    torch.testing.assert_close(det_plain.boxes, det.boxes)
+    assert det_plain.labels == det.labels and det_plain.class_probs is None
+
+
+def test_precomputed_file_through_the_callback_trains_a_step(tiny, tmp_path):
+    callback = DetectionCache(PrecomputedBackend(tiny.detections), tmp_path / "cache", progress_bar=False)
+    _, dm = _fit_one_step(tiny, callback, tmp_path)
+    source = open_detections(tiny.detections)
+    for image_id in tiny.splits["train"]:
+        got, want = dm.store[image_id], source[image_id]
+        assert torch.equal(got.boxes, want.boxes) and got.labels == want.labels
+
+
+def _mmdet_missing() -> str | None:
+    if importlib.util.find_spec("mmdet") is None or importlib.util.find_spec("mmcv") is None:
+        return "MMDetection is not installed (run scripts/install_mmdet.sh)"
+    try:
+        import mmcv.ops  # noqa: F401  (the compiled ops mmdet imports)
+        import mmdet.apis  # noqa: F401
+    except Exception as err:  # noqa: BLE001 - any broken build is a skip reason
+        return f"MMDetection does not import: {type(err).__name__}: {err}"
+    return None
+
+
+@pytest.mark.skipif(_mmdet_missing() is not None, reason=str(_mmdet_missing()))
+def test_mmdetection_backend_detects_with_class_probs_and_trains_a_step(tiny, tmp_path):
+    kwargs = dict(score_threshold=0.0, max_boxes=12, image_scale=(160, 128), nms_iou=0.7)
+    backend = MMDetectionBackend("mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py", class_probs=True, **kwargs)
+    settings = backend.settings()
+    assert settings["config"]["model"]["test_cfg"]["rcnn"]["score_thr"] == 0.0
+    assert settings["config"]["model"]["backbone"]["init_cfg"] is None
+    callback = DetectionCache(backend, tmp_path / "cache", progress_bar=False)
+    _fit_one_step(tiny, callback, tmp_path)
+    store = open_detections(callback.cache.path)
+    names = store.class_names
+    assert len(names) == 80 and names[0] == "person"  # COCO names from model.dataset_meta
+    fit_ids = tiny.splits["train"] + tiny.splits["val"]
+    _check_detections(store, tiny, fit_ids, names, 12, probs=True)
+    manifest = ShardedCache(tmp_path / "cache", settings).read_manifest()
+    assert manifest["versions"]["mmdet"].startswith("3.") and manifest["class_names"] == names
+
+    # the class-probability hook keeps MMDetection's own boxes, labels and scores
+    plain = MMDetectionBackend("mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py", **kwargs)
+    plain.load()
+    image_id = fit_ids[0]
+    det = plain.detect([(image_id, tiny.image_dir / f"{image_id}.jpg")])[0]
+    torch.testing.assert_close(det.boxes, store[image_id].boxes, atol=1e-3, rtol=0)
+    torch.testing.assert_close(det.scores, store[image_id].scores)
+    assert det.labels == store[image_id].labels and det.class_probs is None
+    assert ShardedCache(tmp_path / "cache", plain.settings()).path != callback.cache.path
