@@ -53,16 +53,16 @@ from .base import GroundingDataModule, GroundingEntry
 
 __all__ = [
     "REFER_SPLITS",
+    "RefCOCODataModule",
     "ReferFormatError",
     "ReferIndex",
     "available_splits",
     "default_eval_splits",
-    "refs_path",
     "instances_path",
-    "read_refs",
-    "read_instances",
     "load_entries",
-    "RefCOCODataModule",
+    "read_instances",
+    "read_refs",
+    "refs_path",
 ]
 
 logger = logging.getLogger("lightning_wsg")
@@ -127,7 +127,7 @@ def instances_path(root: str | Path, dataset: str) -> Path:
 class _PlainUnpickler(pickle.Unpickler):
     """Unpickles plain data only (lists, dicts, strings, numbers): a refs file holds nothing else."""
 
-    def find_class(self, module: str, name: str):  # noqa: D102
+    def find_class(self, module: str, name: str):
         raise pickle.UnpicklingError(f"refuses to load {module}.{name}: a refs file holds only lists and dicts")
 
 
@@ -251,7 +251,12 @@ def load_entries(
         if ref.get("split") != split:
             continue
         try:
-            ref_id, image_id, ann_id, sentences = ref["ref_id"], str(ref["image_id"]), int(ref["ann_id"]), ref["sentences"]
+            ref_id, image_id, ann_id, sentences = (
+                ref["ref_id"],
+                str(ref["image_id"]),
+                int(ref["ann_id"]),
+                ref["sentences"],
+            )
         except (KeyError, TypeError, ValueError) as err:
             raise ReferFormatError(f"{where}: malformed ref {ref.get('ref_id', '?')}: {err!r}") from None
         if image_id not in index.images:
@@ -287,7 +292,11 @@ def load_entries(
                 skipped.append(sent_id)
                 continue
             entry = GroundingEntry(
-                image_id=image_id, sentence_id=sent_id, words=words, phrase_spans=[(0, len(words))], phrase_ids=[sent_id]
+                image_id=image_id,
+                sentence_id=sent_id,
+                words=words,
+                phrase_spans=[(0, len(words))],
+                phrase_ids=[sent_id],
             )
             if evaluation:
                 _, category_id, _ = index.annotations[ann_id]
@@ -320,7 +329,8 @@ class RefCOCODataModule(GroundingDataModule):
             ``<dataset>/instances.json``.
         image_dir: the image folder; an image is ``image_dir/<file_name>`` with
             ``file_name`` from ``instances.json`` (COCO: ``COCO_train2014_%012d.jpg``).
-        detections: the proposals file; records are keyed by the image id as a string.
+        detections: the proposals file, records keyed by the image id as a string; ``None``
+            when a :class:`~lightning_wsg.detection.DetectionCache` callback supplies them.
         dataset: ``refcoco``, ``refcoco+``, ``refcocog`` or ``refclef`` (ReferItGame).
         split_by: the split's author: refcoco: ``unc``, ``google``; refcoco+: ``unc``;
             refcocog: ``umd``, ``google``; refclef: ``unc``, ``berkeley``.
@@ -340,7 +350,7 @@ class RefCOCODataModule(GroundingDataModule):
         self,
         root: str | Path,
         image_dir: str | Path,
-        detections: str | Path,
+        detections: str | Path | None = None,
         dataset: str = "refcoco",
         split_by: str = "unc",
         val_split: str = "val",
@@ -376,7 +386,9 @@ class RefCOCODataModule(GroundingDataModule):
             raise ValueError(f"eval_splits {eval_splits} names a split twice")
         for what, split in [("val_split", val_split)] + [("eval_splits", s) for s in eval_splits]:
             if split not in splits:
-                raise ValueError(f"{dataset} ({split_by}) has no split {split!r} ({what}): its splits are {', '.join(splits)}")
+                raise ValueError(
+                    f"{dataset} ({split_by}) has no split {split!r} ({what}): its splits are {', '.join(splits)}"
+                )
             if split == _TRAIN:
                 raise ValueError(f"{what}: {split!r} cannot be evaluated (training entries never carry a box)")
         self.dataset = dataset
@@ -413,7 +425,9 @@ class RefCOCODataModule(GroundingDataModule):
                 try:
                     ann_ids.add(int(ref["ann_id"]))
                 except (KeyError, TypeError, ValueError):
-                    raise ReferFormatError(f"{self.refs_file}: ref {ref.get('ref_id', '?')} has no valid ann_id") from None
+                    raise ReferFormatError(
+                        f"{self.refs_file}: ref {ref.get('ref_id', '?')} has no valid ann_id"
+                    ) from None
             self._index = read_instances(self.instances_file, ann_ids)
             self._refs = refs
             logger.info(

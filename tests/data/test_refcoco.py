@@ -70,7 +70,10 @@ def test_combinations_and_their_splits(dataset, split_by, splits, default, tmp_p
 @pytest.mark.parametrize(
     "kwargs, problem",
     [
-        ({"dataset": "refcocoplus"}, r"unknown dataset 'refcocoplus': expected one of refcoco, refcoco\+, refcocog, refclef"),
+        (
+            {"dataset": "refcocoplus"},
+            r"unknown dataset 'refcocoplus': expected one of refcoco, refcoco\+, refcocog, refclef",
+        ),
         ({"dataset": "refcoco+", "split_by": "google"}, r"refcoco\+ has no 'google' split: it is split by unc"),
         ({"dataset": "refcocog", "split_by": "unc"}, r"refcocog has no 'unc' split: it is split by umd, google"),
         ({"dataset": "refcoco", "split_by": "umd"}, r"refcoco has no 'umd' split: it is split by unc, google"),
@@ -79,7 +82,10 @@ def test_combinations_and_their_splits(dataset, split_by, splits, default, tmp_p
             {"dataset": "refcocog", "split_by": "google", "eval_splits": ["test"]},
             r"refcocog \(google\) has no split 'test' \(eval_splits\): its splits are train, val$",
         ),
-        ({"eval_splits": ["testC"]}, r"refcoco \(unc\) has no split 'testC' \(eval_splits\): its splits are train, val, testA"),
+        (
+            {"eval_splits": ["testC"]},
+            r"refcoco \(unc\) has no split 'testC' \(eval_splits\): its splits are train, val, testA",
+        ),
         ({"dataset": "refclef", "split_by": "berkeley", "eval_splits": ["testA"]}, r"has no split 'testA'"),
         ({"split_by": "google", "eval_splits": ["testA"]}, r"refcoco \(google\) has no split 'testA'"),
         ({"val_split": "dev"}, r"has no split 'dev' \(val_split\)"),
@@ -95,7 +101,9 @@ def test_unsupported_combinations_and_splits_raise(kwargs, problem, tmp_path):
 
 
 def test_explicit_splits(tmp_path):
-    dm = RefCOCODataModule(tmp_path, tmp_path, "d.jsonl", dataset="refclef", split_by="unc", eval_splits=["testC", "val"])
+    dm = RefCOCODataModule(
+        tmp_path, tmp_path, "d.jsonl", dataset="refclef", split_by="unc", eval_splits=["testC", "val"]
+    )
     assert dm.test_splits == ["testC", "val"]
     dm = RefCOCODataModule(tmp_path, tmp_path, "d.jsonl", val_split="testA", eval_splits="testB")
     assert dm.val_splits == ["testA"] and dm.test_splits == ["testB"]
@@ -167,7 +175,9 @@ def test_boxes_agree_with_phraseloceval(real_roots, dataset, split_by, split):
         rec = reference[e.sentence_id]
         assert (e.image_id, e.words, e.phrase_types) == (rec["image"], rec["phrase"], [rec["categories"]])
         w, h = e.image_size
-        assert 0 <= e.gt_boxes[0][0, 0] < e.gt_boxes[0][0, 2] <= w and 0 <= e.gt_boxes[0][0, 1] < e.gt_boxes[0][0, 3] <= h
+        assert (
+            0 <= e.gt_boxes[0][0, 0] < e.gt_boxes[0][0, 2] <= w and 0 <= e.gt_boxes[0][0, 1] < e.gt_boxes[0][0, 3] <= h
+        )
 
 
 def test_real_refs_of_one_dataset_are_not_read_as_another(real_roots, tmp_path):
@@ -187,9 +197,27 @@ def test_real_refs_of_one_dataset_are_not_read_as_another(real_roots, tmp_path):
 
 def _rows(split: str = "testA", first_ref: int = 0, first_sent: int = 0, image: int = 1) -> list[dict]:
     return [
-        {"ref_id": first_ref, "img_id": image, "sent_id": first_sent, "sent": "red cup", "bbox": [1.0, 2.0, 10.0, 12.0]},
-        {"ref_id": first_ref, "img_id": image, "sent_id": first_sent + 1, "sent": "left cup", "bbox": [1.0, 2.0, 10.0, 12.0]},
-        {"ref_id": first_ref + 1, "img_id": image, "sent_id": first_sent + 2, "sent": "blue man", "bbox": [20.0, 5.0, 8.0, 8.0]},
+        {
+            "ref_id": first_ref,
+            "img_id": image,
+            "sent_id": first_sent,
+            "sent": "red cup",
+            "bbox": [1.0, 2.0, 10.0, 12.0],
+        },
+        {
+            "ref_id": first_ref,
+            "img_id": image,
+            "sent_id": first_sent + 1,
+            "sent": "left cup",
+            "bbox": [1.0, 2.0, 10.0, 12.0],
+        },
+        {
+            "ref_id": first_ref + 1,
+            "img_id": image,
+            "sent_id": first_sent + 2,
+            "sent": "blue man",
+            "bbox": [20.0, 5.0, 8.0, 8.0],
+        },
     ]
 
 
@@ -226,7 +254,9 @@ def test_small_root_entries(small_root):
         ("21", ["left", "cup"], "3"),
         ("22", ["blue", "man"], "3"),
     ]
-    assert test[0].gt_boxes[0].tolist() == [[1.0, 2.0, 11.0, 14.0]] and test[2].gt_boxes[0].tolist() == [[20.0, 5.0, 28.0, 13.0]]
+    assert test[0].gt_boxes[0].tolist() == [[1.0, 2.0, 11.0, 14.0]] and test[2].gt_boxes[0].tolist() == [
+        [20.0, 5.0, 28.0, 13.0]
+    ]
     assert test[0].gt_boxes[0] is test[1].gt_boxes[0]  # one conversion per referred object
     assert [e.phrase_types for e in test] == [[["cup"]], [["cup"]], [["object"]]]  # the object's category
     assert test[0].image_size == (28, 14)
@@ -251,7 +281,9 @@ def test_missing_files_raise(small_root, tmp_path):
 
 
 def test_absent_annotation_raises(small_root):
-    _edit_instances(small_root, lambda d: d.update(annotations=[a for a in d["annotations"] if a["image_id"] not in (1, 3)]))
+    _edit_instances(
+        small_root, lambda d: d.update(annotations=[a for a in d["annotations"] if a["image_id"] not in (1, 3)])
+    )
     with pytest.raises(ReferFormatError, match=r"refs\(unc\)\.p: ref 20: ann_id \d+ is not in .*instances\.json"):
         _small_dm(small_root).load_split("testA")
     with pytest.raises(ReferFormatError, match=r"ref 0: ann_id \d+ is not in"):  # training refs are checked too
@@ -312,7 +344,7 @@ def _py2_pickle(value: bytes) -> bytes:
 
 def test_python2_byte_strings_are_decoded(tmp_path, caplog):
     path = tmp_path / "refs(unc).p"
-    path.write_bytes(_py2_pickle("café".encode("utf-8")))
+    path.write_bytes(_py2_pickle("café".encode()))
     assert read_refs(path) == [{"raw": "café"}]
     path.write_bytes(_py2_pickle("café".encode("latin-1")))
     with caplog.at_level(logging.WARNING, logger="lightning_wsg"):
@@ -347,8 +379,8 @@ def tiny(tmp_path_factory):
 
 
 def _tiny_dm(tiny, **kwargs) -> RefCOCODataModule:
-    kwargs = {"batch_size": 4, "num_workers": 0, "image_size": 64, **kwargs}
-    return RefCOCODataModule(tiny.root, tiny.image_dir, tiny.detections, **kwargs)
+    kwargs = {"detections": tiny.detections, "batch_size": 4, "num_workers": 0, "image_size": 64, **kwargs}
+    return RefCOCODataModule(tiny.root, tiny.image_dir, **kwargs)
 
 
 def test_tiny_training_samples_carry_no_boxes(tiny):
@@ -381,12 +413,24 @@ def test_tiny_evaluation_loaders_carry_their_split(tiny):
                 # the referred box is a proposal, labelled with the colour the expression names
                 match = (batch.proposals[i] == batch.gt_union[i, 0]).all(1) & batch.proposal_mask[i]
                 assert match.any()
-                assert batch.proposal_labels[i][int(torch.nonzero(match)[0])] in batch.words[i] or len(batch.words[i]) == 2
+                assert (
+                    batch.proposal_labels[i][int(torch.nonzero(match)[0])] in batch.words[i] or len(batch.words[i]) == 2
+                )
             seen.extend(batch.sentence_ids)
         assert seen == tiny.splits[split]
     val = _tiny_dm(tiny, eval_splits=["val"], val_split="testB")
     val.setup("validate")
     assert val.val_dataloader().dataset.split == "testB"
+
+
+def test_tiny_images_for_a_detection_cache(tiny):
+    # with detections supplied later (DetectionCache), setup parses the splits and names their images
+    dm = _tiny_dm(tiny, detections=None)
+    dm.setup("test")
+    paths = dm.image_paths("testA")
+    assert len(paths) == 3 and all(p.is_file() and p.parent == tiny.image_dir for p in paths.values())
+    dm.use_detections(tiny.detections)
+    assert len(dm.datasets["testA"]) == len(tiny.splits["testA"])
 
 
 def test_tiny_is_deterministic(tmp_path):
@@ -429,7 +473,8 @@ def test_cli_fit_then_test_logs_each_split(tiny, tmp_path):
     from lightning_wsg.cli import main
 
     args = _cli_args(tiny, tmp_path)
-    fit = main(["fit", *args, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2"])
+    limits = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2"]
+    fit = main(["fit", *args, *limits])
     assert isinstance(fit.datamodule, RefCOCODataModule) and fit.datamodule.test_splits == ["testA", "testB"]
     assert fit.model.hparams.phrase_types == []
     assert fit.trainer.global_step == 2 and "val/acc" in fit.trainer.callback_metrics
@@ -462,23 +507,22 @@ def test_real_refcoco_test_end_to_end(tmp_path):
     image_dir = make_placeholder_images(tmp_path / "images", refer)
     detections = write_gt_proposals(tmp_path / "proposals.jsonl", refer, extra=3)
     prepared = time.perf_counter() - start
-    test = main(
-        [
-            "test",
-            "--config", str(CONFIG),
-            "--config", str(SMALL),
-            "--data.root", str(refer.root),
-            "--data.image_dir", str(image_dir),
-            "--data.detections", str(detections),
-            "--data.image_size", "32",
-            "--data.batch_size", "128",
-            "--model.use_kd", "false",
-            "--model.text_encoder_overrides", '{"num_hidden_layers": 1}',
-            "--trainer.default_root_dir", str(tmp_path),
-            "--trainer.accelerator", "cpu",
-            "--trainer.devices", "1",
-        ]  # fmt: skip
-    )
+    args = [
+        "test",
+        "--config", str(CONFIG),
+        "--config", str(SMALL),
+        "--data.root", str(refer.root),
+        "--data.image_dir", str(image_dir),
+        "--data.detections", str(detections),
+        "--data.image_size", "32",
+        "--data.batch_size", "128",
+        "--model.use_kd", "false",
+        "--model.text_encoder_overrides", '{"num_hidden_layers": 1}',
+        "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.accelerator", "cpu",
+        "--trainer.devices", "1",
+    ]  # fmt: skip
+    test = main(args)
     elapsed = time.perf_counter() - start
     metrics = test.trainer.callback_metrics
     assert int(metrics["testA/num_phrases"]) == 5_657 and int(metrics["testB/num_phrases"]) == 5_095

@@ -29,25 +29,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from helpers.flickr import SHARED_DATA
 from PIL import Image
 
+from helpers.flickr import SHARED_DATA
 from lightning_wsg.boxes import coco_to_corners
 from lightning_wsg.data.refcoco import available_splits
 from lightning_wsg.detection.formats import Detections, write_jsonl
 
 __all__ = [
-    "REFCOCO_FILES",
     "PHRASELOCEVAL_FILES",
+    "REFCOCO_FILES",
     "ReferRoot",
     "TinyRefer",
-    "read_csv_split",
-    "read_phraseloceval",
-    "write_refer",
     "build_refer_root",
     "make_placeholder_images",
-    "write_gt_proposals",
     "make_tiny_refer",
+    "read_csv_split",
+    "read_phraseloceval",
+    "write_gt_proposals",
+    "write_refer",
 ]
 
 REFCOCO_FILES = SHARED_DATA / "refcoco"
@@ -141,14 +141,14 @@ def write_refer(
             image_id, sent_id, box = str(row["img_id"]), str(row["sent_id"]), list(row["bbox"])
             category = categories.get(sent_id, "object")
             cat_id = cat_ids.setdefault(category, len(cat_ids) + 1)
-            key = int(row["ref_id"])
-            if key not in ann_of:
-                ann_of[key] = len(anns) + 1
-                anns.append({"id": ann_of[key], "image_id": int(image_id), "category_id": cat_id, "bbox": box,
+            ref_id = int(row["ref_id"])
+            if ref_id not in ann_of:
+                ann_of[ref_id] = len(anns) + 1
+                anns.append({"id": ann_of[ref_id], "image_id": int(image_id), "category_id": cat_id, "bbox": box,
                              "area": box[2] * box[3], "iscrowd": 0, "segmentation": []})  # fmt: skip
                 boxes[image_id].append(box)
                 box_categories[image_id].append(category)
-            ann_id, ref_id = ann_of[key], int(row["ref_id"])
+            ann_id = ann_of[ref_id]
             ref = refs.setdefault(
                 ref_id,
                 {
@@ -167,7 +167,9 @@ def write_refer(
                 raise ValueError(f"ref {ref_id}: rows disagree on its box or split")
             words = tokens.get(sent_id) or row["sent"].split()
             ref["sent_ids"].append(int(sent_id))
-            ref["sentences"].append({"tokens": list(words), "raw": row["sent"], "sent": row["sent"], "sent_id": int(sent_id)})
+            ref["sentences"].append(
+                {"tokens": list(words), "raw": row["sent"], "sent": row["sent"], "sent_id": int(sent_id)}
+            )
     if sizes is None:
         sizes = {
             i: (max(1, max(math.ceil(b[0] + b[2]) for b in bs)), max(1, max(math.ceil(b[1] + b[3]) for b in bs)))
@@ -324,7 +326,9 @@ def make_tiny_refer(
                     sent_id += 1
                 ref_id += 1
             img.save(image_dir / f"COCO_train2014_{image_id:012d}.jpg", quality=90)
-    refer = write_refer(tmp / "refer", dataset, split_by, rows_by_split, categories=categories, sizes=sizes, distractors=True)
+    refer = write_refer(
+        tmp / "refer", dataset, split_by, rows_by_split, categories=categories, sizes=sizes, distractors=True
+    )
     rng_det = random.Random(seed + 1)
     records = []
     for image_id_s, boxes in refer.boxes.items():
