@@ -401,4 +401,3 @@ class Flickr30kEntitiesDataModule(GroundingDataModule):
             if (self.root / f"{split}.txt").is_file():
                 known.update(read_split(self.root, split))
         return known
-
