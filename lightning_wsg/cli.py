@@ -21,11 +21,16 @@ from .grounding_module import GroundingModule
 __all__ = ["main"]
 
 
-def main(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> LightningCLI:
-    """Run the command line interface (``args=None`` reads ``sys.argv``)."""
+def main(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> LightningCLI | None:
+    """Run the command line interface (``args=None`` reads ``sys.argv``).
+
+    Returns the ``LightningCLI`` when ``args`` are given (in-process use, tests); ``None``
+    when it reads ``sys.argv``, because the console script does ``sys.exit(main())`` and any
+    other object would make the exit status 1 after a successful run.
+    """
     # Tokenizers fork badly inside DataLoader workers; the encoders run in the main process.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return LightningCLI(
+    cli = LightningCLI(
         GroundingModule,
         GroundingDataModule,
         subclass_mode_data=True,
@@ -34,3 +39,4 @@ def main(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> Li
         args=args,
         run=run,
     )
+    return cli if args is not None else None

@@ -24,9 +24,11 @@ from pytorch_lightning import LightningModule
 from torch import Tensor, nn
 
 from .data.batch import GroundingBatch
-from .losses import distillation_kl, image_sentence_scores, info_nce, kd_weight, region_phrase_scores
-from .metrics import FLICKR_PHRASE_TYPES, GroundingMetrics, predict_boxes
+from .distributed import gathered_info_nce
+from .losses import distillation_kl, kd_weight, region_phrase_scores
+from .metrics import FLICKR_PHRASE_TYPES, GroundingMetrics
 from .models import PhraseEncoder, RegionEncoder, Teacher
+from .predict import ground, phrase_results
 
 __all__ = ["GroundingModule"]
 
@@ -72,7 +74,19 @@ class GroundingModule(LightningModule):
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
         phrase_types: phrase types reported as ``<split>/acc_<type>``.
+        gather_negatives: under DDP, score each sentence against the images of every process
+            (all-gathered with gradients; no effect on one process).
+        channels_last: keep the image backbone and the images in channels-last memory format
+            (faster convolutions on GPUs, above all with bf16 mixed precision).
+        compile_backbone: compile the image backbone with ``torch.compile`` (in place: the
+            checkpoint keys do not change); the first steps are slower.
+        compile_mode: the ``torch.compile`` mode (``None``: its default; ``"max-autotune"``...).
     """
+
+    #: issue 7: ``predict_step`` also returns this many next-best boxes per phrase
+    predict_top_k: int = 5
+    #: issue 7: input size of ``ground()`` (set from the checkpoint's datamodule; ``None``: 512)
+    predict_image_size: int | None = None
 
     def __init__(
         self,
@@ -107,6 +121,10 @@ class GroundingModule(LightningModule):
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         phrase_types: Sequence[str] = FLICKR_PHRASE_TYPES,
+        gather_negatives: bool = True,
+        channels_last: bool = False,
+        compile_backbone: bool = False,
+        compile_mode: str | None = None,
     ) -> None:
         super().__init__()
         if not (use_nce or use_kd):
@@ -139,6 +157,11 @@ class GroundingModule(LightningModule):
             freeze=hp.freeze_text_encoder,
         )
         self.teacher = Teacher(matching=hp.teacher_matching, min_match=hp.teacher_min_match) if hp.use_kd else None
+        # issue 6: the GPU path (the trainer's precision, e.g. bf16-mixed, is set in the trainer config)
+        if hp.channels_last:
+            self.region_encoder.backbone.to(memory_format=torch.channels_last)
+        if hp.compile_backbone:
+            self.region_encoder.backbone.compile(mode=hp.compile_mode)
 
     def _metrics_for(self, split: str) -> GroundingMetrics:
         """The metric collection of one evaluation split (created on first use)."""
@@ -153,7 +176,10 @@ class GroundingModule(LightningModule):
     # ----------------------------------------------------------------- forward
     def encode(self, batch: GroundingBatch) -> tuple[Tensor, Tensor]:
         """Region features ``[B, R, D]`` and phrase features ``[B, P, D]`` (L2-normalised)."""
-        regions = self.region_encoder(batch.images, batch.roi_boxes, batch.proposal_mask)
+        images = batch.images
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        regions = self.region_encoder(images, batch.roi_boxes, batch.proposal_mask)
         phrases = self.phrase_encoder(batch.words, batch.phrase_spans, batch.phrase_mask.shape[1])
         return regions, phrases
 
@@ -172,19 +198,19 @@ class GroundingModule(LightningModule):
         bs = len(batch)
         losses: dict[str, Tensor] = {}
         if hp.use_nce:
-            sentence_scores = image_sentence_scores(
+            # issue 6: negatives from every process under DDP (see lightning_wsg.distributed)
+            losses["nce"] = gathered_info_nce(
                 regions,
                 batch.proposal_mask,
                 phrases,
                 batch.phrase_mask,
+                batch.image_ids,
                 tau=hp.tau_sentence,
                 phrase_reduce=hp.phrase_reduce,
                 region_reduce=hp.region_reduce,
+                symmetric=hp.symmetric_nce,
+                gather=hp.gather_negatives,
             )
-            positives = torch.arange(bs, device=self.device)
-            same_image = self._same_image_mask(batch.image_ids, batch.image_ids).to(self.device)
-            same_image.fill_diagonal_(False)
-            losses["nce"] = info_nce(sentence_scores, positives, same_image, symmetric=hp.symmetric_nce)
         if hp.use_kd:
             losses["kd"] = self._distillation(batch, regions, phrases)
             losses["kd_weight"] = torch.tensor(self._kd_weight(), device=self.device)
@@ -284,18 +310,40 @@ class GroundingModule(LightningModule):
     def predict_step(self, batch: GroundingBatch, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
         """Per sentence, the chosen box (original pixels) and score of each phrase."""
         scores = self(batch)
-        indices, boxes, top_scores = predict_boxes(scores, batch.proposals, batch.proposal_mask, k=1)
-        out = []
-        for i, spans in enumerate(batch.phrase_spans):
-            phrases = []
-            for j, (s, e) in enumerate(spans):
-                phrases.append(
-                    {
-                        "phrase": " ".join(batch.words[i][s:e]),
-                        "span": [s, e],
-                        "box": [round(v, 2) for v in boxes[i, j, 0].tolist()],
-                        "score": float(top_scores[i, j, 0]),
-                    }
-                )
-            out.append({"image_id": batch.image_ids[i], "sentence_id": batch.sentence_ids[i], "phrases": phrases})
-        return out
+        # issue 7: plus the next-best ``predict_top_k`` boxes per phrase ("alternatives")
+        results = phrase_results(
+            scores, batch.proposals, batch.proposal_mask, batch.words, batch.phrase_spans, self.predict_top_k
+        )
+        return [
+            {
+                "image_id": batch.image_ids[i],
+                "sentence_id": batch.sentence_ids[i],
+                "sentence": " ".join(batch.words[i]),
+                "image_size": [int(v) for v in batch.image_sizes[i].tolist()],
+                "phrases": phrases,
+            }
+            for i, phrases in enumerate(results)
+        ]
+
+    # issue 7: grounding new images from Python
+    def ground(
+        self,
+        image: Any,
+        sentence: str,
+        proposals: Tensor | Sequence[Sequence[float]] | None = None,
+        top_k: int = 5,
+        **kwargs: Any,
+    ) -> list[dict[str, Any]]:
+        """Boxes of the phrases of ``sentence`` (``"a [red car] by [the tree]"``, or plain) in ``image``.
+
+        ``image``: a path, PIL image or ``[3, H, W]`` tensor; ``proposals``: ``[R, 4]`` corners in
+        image pixels (default: a dense box grid). Returns per phrase ``{"phrase", "span", "box",
+        "score", "alternatives"}`` (see :func:`lightning_wsg.predict.ground`, which takes ``kwargs``).
+        """
+        return ground(self, image, sentence, proposals=proposals, top_k=top_k, **kwargs)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # issue 7: ground() resizes images as the training datamodule did
+        size = (checkpoint.get("datamodule_hyper_parameters") or {}).get("image_size")
+        if size is not None:
+            self.predict_image_size = int(size)

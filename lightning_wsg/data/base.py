@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pytorch_lightning as pl
 import torch
@@ -26,7 +27,9 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..boxes import scale_boxes
 from ..detection.formats import DetectionFormatError, DetectionStore, open_detections
+from ..predict import DEFAULT_GRID_ASPECT_RATIOS, DEFAULT_GRID_SCALES, DEFAULT_GRID_STRIDE, PREDICT_SPLIT
 from .batch import GroundingSample, collate
+from .samplers import ResumableDataLoader, evaluation_sampler, training_sampler
 
 __all__ = ["GroundingEntry", "GroundingDataset", "GroundingDataModule", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -204,6 +207,15 @@ class GroundingDataModule(pl.LightningDataModule):
         max_phrases: training sentences keep at most this many phrases.
         pin_memory: passed to the loaders.
         persistent_workers: keep workers between epochs (only with ``num_workers > 0``).
+        predict_file: sentences to ground in new images (JSON Lines, see
+            :mod:`lightning_wsg.predict`); ``lightning predict`` then uses the ``"predict"``
+            split instead of the test splits.
+        predict_proposals: proposals at prediction: ``"grid"`` (a dense multi-scale box
+            grid, no detector) or ``"detections"`` (``detections`` or the detection cache;
+            images it lacks fall back to the grid).
+        grid_scales: box sizes of the grid, as fractions of the image side.
+        grid_aspect_ratios: box aspect ratios (width / height) of the grid.
+        grid_stride: grid step as a fraction of the box size.
     """
 
     train_split: str = "train"
@@ -214,7 +226,7 @@ class GroundingDataModule(pl.LightningDataModule):
         self,
         root: str | Path,
         image_dir: str | Path,
-        detections: str | Path | None,
+        detections: str | Path | None = None,
         vocabulary: str | Path | None = None,
         batch_size: int = 32,
         num_workers: int = 4,
@@ -223,9 +235,17 @@ class GroundingDataModule(pl.LightningDataModule):
         max_phrases: int = 16,
         pin_memory: bool = False,
         persistent_workers: bool = False,
+        predict_file: str | Path | None = None,
+        predict_proposals: Literal["grid", "detections"] = "grid",
+        grid_scales: Sequence[float] = DEFAULT_GRID_SCALES,
+        grid_aspect_ratios: Sequence[float] = DEFAULT_GRID_ASPECT_RATIOS,
+        grid_stride: float = DEFAULT_GRID_STRIDE,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        for key, value in list(self.hparams.items()):  # issue 7: plain strings, so that checkpoints
+            if isinstance(value, Path):  # load with torch.load(weights_only=True) (load_from_checkpoint)
+                self.hparams[key] = str(value)
         self.root = Path(root)
         self.image_dir = Path(image_dir)
         self.detections = Path(detections) if detections is not None else None  # None: DetectionCache (issue 4)
@@ -241,6 +261,13 @@ class GroundingDataModule(pl.LightningDataModule):
         self._store: DetectionStore | None = None
         self._entries: dict[str, list[GroundingEntry]] = {}  # parsed once per split (issue 4)
         self._supplied_detections: Path | None = None  # set by use_detections (issue 4)
+        # issue 7: grounding new images (lightning predict)
+        if predict_proposals not in ("grid", "detections"):
+            raise ValueError(f"predict_proposals must be 'grid' or 'detections', got {predict_proposals!r}")
+        self.predict_file = Path(predict_file) if predict_file is not None else None
+        self.predict_proposals = predict_proposals
+        self.grid = {"scales": tuple(grid_scales), "aspect_ratios": tuple(grid_aspect_ratios), "stride": float(grid_stride)}
+        self._predict_records: list | None = None
 
     # -- hooks of a concrete dataset -------------------------------------------------
     def load_split(self, split: str) -> list[GroundingEntry]:
@@ -284,15 +311,22 @@ class GroundingDataModule(pl.LightningDataModule):
             return [self.train_split, *self.val_splits]
         if stage == "validate":
             return list(self.val_splits)
+        if stage == "predict" and self.predict_file is not None:  # issue 7
+            return [PREDICT_SPLIT]
         if stage in ("test", "predict"):
             return list(self.test_splits)
         return [self.train_split, *self.val_splits, *self.test_splits]
 
     def build_dataset(self, split: str) -> GroundingDataset:
         """Parse ``split``, drop pairs without proposals, check that the images exist."""
+        if split == PREDICT_SPLIT and self.predict_file is not None:  # issue 7
+            return self._build_predict_dataset()
+        # a plain mapping, not this datamodule's bound method: workers that are spawned
+        # (not forked) then receive the paths instead of a pickled datamodule and trainer
+        paths = self.image_paths(split)
         dataset = GroundingDataset(
             self.entries(split),
-            self.image_path,
+            paths.__getitem__,
             self.store,
             split,
             image_size=self.image_size,
@@ -301,8 +335,8 @@ class GroundingDataModule(pl.LightningDataModule):
         )
         if len(dataset) == 0:
             raise ValueError(f"split {split}: no image-sentence pair left: no image has proposals in {self.store.path}")
-        paths = {str(self.image_path(image_id)) for image_id in {e.image_id for e in dataset.entries}}
-        missing = sorted(p for p in paths if not Path(p).is_file())
+        used = {e.image_id for e in dataset.entries}
+        missing = sorted(str(paths[i]) for i in used if not paths[i].is_file())
         if missing:
             raise FileNotFoundError(f"split {split}: {len(missing)} images not found: {_examples(missing)}")
         return dataset
@@ -311,7 +345,8 @@ class GroundingDataModule(pl.LightningDataModule):
         """Build the datasets ``stage`` needs (each split once)."""
         self._check_paths()
         for split in self._splits_for(stage):
-            if self.detections is None:  # issue 4: parse now, datasets once DetectionCache supplies detections
+            grid = split == PREDICT_SPLIT and self.predict_file is not None and self.predict_proposals == "grid"
+            if self.detections is None and not grid:  # issue 4: parse now, datasets once DetectionCache supplies detections
                 self.entries(split)
             elif split not in self.datasets:
                 self.datasets[split] = self.build_dataset(split)
@@ -325,23 +360,31 @@ class GroundingDataModule(pl.LightningDataModule):
 
     def entries(self, split: str) -> list[GroundingEntry]:
         """The parsed entries of ``split`` (parsed on first use, then kept)."""
+        if split == PREDICT_SPLIT and self.predict_file is not None:  # issue 7
+            return self._predict_dataset_for(None).entries
         if split not in self._entries:
             self._entries[split] = self.load_split(split)
         return self._entries[split]
 
     def image_paths(self, split: str) -> dict[str, Path]:
         """``image_id -> image file`` of every image ``split``'s entries use (parsing it once)."""
+        if split == PREDICT_SPLIT and self.predict_file is not None:  # issue 7
+            return self._predict_dataset_for(None).image_paths()
         image_ids = dict.fromkeys(entry.image_id for entry in self.entries(split))
         return {image_id: Path(self.image_path(image_id)) for image_id in image_ids}
 
-    def use_detections(self, detections: str | Path, splits: Sequence[str] | None = None) -> None:
+    def use_detections(self, detections: str | Path | DetectionStore, splits: Sequence[str] | None = None) -> None:
         """Read proposals from ``detections`` from now on and rebuild the datasets of ``splits``.
 
-        ``splits`` defaults to every split parsed so far; datasets of other splits are dropped
-        (with ``data.detections`` null they wait for the next call). Entries are not parsed again.
+        ``detections`` is a source for :func:`open_detections`, or an opened store (taken as
+        is: a view of a shared cache holding just this dataset's images). ``splits`` defaults
+        to every split parsed so far; datasets of other splits are dropped (with
+        ``data.detections`` null they wait for the next call). Entries are not parsed again.
         """
-        self._supplied_detections = Path(detections)
-        self._store = None
+        if isinstance(detections, DetectionStore):
+            self._supplied_detections, self._store = detections.path, detections
+        else:
+            self._supplied_detections, self._store = Path(detections), None
         splits = list(self._entries) if splits is None else list(splits)
         self.datasets = {}
         for split in splits:
@@ -354,11 +397,13 @@ class GroundingDataModule(pl.LightningDataModule):
             raise RuntimeError(f"split {split} is not set up: call setup() first")
         dataset = self.datasets[split]
         train = split == self.train_split
-        return DataLoader(
+        # issue 6: a seeded, per-rank, checkpointed training order; evaluation split without duplicates under DDP
+        sampler = training_sampler(dataset, self.trainer) if train else evaluation_sampler(dataset, self.trainer)
+        return (ResumableDataLoader if train else DataLoader)(
             dataset,
             batch_size=self.batch_size,
-            shuffle=train,
-            drop_last=train and len(dataset) > self.batch_size,
+            sampler=sampler,
+            drop_last=train and len(sampler) > self.batch_size,
             num_workers=self.num_workers,
             collate_fn=collate,
             pin_memory=self.pin_memory,
@@ -377,3 +422,33 @@ class GroundingDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
         return self._loaders(self.test_splits)
+
+    # -- prediction on new images (issue 7) --------------------------------------------
+    def predict_dataloader(self) -> DataLoader | list[DataLoader]:
+        """``data.predict_file``'s sentences, else the test splits."""
+        return self._loaders(self._splits_for("predict"))
+
+    def _predict_dataset_for(self, detections: DetectionStore | None):
+        from ..predict import read_predict_file
+        from .predict import PredictDataset  # (imports this module)
+
+        if self._predict_records is None:
+            self._predict_records = read_predict_file(self.predict_file)
+        return PredictDataset(
+            self._predict_records,
+            image_size=self.image_size,
+            detections=detections,
+            max_proposals=self.max_proposals,
+            grid=self.grid,
+        )
+
+    def _build_predict_dataset(self):
+        if self.predict_proposals == "grid":
+            return self._predict_dataset_for(None)
+        store = self._store  # supplied by DetectionCache, or opened for an earlier stage
+        if store is None:
+            source = self._supplied_detections or self.detections
+            if source is None:
+                raise RuntimeError(_NO_DETECTIONS)
+            store = open_detections(source, self.vocabulary)  # not checked against the dataset's ids
+        return self._predict_dataset_for(store)

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Literal
 
+from ..predict import DEFAULT_GRID_ASPECT_RATIOS, DEFAULT_GRID_SCALES, DEFAULT_GRID_STRIDE  # issue 7
 from ..synthetic import DIFFICULTY, DISTRACTOR_RATE, IMAGE_SIZE, NUM_TEST, NUM_TRAIN, NUM_VAL, PAIR_RATE
 from ..synthetic import generate_world, world_is_complete
 from .flickr30k_entities import Flickr30kEntitiesDataModule
@@ -45,6 +47,8 @@ class SyntheticWorldDataModule(Flickr30kEntitiesDataModule):
         max_phrases: training sentences keep at most this many phrases.
         pin_memory: passed to the loaders.
         persistent_workers: keep workers between epochs.
+        predict_file, predict_proposals, grid_scales, grid_aspect_ratios, grid_stride:
+            prediction on new images, see :class:`~lightning_wsg.data.GroundingDataModule`.
     """
 
     def __init__(
@@ -65,6 +69,11 @@ class SyntheticWorldDataModule(Flickr30kEntitiesDataModule):
         max_phrases: int = 16,
         pin_memory: bool = False,
         persistent_workers: bool = False,
+        predict_file: str | Path | None = None,
+        predict_proposals: Literal["grid", "detections"] = "grid",
+        grid_scales: tuple[float, ...] = DEFAULT_GRID_SCALES,
+        grid_aspect_ratios: tuple[float, ...] = DEFAULT_GRID_ASPECT_RATIOS,
+        grid_stride: float = DEFAULT_GRID_STRIDE,
     ) -> None:
         root = Path(root)
         super().__init__(
@@ -78,6 +87,11 @@ class SyntheticWorldDataModule(Flickr30kEntitiesDataModule):
             max_phrases=max_phrases,
             pin_memory=pin_memory,
             persistent_workers=persistent_workers,
+            predict_file=predict_file,
+            predict_proposals=predict_proposals,
+            grid_scales=grid_scales,
+            grid_aspect_ratios=grid_aspect_ratios,
+            grid_stride=grid_stride,
         )
         self.world_args = dict(
             num_train=num_train,

@@ -24,9 +24,9 @@ from .torchvision import TorchvisionBackend
 __all__ = [
     "CachedDetections",
     "DetectionCache",
-    "Detections",
     "DetectionFormatError",
     "DetectionStore",
+    "Detections",
     "DetectorBackend",
     "JsonlDetections",
     "MMDetectionBackend",

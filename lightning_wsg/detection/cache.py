@@ -3,28 +3,32 @@
 A detector runs once per image and setting; its output lands here and every later fit,
 test and predict reads it through :func:`lightning_wsg.detection.open_detections`.
 
-Layout (one folder per detector setting, named by the setting's fingerprint)::
+Layout (as :class:`~lightning_wsg.detection.DetectionCache` writes it; one folder per
+image collection and detector setting, the latter named by the setting's fingerprint)::
 
     <cache_dir>/
-      digests.json                      content hashes of checkpoints / configs, memoised
-                                        by (path, size, mtime) so big files are hashed once
-      <backend>-<fingerprint[:16]>/     one detector setting
-        manifest.json                   what made it: backend, settings, fingerprint, class
+      digests.json                      content hashes of checkpoints / files, memoised by
+                                        (path, size, mtime): big files are hashed once
+      <namespace>/                      one image collection (default: the image folder's
+                                        name and a hash of its absolute path)
+        <backend>-<fingerprint[:16]>/   one detector setting
+          manifest.json                 what made it: backend, settings, fingerprint, class
                                         names, package versions, counts, dates
-        shards/
-          <sha1 of the image ids>.pt    one shard: up to ``shard_size`` images' detections
-          .<name>.tmp-<host>-<pid>-...  a shard being written (never read)
+          shards/
+            <sha1 of its image ids>.pt  one shard: up to ``shard_size`` images' detections
+            .<name>.tmp-<host>-<pid>-*  a shard being written (never read)
+          .runs/<run id>/rank<r>.done   DDP: each rank's "my share is written" mark
 
 A shard is a ``torch.save`` dict of flat arrays (see :func:`pack_shard`): ``image_ids``
-(newline-joined, as are the name lists),
+(newline-joined, as are the name lists: one pickle opcode each),
 ``offsets`` (``[n + 1]`` int64), ``boxes`` (``[T, 4]`` float32), ``scores`` (``[T]``
 float32), ``labels`` (``[T]`` int32 into ``label_names``, ``-1`` when the image has no
 labels), ``has_labels`` (``[n]`` bool), optional ``class_probs`` (``[T, C]`` float16 over
-``class_names``). Shards are written to a temporary file and renamed into place
-(:func:`os.replace`), so a reader sees a shard whole or not at all; a killed run leaves
-only complete shards, and the next run detects only the images no shard holds. Readers
-map shards into memory (``torch.load(mmap=True)``): DataLoader workers and ranks share
-the page cache, and nothing is written after a rename.
+``class_names``, returned as float32). Shards are written to a temporary file, flushed to
+disk and renamed into place (:func:`os.replace`), so a reader sees a shard whole or not at
+all; a killed run leaves only complete shards, and the next run detects only the images no
+shard holds. Readers map shards into memory (``torch.load(mmap=True)``): DataLoader
+workers and ranks share the page cache, and nothing is written after a rename.
 
 The fingerprint is the SHA-256 of the canonical JSON of everything that changes the
 output (:meth:`DetectorBackend.settings`: backend, resolved config, checkpoint contents
@@ -275,9 +279,7 @@ class PrecomputedBackend(DetectorBackend):
 
 
 # --------------------------------------------------------------------------------- shards
-def pack_shard(
-    detections: Sequence[Detections], class_names: Sequence[str] | None = None
-) -> dict[str, Any]:
+def pack_shard(detections: Sequence[Detections], class_names: Sequence[str] | None = None) -> dict[str, Any]:
     """Flatten detections into one shard dict (see the module docstring).
 
     ``class_names`` (the detector's vocabulary) seeds ``label_names`` so that label indices
@@ -331,7 +333,9 @@ def pack_shard(
     if all(with_probs):
         width = probs_width if probs_width is not None else (len(class_names) if class_names is not None else 0)
         rows = [det.class_probs.detach().float().cpu().reshape(-1, width) for det in detections]
-        shard["class_probs"] = torch.cat(rows).to(torch.float16) if total else torch.zeros(0, width, dtype=torch.float16)
+        shard["class_probs"] = (
+            torch.cat(rows).to(torch.float16) if total else torch.zeros(0, width, dtype=torch.float16)
+        )
     return shard
 
 
@@ -352,7 +356,17 @@ def _split(text: str | None) -> list[str] | None:
 class _Shard:
     """A loaded shard: memory-mapped arrays and per-image offsets."""
 
-    __slots__ = ("path", "image_ids", "offsets", "boxes", "scores", "labels", "has_labels", "class_probs", "class_names")
+    __slots__ = (
+        "boxes",
+        "class_names",
+        "class_probs",
+        "has_labels",
+        "image_ids",
+        "labels",
+        "offsets",
+        "path",
+        "scores",
+    )
 
     def __init__(self, path: Path) -> None:
         try:
@@ -398,9 +412,14 @@ class CachedDetections(DetectionStore):
     slices the shard's arrays (no copy). Shards renamed into place after opening are seen
     after :meth:`refresh`. Pickling (DataLoader workers with ``spawn``) carries the index
     only; each process maps the shards again on first use.
+
+    Args:
+        path: the cache folder (the one holding ``manifest.json``).
+        only: restrict the store to these image ids (a dataset's view of a cache shared
+            with other datasets of the same images, e.g. RefCOCO and RefCOCOg on COCO).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, only: Iterable[str] | None = None) -> None:
         path = Path(path)
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
@@ -412,6 +431,7 @@ class CachedDetections(DetectionStore):
         super().__init__(path, {}, self.manifest.get("class_names"))
         self._shards: dict[str, _Shard] = {}
         self._index: dict[str, tuple[str, int]] = {}
+        self._only = {str(i) for i in only} if only is not None else None
         self.refresh()
 
     def refresh(self) -> None:
@@ -421,9 +441,11 @@ class CachedDetections(DetectionStore):
                 continue
             name = shard_path.name
             shard = self._shards[name] = _Shard(shard_path)
-            index = self._index
+            index, only = self._index, self._only
             for row, image_id in enumerate(shard.image_ids):
-                if image_id not in index:  # an image in two shards (two jobs filling at once): first name wins
+                if image_id not in index and (
+                    only is None or image_id in only
+                ):  # an image in two shards (two jobs filling at once): first name wins
                     index[image_id] = (name, row)
             if self.class_names is None and shard.class_names is not None:
                 self.class_names = list(shard.class_names)
@@ -567,7 +589,9 @@ class ShardedCache:
             )
         return manifest
 
-    def update_manifest(self, class_names: Sequence[str] | None = None, versions: Mapping[str, str] | None = None) -> dict:
+    def update_manifest(
+        self, class_names: Sequence[str] | None = None, versions: Mapping[str, str] | None = None
+    ) -> dict:
         """Rewrite the manifest's counts, class names and date from the shards on disk."""
         manifest = self.ensure_manifest()
         store = self.open(refresh=True)
@@ -688,10 +712,14 @@ class ShardedCache:
                     chunk = [(image_id, paths[image_id]) for image_id in shard_ids[i : i + batch]]
                     out = backend.detect(chunk)
                     if len(out) != len(chunk):
-                        raise RuntimeError(f"{type(backend).__name__}.detect returned {len(out)} results for {len(chunk)} images")
+                        raise RuntimeError(
+                            f"{type(backend).__name__}.detect returned {len(out)} results for {len(chunk)} images"
+                        )
                     for (image_id, _), det in zip(chunk, out):
                         if str(det.image_id) != image_id:
-                            raise RuntimeError(f"{type(backend).__name__}.detect returned image {det.image_id} for {image_id}")
+                            raise RuntimeError(
+                                f"{type(backend).__name__}.detect returned image {det.image_id} for {image_id}"
+                            )
                     dets.extend(out)
                     advance(len(chunk))
                 self.write_shard(dets, backend.class_names)
@@ -734,8 +762,10 @@ class _progress:
         from rich.text import Text
 
         class _Rate(ProgressColumn):
-            def render(self, task) -> Text:  # noqa: ANN001 - rich's Task
+            def render(self, task) -> Text:
                 speed = task.finished_speed or task.speed
+                if speed is None and task.elapsed:
+                    speed = task.completed / task.elapsed
                 return Text("?  images/s" if speed is None else f"{speed:.2f} images/s", style="progress.data.speed")
 
         self._bar = Progress(

@@ -36,7 +36,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
-from .cache import DetectorBackend, ShardedCache, file_digest, plan_shards
+from .cache import CachedDetections, DetectorBackend, ShardedCache, file_digest, plan_shards
 
 __all__ = ["DetectionCache"]
 
@@ -130,7 +130,7 @@ class DetectionCache(Callback):
                 logger.warning("detection cache: stopped waiting for ranks after %.0f s (%s)", now - start, run_dir)
                 return
             if now - last_note > 600:
-                waiting = sorted(set(f"rank{r}" for r in range(world_size)) - marks)
+                waiting = sorted({f"rank{r}" for r in range(world_size)} - marks)
                 logger.info("detection cache: waiting for %s to finish detecting (%s)", ", ".join(waiting), run_dir)
                 last_note = now
             time.sleep(self.poll_seconds)
@@ -152,23 +152,35 @@ class DetectionCache(Callback):
 
         # rank 0 hashes the detector's files; all ranks then agree on one folder and one run id
         memo = self.cache_dir / "digests.json"
-        payload = None
+        payload: dict[str, Any] = {}
+        rank0_error: BaseException | None = None
         if rank == 0:
-            payload = {
-                "settings": self.backend.settings(lambda p: file_digest(p, memo=memo)),
-                "namespace": self.namespace or self.default_namespace(dm),
-                "run": uuid.uuid4().hex,
-            }
+            try:  # an error here (a missing checkpoint...) must reach every rank, not hang them
+                settings = self.backend.settings(lambda p: file_digest(p, memo=memo))
+                namespace = self.namespace or self.default_namespace(dm)
+                cache = ShardedCache(self.cache_dir / namespace, settings, self.shard_size)
+                cache.ensure_manifest()
+                removed = cache.remove_stale_temp_files()
+                if removed:
+                    logger.info(
+                        "detection cache: removed %d temporary files of killed runs in %s", removed, cache.shard_dir
+                    )
+                payload = {
+                    "settings": settings,
+                    "namespace": namespace,
+                    "missing": cache.missing(images),
+                    "run": uuid.uuid4().hex,
+                }
+            except Exception as err:  # noqa: BLE001 - re-raised below on rank 0
+                rank0_error = err
+                payload = {"error": f"{type(err).__name__}: {err}"}
         payload = strategy.broadcast(payload, src=0)
+        if rank0_error is not None:
+            raise rank0_error
+        if "error" in payload:
+            raise RuntimeError(f"DetectionCache: rank 0 failed to prepare the cache: {payload['error']}")
         cache = self.cache = ShardedCache(self.cache_dir / payload["namespace"], payload["settings"], self.shard_size)
-        missing: list[str] | None = None
-        if rank == 0:
-            cache.ensure_manifest()
-            removed = cache.remove_stale_temp_files()
-            if removed:
-                logger.info("detection cache: removed %d temporary files of killed runs in %s", removed, cache.shard_dir)
-            missing = cache.missing(images)
-        missing = strategy.broadcast(missing, src=0)
+        missing: list[str] = payload["missing"]
 
         self.detected = 0
         error: BaseException | None = None
@@ -212,9 +224,7 @@ class DetectionCache(Callback):
                     "system every rank sees"
                 )
             if rank == 0:
-                manifest = cache.update_manifest(
-                    self.backend.class_names if self.backend.loaded else None, versions=self.backend.versions()
-                )
+                manifest = cache.update_manifest(versions=self.backend.versions())  # class names from the shards
                 shutil.rmtree(cache.path / ".runs" / payload["run"], ignore_errors=True)
                 rank_zero_info(
                     f"detection cache {cache.path}: {manifest['counts']['images']} images, "
@@ -223,7 +233,8 @@ class DetectionCache(Callback):
             strategy.barrier("detection_cache_manifest")
         else:
             rank_zero_info(f"detection cache {cache.path}: all {len(images)} images of {', '.join(splits)} cached")
-        dm.use_detections(cache.path, splits)
+        # this stage's images only: the cache may also hold another dataset's images of this folder
+        dm.use_detections(CachedDetections(cache.path, only=images), splits)
 
     def state_dict(self) -> dict[str, Any]:
         return {"cache": str(self.cache.path) if self.cache is not None else None}

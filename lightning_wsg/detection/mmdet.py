@@ -82,9 +82,7 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _predict_single_with_probs(
-    self, roi, cls_score, bbox_pred, img_meta, rescale: bool = False, rcnn_test_cfg=None
-):
+def _predict_single_with_probs(self, roi, cls_score, bbox_pred, img_meta, rescale: bool = False, rcnn_test_cfg=None):
     """``BBoxHead._predict_by_feat_single`` that also returns ``class_probs`` per kept box."""
     from mmdet.models.layers import multiclass_nms
 
@@ -199,7 +197,9 @@ class MMDetectionBackend(DetectorBackend):
                         step["scale"] = self.image_scale
                         found = True
             if not found:
-                raise ValueError(f"{self.config}: no Resize step with a scale in the test pipeline to set image_scale on")
+                raise ValueError(
+                    f"{self.config}: no Resize step with a scale in the test pipeline to set image_scale on"
+                )
         return cfg
 
     def settings(self, digest: Callable[[Path], str] = file_digest) -> dict[str, Any]:
@@ -313,9 +313,10 @@ def _test_pipelines(cfg) -> list[list]:
     if cfg.get("test_pipeline") is not None:
         pipelines.append(cfg.test_pipeline)
     loader = cfg.get("test_dataloader")
-    if loader is not None and loader.get("dataset") is not None and loader.dataset.get("pipeline") is not None:
-        if not any(p is loader.dataset.pipeline for p in pipelines):
-            pipelines.append(loader.dataset.pipeline)
+    dataset = loader.get("dataset") if loader is not None else None
+    pipeline = dataset.get("pipeline") if dataset is not None else None
+    if pipeline is not None and not any(p is pipeline for p in pipelines):
+        pipelines.append(pipeline)
     return pipelines
 
 

