@@ -67,7 +67,9 @@ class StepTimer(Callback):
             self.waits.append(self._start - self._end)
         self.batch_sizes.append(len(batch))
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self._sync(pl_module)
         self._end = time.perf_counter()
         self.computes.append(self._end - self._start)
@@ -123,6 +125,7 @@ def main() -> None:
         "--trainer.enable_model_summary=false",
         f"--trainer.default_root_dir={tempfile.mkdtemp(prefix='wsg_bench_')}",
     ]
+    sys.argv = sys.argv[:1]  # the CLI gets cli_args only
     cli = cli_main(cli_args, run=False)
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     timer = StepTimer()

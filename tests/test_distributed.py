@@ -283,7 +283,7 @@ def test_ddp_sim_fit_and_test_count_each_phrase_once(tmp_path: Path) -> None:
         *data_args(tiny.root, tiny.image_dir, tiny.detections), *tiny_model_args(),
         "--data.image_size=32", "--data.batch_size=4", "--data.max_proposals=8",
         "--model.hidden_dim=32", "--model.embed_dim=16", "--model.backbone_out_index=-2", "--model.roi_size=3",
-        "--trainer.logger=pytorch_lightning.loggers.CSVLogger",
+        "--trainer.logger=pytorch_lightning.loggers.CSVLogger", "--trainer.log_every_n_steps=1",
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")}
     env["TOKENIZERS_PARALLELISM"] = "false"
@@ -306,7 +306,7 @@ def test_ddp_sim_fit_and_test_count_each_phrase_once(tmp_path: Path) -> None:
     fit_metrics, test_metrics = _csv_metrics(fit_dir), _csv_metrics(test_dir)
     assert fit_metrics["val/num_phrases"] == expected["val"] > 0
     assert test_metrics["test/num_phrases"] == expected["test"] > 0
-    assert test_metrics["test/upper_bound"] == pytest.approx(1.0)
+    assert 0.0 <= test_metrics["test/acc"] <= test_metrics["test/upper_bound"] <= 1.0
     assert "train/loss" in fit_metrics and fit_metrics["epoch"] == 0
 
 

@@ -149,3 +149,27 @@ def test_predict_step_returns_boxes_in_original_pixels(datamodule) -> None:
             assert 0 <= x1 <= x2 <= w + 1e-3 and 0 <= y1 <= y2 <= h + 1e-3
             proposals = batch.proposals[i][batch.proposal_mask[i]].tolist()
             assert any(all(abs(a - b) < 0.01 for a, b in zip(phrase["box"], p)) for p in proposals)
+
+
+def test_teacher_uses_class_probability_vectors_when_the_batch_has_them(datamodule) -> None:
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    model = tiny_module(kd_weight_initial=1.0).eval()
+    logged = {}
+    model.log = lambda name, value, **kw: logged.__setitem__(name, torch.as_tensor(value).detach())
+    batch = _batch(datamodule, "train")
+    class_names = ["man", "dog", "car", "shirt", "box"]
+    B, R = batch.proposal_mask.shape
+    probs = torch.softmax(torch.randn(B, R, len(class_names), generator=torch.Generator().manual_seed(0)), dim=-1)
+    batch = dataclasses.replace(batch, class_probs=probs)
+    # without a datamodule telling the class names, the vectors cannot be read: labels are used
+    assert model._detector_class_names() is None
+    model.training_step(batch, 0)
+    kd_labels = float(logged["train/kd"])
+    store = SimpleNamespace(class_names=class_names)
+    model._trainer = SimpleNamespace(global_step=0, datamodule=SimpleNamespace(store=store))
+    assert model._detector_class_names() == class_names
+    model.training_step(batch, 0)
+    kd_probs = float(logged["train/kd"])
+    assert kd_probs > 0 and kd_probs != pytest.approx(kd_labels)

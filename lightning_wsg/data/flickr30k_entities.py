@@ -335,7 +335,8 @@ class Flickr30kEntitiesDataModule(GroundingDataModule):
         root: folder with ``Annotations/``, ``Sentences/``, ``train.txt``, ``val.txt``,
             ``test.txt`` (and optionally ``UNRELATED_CAPTIONS``).
         image_dir: folder of ``<image_id>.jpg``.
-        detections: the proposals file.
+        detections: the proposals file (``None`` when a ``DetectionCache`` callback
+            supplies them).
         unrelated_captions: pairs left out of training; default ``root/UNRELATED_CAPTIONS``
             when that file exists.
         **kwargs: see :class:`~lightning_wsg.data.base.GroundingDataModule`.
@@ -345,7 +346,7 @@ class Flickr30kEntitiesDataModule(GroundingDataModule):
         self,
         root: str | Path,
         image_dir: str | Path,
-        detections: str | Path,
+        detections: str | Path | None = None,
         vocabulary: str | Path | None = None,
         batch_size: int = 32,
         num_workers: int = 4,

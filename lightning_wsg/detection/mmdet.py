@@ -206,6 +206,11 @@ class MMDetectionBackend(DetectorBackend):
         cfg = self.build_config()
         resolved = json.loads(json.dumps(cfg.to_dict(), sort_keys=True, default=str))
         checkpoint = None
+        if self.checkpoint is not None and not self._is_url() and not Path(self.checkpoint).is_file():
+            raise FileNotFoundError(
+                f"MMDetection checkpoint not found: {self.checkpoint} (download it, for example from the "
+                "MMDetection model zoo, or give its URL; checkpoint: null runs random weights)"
+            )
         if self.checkpoint is not None:
             checkpoint = {"url": str(self.checkpoint)} if self._is_url() else {"sha256": digest(Path(self.checkpoint))}
         names = self.class_names_arg

@@ -164,6 +164,8 @@ class TorchvisionBackend(DetectorBackend):
         return _load_categories(self.categories)  # type: ignore[return-value]
 
     def settings(self, digest: Callable[[Path], str] = file_digest) -> dict[str, Any]:
+        if self.checkpoint is not None and not self.checkpoint.is_file():
+            raise FileNotFoundError(f"torchvision detector checkpoint not found: {self.checkpoint}")
         weights = self._weights_enum()
         return {
             "backend": self.name,

@@ -120,6 +120,10 @@ class Teacher(nn.Module):
             minilm: the whole phrase); ``None``: ``"last"`` for glove, ``"all"`` for minilm.
             Lexical matching always uses the head noun.
         rescale: map similarities in ``[min_match, 1]`` to ``[0, 1]`` (else raw, clipped at 0).
+        full_score: spread the teacher's mass over every confident box of a matching class:
+            a detector probability or score ``P`` counts as ``min(P / full_score, 1)``, so all
+            boxes scored ``>= full_score`` weigh the same and the detector's ranking among them
+            (which of two balls it liked better) is not passed on; ``None`` uses ``P`` as is.
         glove_root: GloVe folder (``None``: the installed package).
         minilm_path: MiniLM folder (``None``: the installed package).
     """
@@ -130,6 +134,7 @@ class Teacher(nn.Module):
         min_match: float | None = None,
         phrase_head: Literal["last", "all"] | None = None,
         rescale: bool = True,
+        full_score: float | None = None,
         glove_root: str | None = None,
         minilm_path: str | None = None,
     ) -> None:
@@ -142,6 +147,9 @@ class Teacher(nn.Module):
         if self.phrase_head not in ("last", "all"):
             raise ValueError(f"unknown phrase_head {phrase_head!r}")
         self.rescale = rescale
+        if full_score is not None and not 0.0 < full_score <= 1.0:
+            raise ValueError(f"full_score must lie in (0, 1], got {full_score}")
+        self.full_score = full_score
         self.glove_root = glove_root
         self.minilm_path = minilm_path
         self._embedder: GloveEmbeddings | MiniLMEmbeddings | None = None
@@ -150,7 +158,10 @@ class Teacher(nn.Module):
         self._forms: dict[str, list[int]] = {}
 
     def extra_repr(self) -> str:
-        return f"matching={self.matching!r}, min_match={self.min_match}, phrase_head={self.phrase_head!r}"
+        return (
+            f"matching={self.matching!r}, min_match={self.min_match}, phrase_head={self.phrase_head!r}, "
+            f"full_score={self.full_score}"
+        )
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -237,6 +248,10 @@ class Teacher(nn.Module):
             return (sim >= self.min_match).float()
         return ((sim - self.min_match) / (1.0 - self.min_match)).clamp(0.0, 1.0)
 
+    def _spread(self, probs: Tensor) -> Tensor:
+        """``min(P / full_score, 1)`` (identity when ``full_score`` is ``None``)."""
+        return probs if self.full_score is None else (probs / self.full_score).clamp(max=1.0)
+
     # ------------------------------------------------------------------ forward
     @torch.no_grad()
     def forward(
@@ -274,7 +289,7 @@ class Teacher(nn.Module):
             if class_names is None or len(class_names) != class_probs.shape[-1]:
                 raise ValueError("class_probs needs class_names, one per column")
             names = list(class_names)
-            probs = class_probs.float() * proposal_mask[..., None]
+            probs = self._spread(class_probs.float()) * proposal_mask[..., None]
             present = torch.ones(B, len(names), dtype=torch.bool, device=device)
         else:
             if labels is None:
@@ -287,7 +302,7 @@ class Teacher(nn.Module):
             onehot = (
                 F.one_hot(index.clamp(min=0), max(len(names), 1))[..., : len(names)].float() * (index >= 0)[..., None]
             )
-            probs = onehot * scores.float()[..., None]
+            probs = onehot * self._spread(scores.float())[..., None]
             present = onehot.bool().any(dim=1)
         teacher = torch.zeros(B, P, R, device=device)
         kd_mask = torch.zeros(B, P, dtype=torch.bool, device=device)

@@ -173,6 +173,7 @@ def _mmdet_missing() -> str | None:
     return None
 
 
+@pytest.mark.slow  # about 25 s on an idle 2-core machine, over 60 s on a loaded one
 @pytest.mark.skipif(_mmdet_missing() is not None, reason=str(_mmdet_missing()))
 def test_mmdetection_backend_detects_with_class_probs_and_trains_a_step(tiny, tmp_path):
     kwargs = {"score_threshold": 0.0, "max_boxes": 12, "image_scale": (160, 128), "nms_iou": 0.7}
@@ -187,7 +188,7 @@ def test_mmdetection_backend_detects_with_class_probs_and_trains_a_step(tiny, tm
     assert len(names) == 80 and names[0] == "person"  # COCO names from model.dataset_meta
     fit_ids = tiny.splits["train"] + tiny.splits["val"]
     _check_detections(store, tiny, fit_ids, names, 12, probs=True)
-    manifest = ShardedCache(tmp_path / "cache", settings).read_manifest()
+    manifest = callback.cache.read_manifest()
     assert manifest["versions"]["mmdet"].startswith("3.") and manifest["class_names"] == names
 
     # the class-probability hook keeps MMDetection's own boxes, labels and scores
@@ -198,4 +199,4 @@ def test_mmdetection_backend_detects_with_class_probs_and_trains_a_step(tiny, tm
     torch.testing.assert_close(det.boxes, store[image_id].boxes, atol=1e-3, rtol=0)
     torch.testing.assert_close(det.scores, store[image_id].scores)
     assert det.labels == store[image_id].labels and det.class_probs is None
-    assert ShardedCache(tmp_path / "cache", plain.settings()).path != callback.cache.path
+    assert ShardedCache(callback.cache.root, plain.settings()).path != callback.cache.path  # class_probs: new key
