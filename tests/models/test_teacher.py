@@ -107,3 +107,17 @@ def test_inputs_are_checked():
         Teacher("wordnet")
     with pytest.raises(ValueError):
         Teacher("lexical")([["a dog"]], None, torch.ones(1, 1), torch.ones(1, 1, dtype=torch.bool))
+
+
+def test_full_score_spreads_mass_over_every_confident_box_of_the_class():
+    labels = [["ball", "ball", "ball", "dog"]]
+    scores = torch.tensor([[0.9, 0.6, 0.25, 0.8]])
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    t, kd = Teacher("lexical", full_score=0.5)([["the red ball"]], labels, scores, mask)
+    # both confident balls weigh 1 whatever the detector preferred; the weak one 0.25 / 0.5
+    torch.testing.assert_close(t, torch.tensor([[[1.0, 1.0, 0.5, 0.0]]]))
+    assert kd.tolist() == [[True]]
+    raw, _ = Teacher("lexical")([["the red ball"]], labels, scores, mask)
+    torch.testing.assert_close(raw, torch.tensor([[[0.9, 0.6, 0.25, 0.0]]]))
+    with pytest.raises(ValueError, match="full_score"):
+        Teacher("lexical", full_score=0.0)
