@@ -19,6 +19,8 @@ Usage::
 
     python benchmarks/synthetic_benchmark.py                       # the demo world, demo settings
     python benchmarks/synthetic_benchmark.py --epochs 1 --num-train 64 --runs full   # a quick try
+
+Any ``--model.*``, ``--data.*`` or ``--trainer.*`` argument is passed on to every run.
 """
 
 from __future__ import annotations
@@ -47,12 +49,15 @@ METRICS = ("acc", "acc_any", "pointing")
 
 
 class ValAccuracy(Callback):
-    """Records ``val/acc`` after each validation epoch (sanity checks excluded)."""
+    """Records ``val/acc`` after each validation run (sanity checks excluded).
+
+    ``on_validation_end`` runs after the module's ``on_validation_epoch_end`` has logged it.
+    """
 
     def __init__(self) -> None:
         self.history: list[float] = []
 
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+    def on_validation_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking and "val/acc" in trainer.callback_metrics:
             self.history.append(float(trainer.callback_metrics["val/acc"]))
 
@@ -148,7 +153,7 @@ def write_table(results: dict, args: argparse.Namespace, command: str) -> str:
         trained = "fit_seconds" in r
         val = f"{max(r['val_acc']):.1%}" if trained and r["val_acc"] else "-"
         epochs = str(r["epochs"]) if trained else "-"
-        seconds = f"{r['fit_seconds'] / 60:.1f} min" if trained else "none"
+        seconds = f"{r['fit_seconds'] / 60:.1f} min ({r['fit_seconds']:.0f} s)" if trained else "none"
         lines.append(
             f"| {r['label']} | {t['acc']:.1%} | {t['acc_any']:.1%} | {t['pointing']:.1%} | {val} | {epochs} | {seconds} |"
         )
@@ -162,6 +167,7 @@ def plot(results: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for key in ("full", "nce_only", "kd_only"):
@@ -171,6 +177,7 @@ def plot(results: dict, path: Path) -> None:
     for key, style in (("teacher", "--"), ("random", ":")):
         if key in results:
             ax.axhline(100 * results[key]["test"]["acc"], color="grey", linestyle=style, label=results[key]["label"] + " (test)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title("Synthetic world: validation accuracy per epoch")
@@ -190,8 +197,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--world", type=Path, default=None, help="override data.root (where the world is cached)")
     p.add_argument("--work-dir", type=Path, default=REPO / "outputs" / "benchmark", help="logs and checkpoints")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="where the table and plot go")
-    p.add_argument("--override", nargs="*", default=[], help="more CLI arguments for every run, e.g. --model.lr=1e-3")
-    args = p.parse_args(argv)
+    args, extra = p.parse_known_args(argv)
+    bad = [a for a in extra if not a.startswith(("--model.", "--data.", "--trainer."))]
+    if bad:
+        p.error(f"unrecognized arguments: {' '.join(bad)}")
+    args.override = extra  # passed on to every run, e.g. --model.lr=1e-3
     if args.num_train is not None and args.world is None:  # never regenerate the demo's world in place
         args.world = args.work_dir / f"world-{args.num_train}"
     return args

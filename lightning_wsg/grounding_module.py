@@ -72,6 +72,9 @@ class GroundingModule(LightningModule):
         teacher_full_score: detector scores at or above this count as 1 in the teacher, which
             then spreads its mass over every confident box of the phrase's class instead of
             favouring the one the detector scored higher (``None``: raw scores).
+        teacher_score_floor: a detector score ``s`` counts as ``floor + (1 - floor) * s`` in
+            the teacher: boxes of the phrase's class stand well above the rest, while the
+            ranking inside the class is gentler (0: raw scores).
         tau_student: distillation temperature of the student (on raw cosines).
         tau_teacher: temperature of the mean-subtracted teacher scores.
         kd_top_k: restrict the distillation to the K regions with the highest IoU to the
@@ -127,6 +130,7 @@ class GroundingModule(LightningModule):
         teacher_matching: Literal["glove", "minilm", "lexical"] = "glove",
         teacher_min_match: float | None = None,
         teacher_full_score: float | None = None,
+        teacher_score_floor: float = 0.0,
         tau_student: float = 1.0,
         tau_teacher: float = 2.0,
         kd_top_k: int | None = 8,
@@ -180,7 +184,12 @@ class GroundingModule(LightningModule):
             freeze=hp.freeze_text_encoder,
         )
         self.teacher = (
-            Teacher(matching=hp.teacher_matching, min_match=hp.teacher_min_match, full_score=hp.teacher_full_score)
+            Teacher(
+                matching=hp.teacher_matching,
+                min_match=hp.teacher_min_match,
+                full_score=hp.teacher_full_score,
+                score_floor=hp.teacher_score_floor,
+            )
             if hp.use_kd
             else None
         )
@@ -213,7 +222,7 @@ class GroundingModule(LightningModule):
         images = batch.images
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        regions = self.region_encoder(images, batch.roi_boxes, batch.proposal_mask)
+        regions = self.region_encoder(images, batch.roi_boxes, batch.proposal_mask, keys=batch.image_ids)
         phrases = self.phrase_encoder(batch.words, batch.phrase_spans, batch.phrase_mask.shape[1])
         return regions, phrases
 

@@ -124,6 +124,11 @@ class Teacher(nn.Module):
             a detector probability or score ``P`` counts as ``min(P / full_score, 1)``, so all
             boxes scored ``>= full_score`` weigh the same and the detector's ranking among them
             (which of two balls it liked better) is not passed on; ``None`` uses ``P`` as is.
+        score_floor: with top-1 labels, a box's score ``s`` counts as
+            ``score_floor + (1 - score_floor) * s``: every box of a matching class stands
+            clearly above the boxes of other classes (the category signal) while the scores
+            still rank the boxes of the class, more gently (0: raw scores). Ignored with
+            class probabilities.
         glove_root: GloVe folder (``None``: the installed package).
         minilm_path: MiniLM folder (``None``: the installed package).
     """
@@ -135,6 +140,7 @@ class Teacher(nn.Module):
         phrase_head: Literal["last", "all"] | None = None,
         rescale: bool = True,
         full_score: float | None = None,
+        score_floor: float = 0.0,
         glove_root: str | None = None,
         minilm_path: str | None = None,
     ) -> None:
@@ -150,6 +156,9 @@ class Teacher(nn.Module):
         if full_score is not None and not 0.0 < full_score <= 1.0:
             raise ValueError(f"full_score must lie in (0, 1], got {full_score}")
         self.full_score = full_score
+        if not 0.0 <= score_floor < 1.0:
+            raise ValueError(f"score_floor must lie in [0, 1), got {score_floor}")
+        self.score_floor = float(score_floor)
         self.glove_root = glove_root
         self.minilm_path = minilm_path
         self._embedder: GloveEmbeddings | MiniLMEmbeddings | None = None
@@ -160,7 +169,7 @@ class Teacher(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"matching={self.matching!r}, min_match={self.min_match}, phrase_head={self.phrase_head!r}, "
-            f"full_score={self.full_score}"
+            f"full_score={self.full_score}, score_floor={self.score_floor}"
         )
 
     def __getstate__(self) -> dict:
@@ -302,7 +311,8 @@ class Teacher(nn.Module):
             onehot = (
                 F.one_hot(index.clamp(min=0), max(len(names), 1))[..., : len(names)].float() * (index >= 0)[..., None]
             )
-            probs = onehot * self._spread(scores.float())[..., None]
+            confidence = self._spread(scores.float())
+            probs = onehot * (self.score_floor + (1.0 - self.score_floor) * confidence)[..., None]
             present = onehot.bool().any(dim=1)
         teacher = torch.zeros(B, P, R, device=device)
         kd_mask = torch.zeros(B, P, dtype=torch.bool, device=device)

@@ -121,3 +121,14 @@ def test_full_score_spreads_mass_over_every_confident_box_of_the_class():
     torch.testing.assert_close(raw, torch.tensor([[[0.9, 0.6, 0.25, 0.0]]]))
     with pytest.raises(ValueError, match="full_score"):
         Teacher("lexical", full_score=0.0)
+
+
+def test_score_floor_lifts_every_box_of_the_class_above_the_rest():
+    labels = [["ball", "ball", "dog"]]
+    scores = torch.tensor([[0.9, 0.5, 0.8]])
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    t, _ = Teacher("lexical", score_floor=0.5)([["the red ball", "a dog"]], labels, scores, mask)
+    # 0.5 + 0.5 * s on the class's boxes, 0 elsewhere
+    torch.testing.assert_close(t, torch.tensor([[[0.95, 0.75, 0.0], [0.0, 0.0, 0.9]]]))
+    with pytest.raises(ValueError, match="score_floor"):
+        Teacher("lexical", score_floor=1.0)
