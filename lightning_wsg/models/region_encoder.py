@@ -30,7 +30,7 @@ from torchvision.ops import roi_align
 
 from .pretrained import is_packaged, packaged_state_dict
 
-__all__ = ["RegionEncoder", "box_geometry", "GEOMETRY_DIM"]
+__all__ = ["GEOMETRY_DIM", "RegionEncoder", "box_geometry"]
 
 #: Width of :func:`box_geometry`.
 GEOMETRY_DIM = 7

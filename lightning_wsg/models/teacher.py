@@ -55,7 +55,7 @@ from torch import Tensor, nn
 
 from .embeddings import GloveEmbeddings, MiniLMEmbeddings
 
-__all__ = ["Teacher", "DEFAULT_MIN_MATCH", "head_word", "singular_forms", "phrase_texts"]
+__all__ = ["DEFAULT_MIN_MATCH", "Teacher", "head_word", "phrase_texts", "singular_forms"]
 
 #: Default ``min_match`` per matching type (see the report in the class docstring).
 DEFAULT_MIN_MATCH = {"lexical": 0.5, "glove": 0.8, "minilm": 0.55}

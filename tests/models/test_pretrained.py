@@ -61,7 +61,9 @@ def test_every_tensor_lands_on_its_counterpart(source, converted) -> None:
 
 
 def test_converted_model_reproduces_the_reference_logits(converted) -> None:
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=True, pretrained_cfg_overlay={"state_dict": converted})
+    model = timm.create_model(
+        "tf_efficientnet_lite0", pretrained=True, pretrained_cfg_overlay={"state_dict": converted}
+    )
     with torch.no_grad():
         values, indices = model.eval()(_probe())[0].topk(5)
     assert indices.tolist() == REFERENCE_TOP5[0]
@@ -70,7 +72,9 @@ def test_converted_model_reproduces_the_reference_logits(converted) -> None:
 
 def test_region_encoder_resolves_the_packaged_name(source) -> None:
     assert is_packaged("EfficientNet-Lite0-ImageNet") and not is_packaged("weights.pth") and not is_packaged(None)
-    enc = RegionEncoder("tf_efficientnet_lite0", pretrained=False, pretrained_path=NAME, out_index=-2, hidden_dim=8, embed_dim=4)
+    enc = RegionEncoder(
+        "tf_efficientnet_lite0", pretrained=False, pretrained_path=NAME, out_index=-2, hidden_dim=8, embed_dim=4
+    )
     torch.testing.assert_close(enc.backbone.conv_stem.weight, source["_conv_stem.weight"], rtol=0, atol=0)
     assert enc.spatial_scale == pytest.approx(1 / 16) and enc.mlp[0].in_features == 112
     with pytest.raises(ValueError, match="tf_efficientnet_lite0"):
