@@ -20,7 +20,8 @@ Usage::
     python benchmarks/synthetic_benchmark.py                       # the demo world, demo settings
     python benchmarks/synthetic_benchmark.py --epochs 1 --num-train 64 --runs full   # a quick try
 
-Any ``--model.*``, ``--data.*`` or ``--trainer.*`` argument is passed on to every run.
+Any ``--model.*``, ``--data.*``, ``--trainer.*`` or ``--seed_everything`` argument is passed on
+to every run.
 """
 
 from __future__ import annotations
@@ -216,7 +217,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (as `make demo`)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="where the table and plot go")
     args, extra = p.parse_known_args(argv)
-    bad = [a for a in extra if not a.startswith(("--model.", "--data.", "--trainer."))]
+    bad = [a for a in extra if not a.startswith(("--model.", "--data.", "--trainer.", "--seed_everything"))]
     if bad:
         p.error(f"unrecognized arguments: {' '.join(bad)}")
     args.override = extra  # passed on to every run, e.g. --model.lr=1e-3

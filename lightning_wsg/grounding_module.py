@@ -79,6 +79,10 @@ class GroundingModule(LightningModule):
         tau_teacher: temperature of the mean-subtracted teacher scores.
         kd_top_k: restrict the distillation to the K regions with the highest IoU to the
             student's current top-1 box (``None``: all regions).
+        kd_target: ``"teacher"`` (METHOD.md: distil towards the teacher's distribution) or
+            ``"product"`` (towards the teacher's distribution times the student's, which
+            moves mass between classes but leaves the choice inside a class to the student;
+            see :func:`~lightning_wsg.losses.distillation_kl`).
         kd_weight_initial: lambda at step 0.
         kd_weight_increment: lambda added every ``kd_weight_every`` steps.
         kd_weight_every: steps between increments.
@@ -134,6 +138,7 @@ class GroundingModule(LightningModule):
         tau_student: float = 1.0,
         tau_teacher: float = 2.0,
         kd_top_k: int | None = 8,
+        kd_target: str = "teacher",
         kd_weight_initial: float = 0.001,
         kd_weight_increment: float = 1.0,
         kd_weight_every: int = 500,
@@ -152,6 +157,8 @@ class GroundingModule(LightningModule):
         super().__init__()
         if not (use_nce or use_kd):
             raise ValueError("at least one of use_nce and use_kd must be true")
+        if kd_target not in ("teacher", "product"):
+            raise ValueError(f"kd_target must be 'teacher' or 'product', got {kd_target!r}")
         self.save_hyperparameters()
         self.configure_models()
         self.metrics = nn.ModuleDict()
@@ -308,6 +315,7 @@ class GroundingModule(LightningModule):
             tau_student=hp.tau_student,
             tau_teacher=hp.tau_teacher,
             top_k=hp.kd_top_k,
+            target=hp.kd_target,
             proposals=batch.proposals,
         )
 

@@ -145,6 +145,7 @@ def distillation_kl(
     tau_teacher: float = 2.0,
     top_k: int | None = 8,
     proposals: Tensor | None = None,
+    target: Literal["teacher", "product"] = "teacher",
 ) -> Tensor:
     """Distillation loss ``KL(q || p)`` over the regions of each phrase's own image.
 
@@ -153,6 +154,17 @@ def distillation_kl(
     ``p = softmax(s / tau_student)`` on raw cosines. With ``top_k`` both are restricted to
     the ``top_k`` valid regions with the highest IoU to the student's current top-1 box
     (that box included; ties in IoU are broken by ``torch.topk``) and renormalised there.
+
+    ``target="product"`` distils towards the teacher times the student instead,
+    ``q ∝ softmax(t / tau_teacher) * p`` (``p`` detached): the teacher re-weights the
+    student's own ranking rather than replacing it. Where the teacher is flat (two objects
+    of the phrase's class, which it cannot tell apart) the target equals the student and
+    adds no pull; where it separates classes, mass moves to the regions of the matching
+    class in proportion to the student's preference among them. The loss then equals
+    ``-log sum_r w_r p_r`` up to a constant, with ``w = exp((t - mean t) / tau_teacher)``:
+    the student's expected teacher weight. This is the "teacher that spreads its mass over
+    every region of the matching category" of METHOD.md item 7, with the spread set by the
+    student (measured on the synthetic world in README).
 
     Args:
         student: ``[B, P, R]`` region-phrase scores ``s(r, p)``.
@@ -163,6 +175,8 @@ def distillation_kl(
         tau_teacher: teacher temperature.
         top_k: number of regions around the student's top box, or ``None`` for all.
         proposals: ``[B, R, 4]`` proposal boxes, needed when ``top_k`` is set.
+        target: ``"teacher"`` (METHOD.md: ``q`` is the teacher's distribution) or
+            ``"product"`` (``q`` is the teacher's distribution times the student's).
 
     Returns:
         Scalar loss, the mean KL over the valid phrases; ``0`` (still attached to the
@@ -189,6 +203,10 @@ def distillation_kl(
     t_mean = (t * valid).sum(-1, keepdim=True) / valid.sum(-1, keepdim=True).clamp(min=1)
     t_logits = ((t - t_mean) / tau_teacher).masked_fill(~valid, float("-inf")).masked_fill(empty, 0.0)
     s_logits = (student.float() / tau_student).masked_fill(~valid, float("-inf")).masked_fill(empty, 0.0)
+    if target == "product":
+        t_logits = t_logits + F.log_softmax(s_logits.detach(), dim=-1).masked_fill(empty, 0.0)
+    elif target != "teacher":
+        raise ValueError(f"unknown distillation target {target!r} (teacher, product)")
     log_q = F.log_softmax(t_logits, dim=-1).masked_fill(~valid, 0.0)
     log_p = F.log_softmax(s_logits, dim=-1).masked_fill(~valid, 0.0)
     kl = (log_q.exp() * valid * (log_q - log_p)).sum(dim=-1)  # [B, P]

@@ -182,3 +182,48 @@ def test_kd_weight_ramp(step, expected):
 
 def test_kd_weight_custom():
     assert kd_weight(250, initial=0.0, increment=0.5, every=100, maximum=10.0) == pytest.approx(1.0)
+
+
+def test_product_target_is_minus_log_of_the_students_expected_teacher_weight():
+    torch.manual_seed(2)
+    student = torch.randn(2, 3, 5, requires_grad=True)
+    teacher = torch.randn(2, 3, 5)
+    proposal_mask = torch.tensor([[True] * 5, [True, True, True, True, False]])
+    kd_mask = torch.tensor([[True, True, False], [True, False, True]])
+    loss = distillation_kl(
+        student, teacher, proposal_mask, kd_mask, tau_student=0.1, tau_teacher=0.5, top_k=None, target="product"
+    )
+    loss.backward()
+    grad = student.grad.clone()
+    student.grad = None
+    # the same gradient as -log sum_r w_r p_r with w = exp((t - mean t) / tau_T), p = softmax(s / tau_S)
+    terms = []
+    for b, p in kd_mask.nonzero().tolist():
+        keep = proposal_mask[b]
+        t = teacher[b, p, keep]
+        w = torch.exp((t - t.mean()) / 0.5)
+        terms.append(-torch.log((w * F.softmax(student[b, p, keep] / 0.1, dim=0)).sum()))
+    torch.stack(terms).mean().backward()
+    torch.testing.assert_close(grad, student.grad)
+    assert loss.item() >= 0.0
+
+
+def test_product_target_leaves_the_choice_between_tied_regions_to_the_student():
+    # regions 0 and 1 are two objects of the phrase's class (the teacher ties them),
+    # region 2 another class; the student prefers region 1
+    student = torch.tensor([[[0.2, 0.5, 0.4]]], requires_grad=True)
+    teacher = torch.tensor([[[1.0, 1.0, 0.0]]])
+    args = (torch.ones(1, 3, dtype=torch.bool), torch.ones(1, 1, dtype=torch.bool))
+    distillation_kl(student, teacher, *args, tau_student=0.1, tau_teacher=0.5, top_k=None, target="product").backward()
+    g_product = student.grad.clone()
+    student.grad = None
+    distillation_kl(student, teacher, *args, tau_student=0.1, tau_teacher=0.5, top_k=None).backward()
+    g_teacher = student.grad.clone()
+    # both push region 2 (the other class) down
+    assert g_product[0, 0, 2] > 0 and g_teacher[0, 0, 2] > 0
+    # the teacher's distribution pulls the student's second choice (region 0) up towards a tie;
+    # the product target pulls its first choice (region 1) up at least as hard as region 0
+    assert g_teacher[0, 0, 0] < g_teacher[0, 0, 1]
+    assert g_product[0, 0, 1] <= g_product[0, 0, 0]
+    with pytest.raises(ValueError, match="product"):
+        distillation_kl(student, teacher, *args, top_k=None, target="mixture")

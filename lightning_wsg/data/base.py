@@ -31,7 +31,7 @@ from ..predict import DEFAULT_GRID_ASPECT_RATIOS, DEFAULT_GRID_SCALES, DEFAULT_G
 from .batch import GroundingSample, collate
 from .samplers import ResumableDataLoader, evaluation_sampler, training_sampler
 
-__all__ = ["GroundingEntry", "GroundingDataset", "GroundingDataModule", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "GroundingDataModule", "GroundingDataset", "GroundingEntry", "top_scored"]
 
 logger = logging.getLogger("lightning_wsg")
 
@@ -76,6 +76,13 @@ class GroundingEntry:
 def _examples(ids: Sequence[str]) -> str:
     shown = ", ".join(ids[:_EXAMPLES])
     return shown + (", ..." if len(ids) > _EXAMPLES else "")
+
+
+def top_scored(scores: Tensor, k: int) -> Tensor:
+    """Indices of the ``k`` highest ``scores`` (all when fewer), kept in their original order."""
+    if len(scores) <= k:
+        return torch.arange(len(scores))
+    return torch.argsort(scores, descending=True, stable=True)[:k].sort().values
 
 
 class GroundingDataset(Dataset[GroundingSample]):
@@ -162,9 +169,7 @@ class GroundingDataset(Dataset[GroundingSample]):
         entry = self.entries[index]
         image, (width, height) = self.load_image(entry)
         dets = self.detections[entry.image_id]
-        keep = torch.arange(len(dets))
-        if len(dets) > self.max_proposals:
-            keep = torch.argsort(dets.scores, descending=True, stable=True)[: self.max_proposals].sort().values
+        keep = top_scored(dets.scores, self.max_proposals)
         proposals = dets.boxes[keep].float()
         return GroundingSample(
             split=self.split,

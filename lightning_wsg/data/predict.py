@@ -21,7 +21,7 @@ import torch
 from ..boxes import scale_boxes
 from ..detection.formats import DetectionStore
 from ..predict import PREDICT_SPLIT, PredictRecord, box_grid
-from .base import GroundingDataset, GroundingEntry
+from .base import GroundingDataset, GroundingEntry, top_scored
 from .batch import GroundingSample
 
 __all__ = ["PredictDataset"]
@@ -97,10 +97,7 @@ class PredictDataset(GroundingDataset):
         dets = self.detections.get(image_id) if self.detections is not None else None
         if dets is None or len(dets) == 0:
             return box_grid(width, height, **self.grid)
-        keep = torch.arange(len(dets))
-        if len(dets) > self.max_proposals:
-            keep = torch.argsort(dets.scores, descending=True, stable=True)[: self.max_proposals].sort().values
-        return dets.boxes[keep].float()
+        return dets.boxes[top_scored(dets.scores, self.max_proposals)].float()
 
     def __getitem__(self, index: int) -> GroundingSample:
         entry = self.entries[index]

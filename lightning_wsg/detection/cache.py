@@ -72,6 +72,7 @@ __all__ = [
     "ShardedCache",
     "file_digest",
     "fingerprint",
+    "keep_top_boxes",
     "pack_shard",
     "plan_shards",
 ]
@@ -199,6 +200,47 @@ class DetectorBackend(ABC):
     def versions(self) -> dict[str, str]:
         """Versions of the packages the backend uses, for the manifest."""
         return {}
+
+
+def keep_top_boxes(
+    image_id: str,
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    class_names: Sequence[str],
+    nms_iou: float | None,
+    max_boxes: int,
+    class_probs: torch.Tensor | None = None,
+) -> Detections:
+    """A detector's raw output for one image as :class:`Detections`, best boxes first.
+
+    A class-agnostic NMS at ``nms_iou`` (``None``: none) after the detector's own
+    per-class NMS, so that one object is not proposed twice under two names, then the
+    ``max_boxes`` highest-scoring boxes (ties kept in input order).
+
+    Args:
+        image_id: the image's id.
+        boxes: ``[N, 4]`` corner boxes.
+        scores: ``[N]`` detection scores.
+        labels: ``[N]`` class indices into ``class_names``.
+        class_names: the detector's vocabulary.
+        nms_iou: IoU of the class-agnostic NMS, or ``None``.
+        max_boxes: boxes kept.
+        class_probs: optional ``[N, C]`` class probabilities of each box.
+    """
+    from torchvision.ops import nms
+
+    order = torch.argsort(scores, descending=True, stable=True)
+    if nms_iou is not None and len(order):
+        order = nms(boxes, scores, nms_iou)  # sorted by score
+    order = order[:max_boxes]
+    return Detections(
+        image_id,
+        boxes[order],
+        [class_names[j] for j in labels[order].tolist()],
+        scores[order],
+        class_probs[order] if class_probs is not None else None,
+    )
 
 
 class PrecomputedBackend(DetectorBackend):

@@ -43,9 +43,9 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "Detections",
     "DetectionFormatError",
     "DetectionStore",
+    "Detections",
     "JsonlDetections",
     "TsvDetections",
     "open_detections",

@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from .cache import DetectorBackend, file_digest
+from .cache import DetectorBackend, file_digest, keep_top_boxes
 from .formats import Detections, read_vocabulary
 
 __all__ = ["MMDetectionBackend", "mmdet_config_path"]
@@ -286,28 +286,23 @@ class MMDetectionBackend(DetectorBackend):
 
     def detect(self, images: Sequence[tuple[str, Path]]) -> list[Detections]:
         from mmdet.apis import inference_detector
-        from torchvision.ops import nms
 
         assert self._model is not None, "load() first"
         samples = inference_detector(self._model, [str(path) for _, path in images])
         results = []
         for (image_id, _), sample in zip(images, samples):
             pred = sample.pred_instances
-            boxes = pred.bboxes.detach().float().cpu()
-            scores = pred.scores.detach().float().cpu()
-            labels = pred.labels.detach().cpu()
             probs = pred.class_probs.detach().float().cpu() if self.class_probs else None
-            order = torch.argsort(scores, descending=True, stable=True)
-            if self.nms_iou is not None and len(order):
-                order = nms(boxes, scores, self.nms_iou)
-            order = order[: self.max_boxes]
             results.append(
-                Detections(
+                keep_top_boxes(
                     image_id,
-                    boxes[order],
-                    [self._names[j] for j in labels[order].tolist()],
-                    scores[order],
-                    probs[order] if probs is not None else None,
+                    pred.bboxes.detach().float().cpu(),
+                    pred.scores.detach().float().cpu(),
+                    pred.labels.detach().cpu(),
+                    self._names,
+                    self.nms_iou,
+                    self.max_boxes,
+                    probs,
                 )
             )
         return results

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from .cache import DetectorBackend, file_digest
+from .cache import DetectorBackend, file_digest, keep_top_boxes
 from .formats import Detections, read_vocabulary
 
 __all__ = ["TorchvisionBackend"]
@@ -239,27 +239,15 @@ class TorchvisionBackend(DetectorBackend):
 
     @torch.inference_mode()
     def detect(self, images: Sequence[tuple[str, Path]]) -> list[Detections]:
-        from torchvision.ops import nms
-
         assert self._model is not None, "load() first"
         batch = [self._read(path).to(self._device) for _, path in images]
         outputs = self._model(batch)
         probs_list = getattr(self._model.roi_heads, "_wsg_class_probs", None) if self.class_probs else None
         results = []
         for i, ((image_id, _), out) in enumerate(zip(images, outputs)):
-            boxes, scores, labels = out["boxes"].float().cpu(), out["scores"].float().cpu(), out["labels"].cpu()
             probs = probs_list[i].float().cpu() if probs_list is not None else None
-            order = torch.argsort(scores, descending=True, stable=True)
-            if self.nms_iou is not None and len(order):
-                order = nms(boxes, scores, self.nms_iou)  # sorted by score
-            order = order[: self.max_boxes]
+            boxes, scores, labels = out["boxes"].float().cpu(), out["scores"].float().cpu(), out["labels"].cpu()
             results.append(
-                Detections(
-                    image_id,
-                    boxes[order],
-                    [self._names[j] for j in labels[order].tolist()],
-                    scores[order],
-                    probs[order] if probs is not None else None,
-                )
+                keep_top_boxes(image_id, boxes, scores, labels, self._names, self.nms_iou, self.max_boxes, probs)
             )
         return results

@@ -26,7 +26,7 @@ from lightning_wsg.detection import (
     open_detections,
     write_jsonl,
 )
-from lightning_wsg.detection.cache import pack_shard, plan_shards
+from lightning_wsg.detection.cache import keep_top_boxes, pack_shard, plan_shards
 
 NAMES = ["man", "dog", "car"]
 
@@ -316,3 +316,20 @@ def test_images_of_a_real_file_reach_the_backend(tmp_path):
     backend = Recorder()
     ShardedCache.for_backend(tmp_path / "c", backend).fill(backend, {"a": tmp_path / "a.png"}, progress=False)
     assert seen == [("a", tmp_path / "a.png")]
+
+
+def test_keep_top_boxes_drops_cross_class_duplicates_then_keeps_the_best():
+    boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], dtype=torch.float32)
+    scores = torch.tensor([0.6, 0.9, 0.5, 0.7])
+    labels = torch.tensor([0, 1, 2, 0])
+    probs = torch.eye(4)[:, :3]
+    names = ["dog", "cat", "ball"]
+    det = keep_top_boxes("img", boxes, scores, labels, names, nms_iou=0.5, max_boxes=2, class_probs=probs)
+    # box 0 (a "dog" over the "cat" box 1) goes to the class-agnostic NMS; the best two remain
+    assert det.image_id == "img" and det.labels == ["cat", "dog"]
+    torch.testing.assert_close(det.scores, torch.tensor([0.9, 0.7]))
+    torch.testing.assert_close(det.boxes, boxes[[1, 3]])
+    torch.testing.assert_close(det.class_probs, probs[[1, 3]])
+    # without NMS: plain score order, ties kept in input order
+    det = keep_top_boxes("img", boxes, torch.tensor([0.5, 0.5, 0.9, 0.1]), labels, names, None, 3)
+    assert det.labels == ["ball", "dog", "cat"] and det.class_probs is None
