@@ -80,6 +80,34 @@ def test_training_step_is_nce_plus_ramped_kd(datamodule) -> None:
     assert kd_weight(5, initial=0.5, increment=1.0, every=2, maximum=3.0) == pytest.approx(2.5)
 
 
+def test_kd_target_product_reaches_the_distillation_term(datamodule) -> None:
+    nouns = ["man", "dog", "car", "shirt", "box"]
+    batch = _batch(datamodule, "train")
+    batch = dataclasses.replace(
+        batch, proposal_labels=[[nouns[k % 5] for k in range(len(labels))] for labels in batch.proposal_labels]
+    )
+    kd = {}
+    for target in ("teacher", "product"):
+        torch.manual_seed(0)
+        model = tiny_module(kd_target=target, kd_top_k=None).eval()
+        logged = {}
+        model.log = lambda name, value, **kw: logged.__setitem__(name, torch.as_tensor(value).detach())
+        model.training_step(batch, 0)
+        regions, phrases = model.encode(batch)
+        texts = [[" ".join(w[s:e]) for s, e in spans] for w, spans in zip(batch.words, batch.phrase_spans)]
+        teacher, kd_mask = model.teacher(texts, batch.proposal_labels, batch.proposal_scores, batch.proposal_mask)
+        student = torch.einsum("bpd,brd->bpr", phrases, regions)
+        expected = distillation_kl(
+            student, teacher, batch.proposal_mask, kd_mask & batch.phrase_mask, tau_teacher=2.0, top_k=None,
+            target=target,
+        )
+        assert float(logged["train/kd"]) == pytest.approx(float(expected), rel=1e-5)
+        kd[target] = float(logged["train/kd"])
+    assert kd["teacher"] != pytest.approx(kd["product"])
+    with pytest.raises(ValueError, match="kd_target"):
+        tiny_module(kd_target="student")
+
+
 def test_same_image_pairs_are_masked_as_negatives() -> None:
     mask = GroundingModule._same_image_mask(["a", "b", "a"], ["a", "b", "a"])
     assert mask.tolist() == [[True, False, True], [False, True, False], [True, False, True]]
