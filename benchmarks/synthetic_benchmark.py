@@ -5,7 +5,9 @@ On one world (the demo's, ``cli_configs/demo.yaml``) this trains and tests, thro
 ``trainer.fit`` and ``trainer.test`` on the best validation checkpoint):
 
 (a) the full method (InfoNCE + distillation), (b) InfoNCE only (``model.use_kd=false``),
-(c) distillation only (``model.use_nce=false``);
+(c) distillation only (``model.use_nce=false``), and (a') the full method distilling towards
+the teacher's own distribution (``model.kd_target=teacher``, METHOD.md's KL target) where the
+config distils towards teacher x student;
 
 and scores two baselines without training: (d) a random proposal (the mean of 20 draws) and
 (e) the teacher alone (argmax over proposals of the teacher score ``t(r, p)`` from the
@@ -13,7 +15,10 @@ detector's labels and scores, the same :class:`~lightning_wsg.models.Teacher` as
 
 Writes ``<out>/synthetic.md`` (a markdown table: accuracy with the union box, any-box
 accuracy, pointing, training time), ``<out>/synthetic_val_acc.png`` (validation accuracy
-per epoch of each trained run) and ``<out>/synthetic.json`` (every number).
+per epoch of each trained run) and ``<out>/synthetic.json`` (every number). A second table
+sorts each method's test phrases by outcome (:func:`lightning_wsg.baselines.error_kinds`):
+right, unreachable, another category's object, another object of the phrase's category
+(an attribute mistake), the phrase's object in a loose box, or no object.
 
 Usage::
 
@@ -36,15 +41,17 @@ from pathlib import Path
 import torch
 from pytorch_lightning import Callback
 
-from lightning_wsg.baselines import evaluate_scores, random_scores, teacher_scores
+from lightning_wsg.baselines import ERROR_KINDS, error_kinds, evaluate_scores, random_scores, teacher_scores
 from lightning_wsg.cli import main as cli_main
 from lightning_wsg.models import Teacher
+from lightning_wsg.synthetic import read_objects
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = {
     "full": ("InfoNCE + distillation (full method)", []),
     "nce_only": ("InfoNCE only", ["--model.use_kd=false"]),
     "kd_only": ("distillation only", ["--model.use_nce=false"]),
+    "full_teacher_target": ("full method, KL towards the teacher alone", ["--model.kd_target=teacher"]),
 }
 METRICS = ("acc", "acc_any", "pointing")
 
@@ -75,8 +82,8 @@ def _cli_args(args: argparse.Namespace, run_dir: Path) -> list[str]:
     return out + list(args.override)
 
 
-def train_and_test(name: str, extra: list[str], args: argparse.Namespace) -> dict:
-    """Fit one run, test its best validation checkpoint; return metrics, history and timing."""
+def train_and_test(name: str, extra: list[str], args: argparse.Namespace, test_set: tuple) -> dict:
+    """Fit one run, test its best validation checkpoint; return metrics, errors, history and timing."""
     run_dir = args.work_dir / name
     cli = cli_main([*_cli_args(args, run_dir), *extra], run=False)
     recorder = ValAccuracy()
@@ -87,10 +94,13 @@ def train_and_test(name: str, extra: list[str], args: argparse.Namespace) -> dic
     best = cli.trainer.checkpoint_callback.best_model_path
     results = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None, verbose=False)[0]
     test = {k.split("/", 1)[1]: float(v) for k, v in results.items() if k.startswith("test/")}
+    model = cli.model.eval()  # trainer.test loaded the best checkpoint into it
+    batches, objects = test_set
     return {
         "label": RUNS[name][0],
         "overrides": extra,
         "test": test,
+        "errors": error_kinds(batches, model, objects),
         "val_acc": recorder.history,
         "epochs": cli.trainer.current_epoch,
         "steps": cli.trainer.global_step,
@@ -99,8 +109,9 @@ def train_and_test(name: str, extra: list[str], args: argparse.Namespace) -> dic
     }
 
 
-def baselines(args: argparse.Namespace) -> dict:
-    """The untrained baselines on the test split of the same world."""
+def baselines(args: argparse.Namespace) -> tuple[dict, tuple]:
+    """The untrained baselines on the test split of the same world, and that split's
+    ``(batches, objects)`` for the trained runs' error analysis."""
     cli = cli_main(_cli_args(args, args.work_dir / "baselines"), run=False)
     dm, hp = cli.datamodule, cli.model.hparams
     dm.prepare_data()
@@ -108,11 +119,13 @@ def baselines(args: argparse.Namespace) -> dict:
     loader = dm.test_dataloader()
     loader = loader[0] if isinstance(loader, list) else loader
     batches = list(loader)
+    objects = read_objects(dm.root)
     teacher = Teacher(matching=hp.teacher_matching, min_match=hp.teacher_min_match)
     out = {
         "teacher": {
             "label": "teacher alone (argmax of t(r, p))",
             "test": evaluate_scores(batches, lambda b: teacher_scores(teacher, b)),
+            "errors": error_kinds(batches, lambda b: teacher_scores(teacher, b), objects),
         }
     }
     draws = []
@@ -124,7 +137,8 @@ def baselines(args: argparse.Namespace) -> dict:
         "test": {k: sum(d[k] for d in draws) / len(draws) for k in draws[0]},
     }
     world = json.loads((Path(dm.root) / "world.json").read_text(encoding="utf-8"))
-    return out | {"world": {"root": str(dm.root), "args": world["args"], "stats": world["stats"]}}
+    out["world"] = {"root": str(dm.root), "args": world["args"], "stats": world["stats"]}
+    return out, (batches, objects)
 
 
 def write_table(results: dict, args: argparse.Namespace, command: str) -> str:
@@ -149,15 +163,14 @@ def write_table(results: dict, args: argparse.Namespace, command: str) -> str:
             "one of its boxes); pointing: the top box's centre lies inside a ground-truth box. "
             "Trained runs are tested on their best validation checkpoint; training time is the "
             f"wall time of `fit` (validation included) on {platform.machine()} with "
-            f"{os.cpu_count()} CPU cores ({torch.get_num_threads()} torch thread), torch {torch.__version__}."
+            f"{os.cpu_count()} CPU cores ({torch.get_num_threads()} torch thread{'s' if torch.get_num_threads() > 1 else ''}), torch {torch.__version__}."
         ),
         "",
         "| method | test acc | any-box acc | pointing | best val acc | epochs | training time |",
         "|---|---|---|---|---|---|---|",
     ]
-    for key in ("full", "nce_only", "kd_only", "teacher", "random"):
-        if key not in results:
-            continue
+    order = [k for k in RUNS if k in results] + ["teacher", "random"]
+    for key in order:
         r = results[key]
         t = r["test"]
         trained = "fit_seconds" in r
@@ -169,6 +182,20 @@ def write_table(results: dict, args: argparse.Namespace, command: str) -> str:
         )
     plot_path = os.path.relpath(args.out / "synthetic_val_acc.png", REPO)
     lines += ["", f"Validation accuracy per epoch: `{plot_path}`.", ""]
+    lines += [
+        "Where the test phrases go (shares of all test phrases; `lightning_wsg.baselines.error_kinds`): "
+        "unreachable: no proposal reaches IoU 0.5; other category: the top box frames an object of "
+        "another category; same category: another object of the phrase's category (an attribute "
+        "mistake); loose box: the phrase's object, too loosely boxed; no object: a box on no object.",
+        "",
+        "| method | " + " | ".join(k.replace("_", " ") for k in ERROR_KINDS) + " |",
+        "|---|" + "---|" * len(ERROR_KINDS),
+    ]
+    for key in order:
+        errors = results[key].get("errors")
+        if errors:
+            lines.append(f"| {results[key]['label']} | " + " | ".join(f"{errors[k]:.1%}" for k in ERROR_KINDS) + " |")
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -181,7 +208,7 @@ def plot(results: dict, path: Path) -> None:
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for key in ("full", "nce_only", "kd_only"):
+    for key in RUNS:
         if key in results and results[key]["val_acc"]:
             hist = results[key]["val_acc"]
             ax.plot(range(1, len(hist) + 1), [100 * v for v in hist], marker="o", label=results[key]["label"])
@@ -232,9 +259,9 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    results = baselines(args)
+    results, test_set = baselines(args)
     for name in args.runs:
-        results[name] = train_and_test(name, RUNS[name][1], args)
+        results[name] = train_and_test(name, RUNS[name][1], args, test_set)
         (args.out / "synthetic.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     table = write_table(results, args, command)
     (args.out / "synthetic.md").write_text(table, encoding="utf-8")

@@ -63,6 +63,7 @@ __all__ = [
     "TEXTURES",
     "generate_world",
     "main",
+    "read_objects",
     "world_is_complete",
 ]
 
@@ -675,6 +676,26 @@ def generate_world(
     tmp.replace(out / "world.json")
     (out / ".generating").unlink()
     return stats | {"seconds": round(time.perf_counter() - start, 2)}
+
+
+def read_objects(root: str | Path) -> dict[str, list[dict]]:
+    """The truth behind a generated world: ``image_id -> objects`` from ``objects.jsonl``.
+
+    Each object has ``box`` (corner pixels, like the annotations), ``category``, ``colour``,
+    ``size``, ``texture`` and ``chains`` (the ids of the phrases that name it).
+    """
+    path = Path(root) / "objects.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {root} a world written by lightning_wsg.synthetic?")
+    out = {}
+    with path.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            try:
+                record = json.loads(line)
+                out[str(record["image_id"])] = list(record["objects"])
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise ValueError(f"{path}:{n}: not an objects record ({err})") from err
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:

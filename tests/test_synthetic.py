@@ -359,3 +359,18 @@ def test_cli(tmp_path, capsys):
     assert "reused" not in syn.main(argv + ["--force"])
     with pytest.raises(SystemExit):
         syn.main([])  # --out is required
+
+
+def test_read_objects_returns_every_image_and_names_a_bad_line(world, tmp_path):
+    out, _ = world
+    objects = syn.read_objects(out)
+    ids = [i for part in _ids(out).values() for i in part]
+    assert sorted(objects) == sorted(ids)
+    first = objects[ids[0]]
+    assert first and {"box", "category", "colour", "chains"} <= set(first[0])
+    assert all(o["category"] in syn.CATEGORIES for objs in objects.values() for o in objs)
+    (tmp_path / "objects.jsonl").write_text('{"image_id": "1", "objects": []}\n{"oops": 1}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"objects.jsonl:2"):
+        syn.read_objects(tmp_path)
+    with pytest.raises(FileNotFoundError, match="objects.jsonl"):
+        syn.read_objects(tmp_path / "missing")
