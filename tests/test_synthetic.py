@@ -374,3 +374,19 @@ def test_read_objects_returns_every_image_and_names_a_bad_line(world, tmp_path):
         syn.read_objects(tmp_path)
     with pytest.raises(FileNotFoundError, match="objects.jsonl"):
         syn.read_objects(tmp_path / "missing")
+
+
+def test_datamodule_generates_once_and_says_so(tmp_path, caplog):
+    from lightning_wsg.data import SyntheticWorldDataModule
+
+    dm = SyntheticWorldDataModule(
+        root=tmp_path / "w", num_train=4, num_val=2, num_test=2, world_image_size=64, image_size=64, num_workers=0
+    )
+    with caplog.at_level("INFO"):
+        dm.prepare_data()
+        assert "generating the synthetic world" in caplog.text and "(8 images, seed 0)" in caplog.text
+        mtime = (tmp_path / "w" / "world.json").stat().st_mtime_ns
+        caplog.clear()
+        dm.prepare_data()
+    assert "synthetic world found" in caplog.text
+    assert (tmp_path / "w" / "world.json").stat().st_mtime_ns == mtime

@@ -13,9 +13,10 @@ Example:
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Literal
+
+from pytorch_lightning.utilities import rank_zero_info
 
 from ..predict import DEFAULT_GRID_ASPECT_RATIOS, DEFAULT_GRID_SCALES, DEFAULT_GRID_STRIDE  # issue 7
 from ..synthetic import DIFFICULTY, DISTRACTOR_RATE, IMAGE_SIZE, NUM_TEST, NUM_TRAIN, NUM_VAL, PAIR_RATE
@@ -24,7 +25,6 @@ from .flickr30k_entities import Flickr30kEntitiesDataModule
 
 __all__ = ["SyntheticWorldDataModule"]
 
-logger = logging.getLogger("lightning_wsg")
 
 
 class SyntheticWorldDataModule(Flickr30kEntitiesDataModule):
@@ -107,7 +107,10 @@ class SyntheticWorldDataModule(Flickr30kEntitiesDataModule):
     def prepare_data(self) -> None:
         """Generate the world unless a complete one with the same arguments is there."""
         if world_is_complete(self.root, **self.world_args):
-            logger.info("synthetic world found at %s", self.root)
+            rank_zero_info(f"synthetic world found at {self.root}")
             return
-        logger.info("generating the synthetic world at %s", self.root)
-        generate_world(self.root, **self.world_args)
+        a = self.world_args
+        total = a["num_train"] + a["num_val"] + a["num_test"]
+        rank_zero_info(f"generating the synthetic world at {self.root} ({total} images, seed {a['seed']}) ...")
+        stats = generate_world(self.root, **self.world_args)
+        rank_zero_info(f"synthetic world written in {stats.get('seconds', 0):.0f} s")
