@@ -25,6 +25,9 @@ Usage::
     python benchmarks/synthetic_benchmark.py                       # the demo world, demo settings
     python benchmarks/synthetic_benchmark.py --epochs 1 --num-train 64 --runs full   # a quick try
 
+The full default run writes into ``benchmarks/results``; any other (fewer runs, overrides,
+another world) into ``<work-dir>/results`` unless ``--out`` says otherwise.
+
 Any ``--model.*``, ``--data.*``, ``--trainer.*`` or ``--seed_everything`` argument is passed on
 to every run.
 """
@@ -242,7 +245,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--world", type=Path, default=None, help="override data.root (where the world is cached)")
     p.add_argument("--work-dir", type=Path, default=REPO / "outputs" / "benchmark", help="logs and checkpoints")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (as `make demo`)")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="where the table and plot go")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where the table and plot go (default: benchmarks/results for the full default "
+        "benchmark, <work-dir>/results for any other, so a quick try never overwrites the "
+        "committed results)",
+    )
     args, extra = p.parse_known_args(argv)
     bad = [a for a in extra if not a.startswith(("--model.", "--data.", "--trainer.", "--seed_everything"))]
     if bad:
@@ -250,6 +260,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.override = extra  # passed on to every run, e.g. --model.lr=1e-3
     if args.num_train is not None and args.world is None:  # never regenerate the demo's world in place
         args.world = args.work_dir / f"world-{args.num_train}"
+    if args.out is None:
+        default_run = not (args.override or args.epochs or args.num_train or args.world) and args.runs == list(RUNS)
+        args.out = REPO / "benchmarks" / "results" if default_run else args.work_dir / "results"
     return args
 
 
