@@ -85,18 +85,7 @@ def evaluate_scores(
     """
     metrics = GroundingMetrics(phrase_types=phrase_types)
     for batch in batches:
-        if not batch.has_ground_truth:
-            raise ValueError(f"split {batch.split!r}: evaluation batches must carry ground-truth boxes")
-        metrics.update(
-            score_fn(batch),
-            batch.proposals,
-            batch.proposal_mask,
-            batch.phrase_mask,
-            batch.gt_union,
-            batch.gt_boxes,
-            batch.gt_box_mask,
-            batch.phrase_types,
-        )
+        metrics.update_batch(score_fn(batch), batch)
     return {name: float(value) for name, value in metrics.compute().items()}
 
 
@@ -128,8 +117,7 @@ def error_kinds(
     """
     counts = dict.fromkeys(ERROR_KINDS, 0)
     for batch in batches:
-        if not batch.has_ground_truth:
-            raise ValueError(f"split {batch.split!r}: evaluation batches must carry ground-truth boxes")
+        batch.require_ground_truth()
         scores = score_fn(batch).masked_fill(~batch.proposal_mask[:, None, :], float("-inf"))
         top = scores.argmax(dim=-1)  # [B, P]
         counted = batch.phrase_mask & batch.gt_box_mask.any(-1)

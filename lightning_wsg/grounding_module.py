@@ -335,19 +335,8 @@ class GroundingModule(LightningModule):
 
     # -------------------------------------------------------------- evaluation
     def _evaluation_step(self, batch: GroundingBatch) -> None:
-        if not batch.has_ground_truth:
-            raise ValueError(f"split {batch.split!r}: evaluation batches must carry ground-truth boxes")
-        scores = self(batch)
-        self._metrics_for(batch.split).update(
-            scores,
-            batch.proposals,
-            batch.proposal_mask,
-            batch.phrase_mask,
-            batch.gt_union,
-            batch.gt_boxes,
-            batch.gt_box_mask,
-            batch.phrase_types,
-        )
+        batch.require_ground_truth()  # before the forward pass
+        self._metrics_for(batch.split).update_batch(self(batch), batch)
 
     def validation_step(self, batch: GroundingBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._evaluation_step(batch)

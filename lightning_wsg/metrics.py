@@ -23,13 +23,16 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 
 from .boxes import box_centers, box_iou, points_in_boxes
+
+if TYPE_CHECKING:  # metrics read a batch's fields only; no import of the data package at run time
+    from .data.batch import GroundingBatch
 
 __all__ = ["FLICKR_PHRASE_TYPES", "TopK", "rank_proposals", "predict_boxes", "GroundingMetrics"]
 
@@ -150,6 +153,24 @@ class GroundingMetrics(Metric):
                     if i is not None:
                         out[b, p, i] = True
         return out
+
+    def update_batch(self, scores: Tensor, batch: GroundingBatch) -> None:
+        """:meth:`update` with the proposals and ground truth of an evaluation batch.
+
+        Raises:
+            ValueError: the batch carries no ground truth (a training batch).
+        """
+        batch.require_ground_truth()
+        self.update(
+            scores,
+            batch.proposals,
+            batch.proposal_mask,
+            batch.phrase_mask,
+            batch.gt_union,
+            batch.gt_boxes,
+            batch.gt_box_mask,
+            batch.phrase_types,
+        )
 
     def update(
         self,

@@ -165,12 +165,13 @@ class GroundingDataset(Dataset[GroundingSample]):
         image = TF.to_dtype(image, torch.float32, scale=True)
         return TF.normalize(image, list(IMAGENET_MEAN), list(IMAGENET_STD)), size
 
-    def __getitem__(self, index: int) -> GroundingSample:
-        entry = self.entries[index]
-        image, (width, height) = self.load_image(entry)
-        dets = self.detections[entry.image_id]
-        keep = top_scored(dets.scores, self.max_proposals)
-        proposals = dets.boxes[keep].float()
+    def make_sample(
+        self, entry: GroundingEntry, image: Tensor, size: tuple[int, int], proposals: Tensor, **fields
+    ) -> GroundingSample:
+        """A :class:`GroundingSample` of ``entry``: its image (``size`` = original width,
+        height), its proposals in original pixels (their ``roi_boxes`` follow the resize) and
+        any further ``fields`` (scores, labels, ground truth)."""
+        width, height = size
         return GroundingSample(
             split=self.split,
             image_id=entry.image_id,
@@ -181,12 +182,25 @@ class GroundingDataset(Dataset[GroundingSample]):
             phrase_spans=list(entry.phrase_spans),
             proposals=proposals,
             roi_boxes=scale_boxes(proposals, self.image_size / width, self.image_size / height),
+            phrase_ids=list(entry.phrase_ids),
+            **fields,
+        )
+
+    def __getitem__(self, index: int) -> GroundingSample:
+        entry = self.entries[index]
+        image, size = self.load_image(entry)
+        dets = self.detections[entry.image_id]
+        keep = top_scored(dets.scores, self.max_proposals)
+        return self.make_sample(
+            entry,
+            image,
+            size,
+            dets.boxes[keep].float(),
             proposal_scores=dets.scores[keep].float(),
             proposal_labels=[dets.labels[i] for i in keep.tolist()] if dets.labels is not None else None,
             class_probs=dets.class_probs[keep] if dets.class_probs is not None else None,
             gt_boxes=None if self.train else entry.gt_boxes,
             phrase_types=None if self.train else entry.phrase_types,
-            phrase_ids=list(entry.phrase_ids),
         )
 
 

@@ -99,6 +99,11 @@ class GroundingBatch:
     def has_ground_truth(self) -> bool:
         return self.gt_union is not None
 
+    def require_ground_truth(self) -> None:
+        """Raise ``ValueError`` unless the batch carries ground-truth boxes (evaluation needs them)."""
+        if not self.has_ground_truth:
+            raise ValueError(f"split {self.split!r}: evaluation batches must carry ground-truth boxes")
+
 
 def _pad_stack(tensors: list[Tensor], length: int, fill: float = 0.0) -> Tensor:
     out = tensors[0].new_full((len(tensors), length, *tensors[0].shape[1:]), fill)

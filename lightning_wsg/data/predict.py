@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 
-from ..boxes import scale_boxes
 from ..detection.formats import DetectionStore
 from ..predict import PREDICT_SPLIT, PredictRecord, box_grid
 from .base import GroundingDataset, GroundingEntry, top_scored
@@ -101,18 +100,6 @@ class PredictDataset(GroundingDataset):
 
     def __getitem__(self, index: int) -> GroundingSample:
         entry = self.entries[index]
-        image, (width, height) = self.load_image(entry)
-        proposals = self.proposals(entry.image_id, width, height)
-        return GroundingSample(
-            split=self.split,
-            image_id=entry.image_id,
-            sentence_id=entry.sentence_id,
-            image=image,
-            image_size=(width, height),
-            words=list(entry.words),
-            phrase_spans=list(entry.phrase_spans),
-            proposals=proposals,
-            roi_boxes=scale_boxes(proposals, self.image_size / width, self.image_size / height),
-            proposal_scores=torch.zeros(len(proposals)),
-            phrase_ids=list(entry.phrase_ids),
-        )
+        image, size = self.load_image(entry)
+        proposals = self.proposals(entry.image_id, *size)
+        return self.make_sample(entry, image, size, proposals, proposal_scores=torch.zeros(len(proposals)))

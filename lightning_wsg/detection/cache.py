@@ -195,7 +195,16 @@ class DetectorBackend(ABC):
         return getattr(self, "_loaded", False)
 
     def unload(self) -> None:
-        """Free the model (GPU memory goes back to training)."""
+        """Free the model (GPU memory goes back to training).
+
+        The default drops ``self._model`` and empties the CUDA cache when ``self._device``
+        is a GPU: what a backend that keeps its network there needs.
+        """
+        self._model = None
+        self._loaded = False
+        device = getattr(self, "_device", None)
+        if device is not None and torch.device(device).type == "cuda":
+            torch.cuda.empty_cache()
 
     def versions(self) -> dict[str, str]:
         """Versions of the packages the backend uses, for the manifest."""

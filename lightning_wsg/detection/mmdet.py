@@ -278,12 +278,6 @@ class MMDetectionBackend(DetectorBackend):
         self._names = names
         self._loaded = True
 
-    def unload(self) -> None:
-        self._model = None
-        self._loaded = False
-        if self._device.type == "cuda":
-            torch.cuda.empty_cache()
-
     def detect(self, images: Sequence[tuple[str, Path]]) -> list[Detections]:
         from mmdet.apis import inference_detector
 

@@ -224,12 +224,6 @@ class TorchvisionBackend(DetectorBackend):
         self._names = self._categories()
         self._loaded = True
 
-    def unload(self) -> None:
-        self._model = None
-        self._loaded = False
-        if self._device.type == "cuda":
-            torch.cuda.empty_cache()
-
     def _read(self, path: Path) -> Tensor:
         from torchvision.transforms.v2 import functional as TF
 

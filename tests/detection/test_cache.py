@@ -333,3 +333,12 @@ def test_keep_top_boxes_drops_cross_class_duplicates_then_keeps_the_best():
     # without NMS: plain score order, ties kept in input order
     det = keep_top_boxes("img", boxes, torch.tensor([0.5, 0.5, 0.9, 0.1]), labels, names, None, 3)
     assert det.labels == ["ball", "dog", "cat"] and det.class_probs is None
+
+
+def test_the_default_unload_drops_the_model():
+    backend = FakeBackend()
+    backend.load()
+    backend._model, backend._device = torch.nn.Linear(2, 2), torch.device("cpu")
+    assert backend.loaded
+    backend.unload()
+    assert backend._model is None and not backend.loaded
