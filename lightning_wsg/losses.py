@@ -203,12 +203,12 @@ def distillation_kl(
     t_mean = (t * valid).sum(-1, keepdim=True) / valid.sum(-1, keepdim=True).clamp(min=1)
     t_logits = ((t - t_mean) / tau_teacher).masked_fill(~valid, float("-inf")).masked_fill(empty, 0.0)
     s_logits = (student.float() / tau_student).masked_fill(~valid, float("-inf")).masked_fill(empty, 0.0)
-    if target == "product":
-        t_logits = t_logits + F.log_softmax(s_logits.detach(), dim=-1).masked_fill(empty, 0.0)
+    log_p = F.log_softmax(s_logits, dim=-1).masked_fill(~valid, 0.0)
+    if target == "product":  # q ∝ teacher x student: the student's log-probabilities join the logits
+        t_logits = t_logits + log_p.detach()
     elif target != "teacher":
         raise ValueError(f"unknown distillation target {target!r} (teacher, product)")
     log_q = F.log_softmax(t_logits, dim=-1).masked_fill(~valid, 0.0)
-    log_p = F.log_softmax(s_logits, dim=-1).masked_fill(~valid, 0.0)
     kl = (log_q.exp() * valid * (log_q - log_p)).sum(dim=-1)  # [B, P]
     count = phrases.sum()
     if count == 0:
