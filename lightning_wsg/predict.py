@@ -25,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +33,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from .jsonl import read_jsonl
 
 __all__ = [
     "DEFAULT_GRID_ASPECT_RATIOS",
@@ -166,38 +167,31 @@ def read_predict_file(path: str | Path, image_dir: str | Path | None = None) -> 
     records: list[PredictRecord] = []
     files: dict[str, Path] = {}
     seen_ids: set[str] = set()
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise PredictFormatError(f"{where}: not JSON: {err}") from err
-            if (
-                not isinstance(obj, dict)
-                or not isinstance(obj.get("image"), str)
-                or not isinstance(obj.get("sentence"), str)
-            ):
-                raise PredictFormatError(f'{where}: expected {{"image": path, "sentence": text, "phrases": [...]}}')
-            image = Path(obj["image"]).expanduser()
-            image = image if image.is_absolute() else base / image
-            image_id = str(obj.get("image_id") or image.stem)
-            if files.setdefault(image_id, image) != image:
-                raise PredictFormatError(
-                    f"{where}: image id {image_id!r} names both {files[image_id]} and {image}; "
-                    'give the lines an explicit "image_id"'
-                )
-            try:
-                words, spans = parse_sentence(obj["sentence"], obj.get("phrases"))
-            except (ValueError, TypeError) as err:
-                raise PredictFormatError(f"{where}: {err}") from err
-            sentence_id = str(obj.get("id") or f"{image_id}#{number - 1}")
-            if sentence_id in seen_ids:
-                raise PredictFormatError(f"{where}: duplicate sentence id {sentence_id!r}")
-            seen_ids.add(sentence_id)
-            records.append(PredictRecord(image_id, image, sentence_id, words, spans))
+    for number, obj in read_jsonl(path, PredictFormatError):
+        where = f"{path}:{number}"
+        if (
+            not isinstance(obj, dict)
+            or not isinstance(obj.get("image"), str)
+            or not isinstance(obj.get("sentence"), str)
+        ):
+            raise PredictFormatError(f'{where}: expected {{"image": path, "sentence": text, "phrases": [...]}}')
+        image = Path(obj["image"]).expanduser()
+        image = image if image.is_absolute() else base / image
+        image_id = str(obj.get("image_id") or image.stem)
+        if files.setdefault(image_id, image) != image:
+            raise PredictFormatError(
+                f"{where}: image id {image_id!r} names both {files[image_id]} and {image}; "
+                'give the lines an explicit "image_id"'
+            )
+        try:
+            words, spans = parse_sentence(obj["sentence"], obj.get("phrases"))
+        except (ValueError, TypeError) as err:
+            raise PredictFormatError(f"{where}: {err}") from err
+        sentence_id = str(obj.get("id") or f"{image_id}#{number - 1}")
+        if sentence_id in seen_ids:
+            raise PredictFormatError(f"{where}: duplicate sentence id {sentence_id!r}")
+        seen_ids.add(sentence_id)
+        records.append(PredictRecord(image_id, image, sentence_id, words, spans))
     if not records:
         raise PredictFormatError(f"{path}: no sentence to ground")
     return records

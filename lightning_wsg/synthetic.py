@@ -45,6 +45,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from .detection.formats import Detections, write_jsonl
+from .jsonl import read_jsonl
 
 __all__ = [
     "ATTRIBUTE_WORDS",
@@ -688,13 +689,11 @@ def read_objects(root: str | Path) -> dict[str, list[dict]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {root} a world written by lightning_wsg.synthetic?")
     out = {}
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            try:
-                record = json.loads(line)
-                out[str(record["image_id"])] = list(record["objects"])
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise ValueError(f"{path}:{n}: not an objects record ({err})") from err
+    for n, record in read_jsonl(path):
+        try:
+            out[str(record["image_id"])] = list(record["objects"])
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"{path}:{n}: not an objects record ({err!r})") from err
     return out
 
 

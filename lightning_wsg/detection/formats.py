@@ -42,6 +42,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..jsonl import read_jsonl
+
 __all__ = [
     "DetectionFormatError",
     "DetectionStore",
@@ -166,29 +168,21 @@ class JsonlDetections(DetectionStore):
             raise FileNotFoundError(f"detections file not found: {path}")
         records: dict[str, Detections] = {}
         class_names = None
-        with path.open("r", encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                line = line.strip()
-                if not line:
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DetectionFormatError(f"{where}: not valid JSON: {err.msg}") from None
-                if lineno == 1 and isinstance(obj, dict) and "class_names" in obj and "image_id" not in obj:
-                    class_names = [str(c) for c in obj["class_names"]]
-                    continue
-                det = _record_from_json(obj, where)
-                if det.class_probs is not None and (
-                    class_names is None or (len(det) and det.class_probs.shape[1] != len(class_names))
-                ):
-                    raise DetectionFormatError(f"{where}: class_probs need a class_names header of matching length")
-                if det.class_probs is not None and len(det) == 0:
-                    det.class_probs = torch.zeros(0, len(class_names))
-                if det.image_id in records:
-                    raise DetectionFormatError(f"{where}: image {det.image_id} appears twice")
-                records[det.image_id] = det
+        for lineno, obj in read_jsonl(path, DetectionFormatError):
+            where = f"{path}:{lineno}"
+            if lineno == 1 and isinstance(obj, dict) and "class_names" in obj and "image_id" not in obj:
+                class_names = [str(c) for c in obj["class_names"]]
+                continue
+            det = _record_from_json(obj, where)
+            if det.class_probs is not None and (
+                class_names is None or (len(det) and det.class_probs.shape[1] != len(class_names))
+            ):
+                raise DetectionFormatError(f"{where}: class_probs need a class_names header of matching length")
+            if det.class_probs is not None and len(det) == 0:
+                det.class_probs = torch.zeros(0, len(class_names))
+            if det.image_id in records:
+                raise DetectionFormatError(f"{where}: image {det.image_id} appears twice")
+            records[det.image_id] = det
         super().__init__(path, records, class_names)
 
 
