@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from helpers.cli import FLICKR_YAML, REPO, SMALL_YAML, TINY_TEXT, data_args, tiny_model_args, trainer_args
 from helpers.ddp import CASES, IMAGE_IDS, SPLITS, B, inputs, loss_and_grads, run_two_ranks
 from helpers.flickr import make_tiny_flickr
+from helpers.trainer import quiet_trainer
 from pytorch_lightning import Callback, Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DistributedSampler
@@ -165,18 +166,8 @@ def _fit(tiny, root: Path, max_steps: int, ckpt_path: str | None = None) -> tupl
         ModelCheckpoint(dirpath=root / "ckpt", filename=f"every{n}-{{step}}", every_n_train_steps=n, save_top_k=-1)
         for n in (4, 6)
     ]
-    trainer = Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=2,
-        max_steps=max_steps,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=root,
-        callbacks=[recorder, *checkpoints],
+    trainer = quiet_trainer(
+        root, max_epochs=2, max_steps=max_steps, limit_val_batches=0, callbacks=[recorder, *checkpoints]
     )
     trainer.fit(model, _datamodule(tiny), ckpt_path=ckpt_path)
     return trainer, recorder
@@ -322,16 +313,7 @@ def test_channels_last_and_compile_keep_the_checkpoint_layout() -> None:
 
 def test_bf16_mixed_channels_last_training_step(tiny_flickr, tmp_path: Path) -> None:
     """The GPU fragments' settings (bf16-mixed, channels_last) train on CPU autocast too."""
-    trainer = Trainer(
-        accelerator="cpu",
-        devices=1,
-        precision="bf16-mixed",
-        fast_dev_run=2,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, precision="bf16-mixed", fast_dev_run=2)
     model = _tiny_module(channels_last=True)
     trainer.fit(model, _datamodule(tiny_flickr))
     assert trainer.global_step == 2 and trainer.callback_metrics["train/loss"].isfinite()

@@ -10,6 +10,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from helpers.cli import DEMO_YAML, REPO
+from helpers.trainer import quiet_trainer
 from PIL import Image
 
 from lightning_wsg.callbacks import GroundingPictures, draw_grounding
@@ -131,10 +132,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     )  # fmt: skip
     model = GroundingModule(**TINY_MODEL)
     pictures = GroundingPictures(num_images=3, picture_size=128)
-    trainer = pl.Trainer(
-        max_epochs=1, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp / "run", accelerator="cpu",
-    )  # fmt: skip
+    trainer = quiet_trainer(tmp / "run", limit_train_batches=2, limit_val_batches=1, enable_checkpointing=False)
     trainer.callbacks.append(pictures)
     trainer.fit(model, datamodule=dm)
     ckpt = tmp / "tiny.ckpt"

@@ -9,6 +9,7 @@ import importlib.util
 import pytest
 import torch
 from helpers.flickr import make_tiny_flickr
+from helpers.trainer import quiet_trainer
 from pytorch_lightning import Trainer
 
 from lightning_wsg.data import Flickr30kEntitiesDataModule
@@ -48,19 +49,8 @@ def _fit_one_step(tiny, callback: DetectionCache, tmp_path) -> tuple[Trainer, Fl
     )
     model = _model()
     before = [p.detach().clone() for p in model.region_encoder.parameters()]
-    trainer = Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=1,
-        limit_train_batches=1,
-        limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-        callbacks=[callback],
+    trainer = quiet_trainer(
+        tmp_path, limit_train_batches=1, limit_val_batches=1, enable_checkpointing=False, callbacks=[callback]
     )
     trainer.fit(model, datamodule=dm)
     assert trainer.global_step == 1
@@ -101,17 +91,16 @@ def test_torchvision_backend_names_categories_from_the_weights_without_downloadi
 
 
 def test_torchvision_backend_random_weights_detect_and_train_a_step(tiny, tmp_path):
-    backend = TorchvisionBackend(
-        "fasterrcnn_mobilenet_v3_large_fpn",
-        weights=None,
-        categories=CATEGORIES,
-        score_threshold=0.0,
-        max_boxes=15,
-        min_size=64,
-        max_size=128,
-        class_probs=True,
-        batch_size=1,  # batches pad images to one size, which moves random-weight boxes
-    )
+    settings = {
+        "weights": None,
+        "categories": CATEGORIES,
+        "score_threshold": 0.0,
+        "max_boxes": 15,
+        "min_size": 64,
+        "max_size": 128,
+    }
+    # batch_size 1: batches pad images to one size, which moves random-weight boxes
+    backend = TorchvisionBackend("fasterrcnn_mobilenet_v3_large_fpn", class_probs=True, batch_size=1, **settings)
     callback = DetectionCache(backend, tmp_path / "cache", progress_bar=False)
     _, dm = _fit_one_step(tiny, callback, tmp_path)
     store = open_detections(callback.cache.path)
@@ -121,16 +110,7 @@ def test_torchvision_backend_random_weights_detect_and_train_a_step(tiny, tmp_pa
     assert dm.datasets["train"][0].proposal_labels is not None
 
     # random weights are seeded: the same settings give the same boxes (the cache key is honest)
-    again = TorchvisionBackend(
-        "fasterrcnn_mobilenet_v3_large_fpn",
-        weights=None,
-        categories=CATEGORIES,
-        score_threshold=0.0,
-        max_boxes=15,
-        min_size=64,
-        max_size=128,
-        class_probs=True,
-    )
+    again = TorchvisionBackend("fasterrcnn_mobilenet_v3_large_fpn", class_probs=True, **settings)
     again.load()
     image_id = fit_ids[0]
     det = again.detect([(image_id, tiny.image_dir / f"{image_id}.jpg")])[0]
@@ -138,15 +118,7 @@ def test_torchvision_backend_random_weights_detect_and_train_a_step(tiny, tmp_pa
     batch = again.detect([(i, tiny.image_dir / f"{i}.jpg") for i in fit_ids[:3]])  # one forward, three images
     assert [d.image_id for d in batch] == fit_ids[:3] and all(0 < len(d) <= 15 for d in batch)
     # class_probs=False: the same boxes through torchvision's own post-processing
-    plain = TorchvisionBackend(
-        "fasterrcnn_mobilenet_v3_large_fpn",
-        weights=None,
-        categories=CATEGORIES,
-        score_threshold=0.0,
-        max_boxes=15,
-        min_size=64,
-        max_size=128,
-    )
+    plain = TorchvisionBackend("fasterrcnn_mobilenet_v3_large_fpn", **settings)
     plain.load()
     det_plain = plain.detect([(image_id, tiny.image_dir / f"{image_id}.jpg")])[0]
     torch.testing.assert_close(det_plain.boxes, det.boxes)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.flickr import make_tiny_flickr
+from helpers.trainer import quiet_trainer
 from PIL import Image
 from pytorch_lightning import Trainer
 
@@ -97,19 +98,12 @@ def datamodule(tiny, detections=None) -> Flickr30kEntitiesDataModule:
 
 
 def trainer(tmp_path: Path, callback: DetectionCache) -> Trainer:
-    return Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=1,
+    return quiet_trainer(
+        tmp_path,
         limit_train_batches=1,
         limit_val_batches=1,
         limit_test_batches=1,
-        logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
         callbacks=[callback],
     )
 

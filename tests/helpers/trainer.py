@@ -1,0 +1,23 @@
+"""A quiet CPU Trainer for tests: one process, no logger, progress bar, summary or sanity check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pytorch_lightning import Trainer
+
+
+def quiet_trainer(root: Path, **overrides: Any) -> Trainer:
+    """``Trainer`` on one CPU for one epoch, writing only under ``root``; ``overrides`` win."""
+    settings = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_epochs": 1,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "default_root_dir": root,
+    }
+    return Trainer(**(settings | overrides))
