@@ -9,6 +9,7 @@ import importlib.util
 import pytest
 import torch
 from helpers.flickr import make_tiny_flickr
+from helpers.model import tiny_model
 from helpers.trainer import quiet_trainer
 from pytorch_lightning import Trainer
 
@@ -21,7 +22,6 @@ from lightning_wsg.detection import (
     TorchvisionBackend,
     open_detections,
 )
-from lightning_wsg.grounding_module import GroundingModule
 
 CATEGORIES = ["__background__", "man", "dog", "car", "shirt", "box"]
 
@@ -31,23 +31,11 @@ def tiny(tmp_path_factory):
     return make_tiny_flickr(tmp_path_factory.mktemp("tiny"), n_images=6, seed=2, split_sizes=(1, 1))
 
 
-def _model() -> GroundingModule:
-    return GroundingModule(
-        backbone="resnet18",
-        pretrained_backbone=False,
-        text_encoder="all-MiniLM-L6-v2",
-        text_encoder_overrides={"num_hidden_layers": 1},
-        hidden_dim=64,
-        embed_dim=32,
-        teacher_matching="lexical",
-    )
-
-
 def _fit_one_step(tiny, callback: DetectionCache, tmp_path) -> tuple[Trainer, Flickr30kEntitiesDataModule]:
     dm = Flickr30kEntitiesDataModule(
         tiny.root, tiny.image_dir, None, batch_size=4, num_workers=0, image_size=64, max_proposals=20
     )
-    model = _model()
+    model = tiny_model()
     before = [p.detach().clone() for p in model.region_encoder.parameters()]
     trainer = quiet_trainer(
         tmp_path, limit_train_batches=1, limit_val_batches=1, enable_checkpointing=False, callbacks=[callback]

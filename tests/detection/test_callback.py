@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.flickr import make_tiny_flickr
+from helpers.model import tiny_model
 from helpers.trainer import quiet_trainer
 from PIL import Image
 from pytorch_lightning import Trainer
@@ -21,7 +22,6 @@ from pytorch_lightning import Trainer
 from lightning_wsg.data import Flickr30kEntitiesDataModule
 from lightning_wsg.detection import DetectionCache, Detections, DetectorBackend, open_detections
 from lightning_wsg.detection.cache import CachedDetections, file_digest
-from lightning_wsg.grounding_module import GroundingModule
 
 REPO = Path(__file__).resolve().parents[2]
 LABELS = ("man", "dog", "car", "shirt", "box")
@@ -77,18 +77,6 @@ class CountingBackend(DetectorBackend):
             self.calls[image_id] += 1
             out.append(fake_detections(image_id, path))
         return out
-
-
-def tiny_model() -> GroundingModule:
-    return GroundingModule(
-        backbone="resnet18",
-        pretrained_backbone=False,
-        text_encoder="all-MiniLM-L6-v2",
-        text_encoder_overrides={"num_hidden_layers": 1},
-        hidden_dim=64,
-        embed_dim=32,
-        teacher_matching="lexical",
-    )
 
 
 def datamodule(tiny, detections=None) -> Flickr30kEntitiesDataModule:
