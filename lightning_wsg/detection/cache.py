@@ -475,10 +475,7 @@ class CachedDetections(DetectionStore):
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
             raise FileNotFoundError(f"not a detection-cache folder (no {MANIFEST}): {path}")
-        try:
-            self.manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except ValueError as err:
-            raise DetectionFormatError(f"{manifest_path}: not valid JSON: {err}") from None
+        self.manifest: dict[str, Any] = _check_manifest(_read_manifest(manifest_path), manifest_path)
         super().__init__(path, {}, self.manifest.get("class_names"))
         self._shards: dict[str, _Shard] = {}
         self._index: dict[str, tuple[str, int]] = {}
@@ -528,6 +525,44 @@ class CachedDetections(DetectionStore):
         state = self.__dict__.copy()
         state["_shards"] = {}  # mapped again in the receiving process
         return state
+
+
+_REDO = "delete the folder {folder} and the next run with the DetectionCache callback detects its images again"
+
+
+def _parse_manifest(path: Path) -> dict[str, Any] | str:
+    """A cache folder's manifest, or what makes it unreadable."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:  # a half-written or hand-edited file
+        return f"not valid JSON: {err}"
+    return manifest if isinstance(manifest, dict) else f"a JSON {type(manifest).__name__}, not an object"
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """A cache folder's manifest; :class:`DetectionFormatError` naming it when unreadable."""
+    manifest = _parse_manifest(path)
+    if isinstance(manifest, str):
+        raise DetectionFormatError(
+            f"{path}: unreadable detection-cache manifest ({manifest}); " + _REDO.format(folder=path.parent)
+        )
+    return manifest
+
+
+def _check_manifest(manifest: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Refuse a manifest whose recorded settings do not hash to its fingerprint.
+
+    The shards were made by the settings the fingerprint names; settings edited afterwards
+    would describe a detector that never produced them.
+    """
+    settings, recorded = manifest.get("settings"), manifest.get("fingerprint")
+    if isinstance(settings, dict) and recorded is not None and fingerprint(settings) != recorded:
+        raise DetectionFormatError(
+            f"{path}: the recorded settings hash to {fingerprint(settings)[:16]}, not to the manifest's fingerprint "
+            f"{str(recorded)[:16]}: the manifest was edited by hand, so nothing says which detector made these "
+            "shards; " + _REDO.format(folder=path.parent)
+        )
+    return manifest
 
 
 def _shard_files(folder: Path) -> list[Path]:
@@ -610,15 +645,33 @@ class ShardedCache:
 
     # -- manifest -------------------------------------------------------------------
     def read_manifest(self) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        """The manifest (``None`` when missing); :class:`DetectionFormatError` when unreadable
+        or when its settings do not hash to its fingerprint."""
+        if not self.manifest_path.is_file():
             return None
+        return _check_manifest(_read_manifest(self.manifest_path), self.manifest_path)
 
     def ensure_manifest(self, versions: Mapping[str, str] | None = None) -> dict[str, Any]:
-        """Create the folder and its manifest if missing (a manifest marks a cache folder)."""
+        """Create the folder and its manifest if missing (a manifest marks a cache folder).
+
+        An unreadable manifest is written again from this setting: the folder's name is this
+        setting's fingerprint, and the counts come from the shards (:meth:`update_manifest`).
+        A readable one that names another fingerprint is an error (the folder was copied or
+        edited by hand, so which detector made the shards is unknown).
+        """
         self.shard_dir.mkdir(parents=True, exist_ok=True)
-        manifest = self.read_manifest()
+        manifest, rebuilt = None, False
+        if self.manifest_path.is_file():
+            parsed = _parse_manifest(self.manifest_path)
+            if isinstance(parsed, str):
+                logger.warning(
+                    "detection cache: %s is unreadable (%s); writing it again from this setting and the shards",
+                    self.manifest_path,
+                    parsed,
+                )
+                rebuilt = True
+            else:
+                manifest = _check_manifest(parsed, self.manifest_path)
         if manifest is None:
             manifest = {
                 "cache_format": CACHE_FORMAT,
@@ -633,10 +686,13 @@ class ShardedCache:
                 "counts": {"images": 0, "boxes": 0, "shards": 0},
             }
             _atomic_write_text(self.manifest_path, json.dumps(manifest, indent=1))
+            if rebuilt:  # counts and class names from the shards already there
+                manifest = self.update_manifest()
         elif manifest.get("fingerprint") != self.fingerprint:
             raise DetectionFormatError(
-                f"{self.manifest_path}: fingerprint {manifest.get('fingerprint')} differs from this "
-                f"setting's {self.fingerprint}: the folder was edited by hand? remove it"
+                f"{self.manifest_path}: written for the detector setting with fingerprint "
+                f"{str(manifest.get('fingerprint'))[:16]}, but this folder belongs to {self.fingerprint[:16]} "
+                f"({self.backend_name}): the folder was copied or edited by hand; " + _REDO.format(folder=self.path)
             )
         return manifest
 
