@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from helpers.flickr import FLICKR_FILES, TinyFlickr, cached_flickr_root, make_tiny_flickr
+from helpers.shared import require_shared
 
 
 @pytest.fixture(scope="session")
@@ -15,20 +16,17 @@ def flickr_root() -> Path:
     Holds ``Annotations/``, ``Sentences/`` (31,783 images), ``train.txt``, ``val.txt``,
     ``test.txt`` and ``UNRELATED_CAPTIONS``. Unpacked from the shared archive once into a
     temporary cache folder and reused by later sessions (see
-    :func:`helpers.flickr.cached_flickr_root`); skips when the shared data is absent.
+    :func:`helpers.flickr.cached_flickr_root`); skips when the shared data is absent, fails
+    under ``CI=true`` (:func:`helpers.shared.require_shared`).
     """
-    if not (FLICKR_FILES / "annotations.tar.gz").is_file():
-        pytest.skip(f"real Flickr30K Entities annotations not found under {FLICKR_FILES}")
+    require_shared(FLICKR_FILES / "annotations.tar.gz", "the real Flickr30K Entities annotations")
     return cached_flickr_root()
 
 
 @pytest.fixture(scope="session")
 def phraseloceval_test_path() -> Path:
     """The phraseloceval reference ground truth of the 14,481 test phrases (``.json.gz``)."""
-    path = FLICKR_FILES / "phraseloceval_annotation_test.json.gz"
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
-    return path
+    return require_shared(FLICKR_FILES / "phraseloceval_annotation_test.json.gz", "the phraseloceval test ground truth")
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -16,9 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from helpers.cli import FLICKR_YAML, REPO, SMALL_YAML, TINY_TEXT, data_args, tiny_model_args, trainer_args
-from helpers.ddp import CASES, IMAGE_IDS, SPLITS, B, inputs, loss_and_grads, run_two_ranks
+from helpers.ddp import CASES, SPLITS, B, hand_loss, loss_and_grads, run_two_ranks
 from helpers.flickr import make_tiny_flickr
 from helpers.trainer import quiet_trainer
 from pytorch_lightning import Callback, Trainer
@@ -32,9 +32,8 @@ from lightning_wsg.data.samplers import (
     evaluation_sampler,
     training_sampler,
 )
-from lightning_wsg.distributed import gathered_info_nce, image_id_codes, slurm_environment
+from lightning_wsg.distributed import image_id_codes, slurm_environment
 from lightning_wsg.grounding_module import GroundingModule
-from lightning_wsg.losses import image_sentence_scores, info_nce
 
 DDP_SIM_YAML = str(REPO / "cli_configs" / "trainer" / "ddp_sim.yaml")
 
@@ -46,7 +45,7 @@ def two_rank_results(tmp_path_factory: pytest.TempPathFactory) -> list[list[tupl
 
 def test_two_processes_match_one_process_loss_and_gradients(two_rank_results) -> None:
     """2 x B/2 pairs under DDP == B pairs on one process, for loss and DDP-averaged gradients."""
-    results = iter(zip(*two_rank_results))
+    results = iter(zip(*(r[:-1] for r in two_rank_results)))  # the last entry is the hand case
     for sizes in SPLITS:
         for case in CASES:
             (loss0, grad0), (loss1, grad1) = next(results)
@@ -59,24 +58,66 @@ def test_two_processes_match_one_process_loss_and_gradients(two_rank_results) ->
         assert (loss0 + loss1) / 2 != pytest.approx(loss_and_grads(slice(0, B), CASES[0])[0], rel=1e-3)
 
 
-def test_one_process_equals_the_plain_loss() -> None:
-    """Without a process group the helper is the batch-local InfoNCE of the core issue."""
-    x = inputs()
-    regions = F.normalize(x["regions"], dim=-1) * x["region_mask"][..., None]
-    phrases = F.normalize(x["phrases"], dim=-1) * x["phrase_mask"][..., None]
-    scores = image_sentence_scores(regions, x["region_mask"], phrases, x["phrase_mask"])
-    same = GroundingModule._same_image_mask(IMAGE_IDS, IMAGE_IDS)
-    for symmetric in (False, True):
-        expected = info_nce(scores, torch.arange(B), same, symmetric=symmetric)
-        got = gathered_info_nce(regions, x["region_mask"], phrases, x["phrase_mask"], IMAGE_IDS, symmetric=symmetric)
-        torch.testing.assert_close(got, expected)
+# The hand case of helpers.ddp: S(I_j, T_i) = (1 / 0.5) * sum over phrases of the best region's
+# dot product. Sentence 0 ([e1]) scores images 0, 1, 2 as 2 * (1, 0.6, 0); sentence 1
+# ([d, e1], d = (0.6, 0.8)) as 2 * (0.8 + 1, 1 + 0.6, 0.8 + 0); sentence 2 ([e2]) as 2 * (1, 0.8, 1).
+# Images 0 and 2 are both "a": each is removed from the other's softmax (rows and columns).
+
+
+def _log1p_exp(x: float) -> float:
+    return math.log1p(math.exp(x))
+
+
+HAND_SENTENCE_TO_IMAGE = (
+    _log1p_exp(-0.8)  # row 0: columns 0 (2.0) and 1 (1.2); column 2 is image "a" again
+    + math.log(math.exp(0.4) + 1 + math.exp(-1.6))  # row 1: 3.6, 3.2 (its own), 1.6
+    + _log1p_exp(-0.4)  # row 2: columns 1 (1.6) and 2 (2.0)
+) / 3
+HAND_IMAGE_TO_SENTENCE = (
+    _log1p_exp(1.6)  # image 0 among sentences 0 (2.0) and 1 (3.6); sentence 2 is of image "a" too
+    + math.log(math.exp(-2.0) + 1 + math.exp(-1.6))  # image 1: 1.2, 3.2 (its own), 1.6
+    + _log1p_exp(-0.4)  # image 2 among sentences 1 (1.6) and 2 (2.0)
+) / 3
+HAND_SYMMETRIC = (HAND_SENTENCE_TO_IMAGE + HAND_IMAGE_TO_SENTENCE) / 2
+#: phrase_reduce="mean": sentence 1's scores halve to 2 * (0.9, 0.8, 0.4)
+HAND_MEAN = (_log1p_exp(-0.8) + math.log(math.exp(0.2) + 1 + math.exp(-0.8)) + _log1p_exp(-0.4)) / 3
+
+
+def test_one_process_loss_equals_the_hand_computed_values() -> None:
+    rows = slice(0, 3)
+    assert hand_loss(rows) == pytest.approx(HAND_SENTENCE_TO_IMAGE, rel=1e-6)
+    assert hand_loss(rows, symmetric=True) == pytest.approx(HAND_SYMMETRIC, rel=1e-6)
+    assert hand_loss(rows, phrase_reduce="mean") == pytest.approx(HAND_MEAN, rel=1e-6)
+    assert hand_loss(rows, gather=False) == pytest.approx(HAND_SENTENCE_TO_IMAGE, rel=1e-6)
+
+
+def test_two_processes_give_the_hand_computed_values(two_rank_results) -> None:
+    """Rank 0 holds pairs 0-1, rank 1 pair 2 (image "a" on both ranks): the mean of the ranks'
+    losses is the loss of all three pairs."""
+    (plain0, symmetric0), (plain1, symmetric1) = (r[-1] for r in two_rank_results)
+    assert (plain0 + plain1) / 2 == pytest.approx(HAND_SENTENCE_TO_IMAGE, rel=1e-6)
+    assert (symmetric0 + symmetric1) / 2 == pytest.approx(HAND_SYMMETRIC, rel=1e-6)
 
 
 def test_image_id_codes_are_stable_and_distinct() -> None:
     codes = image_id_codes(["a", "b", "a", "1000092795"])
     assert codes.dtype == torch.long and codes[0] == codes[2] and len(set(codes.tolist())) == 3
-    # not Python's per-process salted hash: a fixed value
-    assert image_id_codes(["a"]).item() == image_id_codes(["a"]).item() == codes[0].item()
+
+
+def test_image_id_codes_agree_across_processes_with_different_hash_seeds() -> None:
+    """Ranks are separate processes, each with its own str-hash salt: the codes must not use it."""
+    script = (
+        "import json; from lightning_wsg.distributed import image_id_codes; "
+        "print(json.dumps([image_id_codes(['a', 'b', '1000092795']).tolist(), hash('a')]))"
+    )
+    runs = []
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    (codes1, salted1), (codes2, salted2) = runs
+    assert salted1 != salted2  # the two processes really hash strings differently
+    assert codes1 == codes2 == image_id_codes(["a", "b", "1000092795"]).tolist()
 
 
 # ------------------------------------------------------------------------- samplers

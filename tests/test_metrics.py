@@ -282,7 +282,7 @@ def test_predict_boxes_order_ties_and_nan():
     assert top.mask.all()
     assert top.scores[0, 0, :2].tolist() == pytest.approx([0.7, 0.1]) and top.scores[0, 0, 2].isnan()
     assert torch.equal(top.boxes[0, 0], proposals[0, [2, 0, 1]])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="k must be >= 1, got 0"):
         predict_boxes(scores, proposals, torch.ones(1, 4, dtype=torch.bool), k=0)
 
 
@@ -295,9 +295,9 @@ def test_empty_metric_and_keys():
                         "num_phrases"}
     assert out["num_phrases"].item() == 0
     assert all(not torch.isnan(v).any() and v.item() == 0 for v in out.values())
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"ks must be distinct positive integers, got \(1, 1\)"):
         GroundingMetrics(ks=(1, 1))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"shape mismatch: scores \(1, 2, 3\), proposals \(1, 4, 4\)"):
         m.update(torch.zeros(1, 2, 3), torch.zeros(1, 4, 4), torch.ones(1, 4, dtype=torch.bool),
                  torch.ones(1, 2, dtype=torch.bool), torch.zeros(1, 2, 4), torch.zeros(1, 2, 1, 4),
                  torch.ones(1, 2, 1, dtype=torch.bool))

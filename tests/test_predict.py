@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -57,12 +58,14 @@ def test_listed_phrases_strings_and_spans() -> None:
 
 
 @pytest.mark.parametrize(
-    "sentence, phrases",
-    [("a [red car", None), ("a [] car", None), ("a [[red] car]", None), ("a car", ["bus"]), ("a car", [[1, 5]]),
-     ("a [car]", ["car"]), ("   ", None)],
+    "sentence, phrases, problem",
+    [("a [red car", None, "unbalanced brackets"), ("a [] car", None, r"empty phrase \[\]"),
+     ("a [[red] car]", None, "nested or unbalanced brackets"), ("a car", ["bus"], "phrase 'bus' not found in 'a car'"),
+     ("a car", [[1, 5]], r"span \[1, 5\] out of range for 2 words"),
+     ("a [car]", ["car"], "both marked with brackets and listed"), ("   ", None, "empty sentence")],
 )  # fmt: skip
-def test_bad_sentences_raise(sentence, phrases) -> None:
-    with pytest.raises(ValueError):
+def test_bad_sentences_raise(sentence, phrases, problem) -> None:
+    with pytest.raises(ValueError, match=problem):
         parse_sentence(sentence, phrases)
 
 
@@ -104,9 +107,9 @@ def test_box_grid_covers_the_image_at_several_scales() -> None:
     assert small[:, 0].min() == 0 and small[:, 2].max() == pytest.approx(200)
     assert small[:, 3].max() == pytest.approx(100) and len(small) == 7 * 7
     assert torch.equal(boxes, box_grid(200, 100, scales=(1.0, 0.5, 0.25), aspect_ratios=(1.0, 2.0), stride=0.5))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="image size must be positive, got 0x10"):
         box_grid(0, 10)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"stride must be in \(0, 1\], got 0"):
         box_grid(10, 10, stride=0)
 
 
@@ -207,8 +210,8 @@ def test_validation_pictures_written(trained) -> None:
 
 
 def test_validation_pictures_to_tensorboard(trained, tmp_path: Path) -> None:
-    pytest.importorskip("tensorboard")
     from pytorch_lightning.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
 
     model = GroundingModule.load_from_checkpoint(trained["ckpt"], map_location="cpu")
     dm = SyntheticWorldDataModule(
@@ -221,8 +224,17 @@ def test_validation_pictures_to_tensorboard(trained, tmp_path: Path) -> None:
         enable_model_summary=False, accelerator="cpu",
     )  # fmt: skip
     trainer.validate(model, datamodule=dm, verbose=False)
-    assert callback.last_path is None
-    assert list(tmp_path.rglob("events.out.tfevents.*"))
+    assert callback.last_path is None  # logged to TensorBoard, not written as a file
+    (events,) = tmp_path.rglob("events.out.tfevents.*")
+    accumulator = EventAccumulator(str(events), size_guidance={IMAGES: 0})
+    accumulator.Reload()
+    assert accumulator.Tags()[IMAGES] == ["val_grounding"]
+    (image,) = accumulator.Images("val_grounding")  # one validation epoch, one grid
+    # two 96-px pictures side by side with 4-px padding; their legends below
+    assert image.width == 2 * (96 + 4) + 4 and image.height > 96 + 2 * 4
+    with Image.open(io.BytesIO(image.encoded_image_string)) as picture:
+        assert picture.size == (image.width, image.height)
+        assert np.asarray(picture.convert("RGB")).std() > 5  # not blank
 
 
 # ------------------------------------------------------------------- ground()

@@ -14,12 +14,8 @@ from PIL import Image
 
 from lightning_wsg import synthetic as syn
 from lightning_wsg.boxes import box_iou, union_box, xml_to_corners
+from lightning_wsg.data.flickr30k_entities import Flickr30kEntitiesDataModule, parse_annotation, parse_sentence
 from lightning_wsg.detection import open_detections
-
-try:  # the Flickr30K Entities parser (lightning_wsg/data/flickr30k_entities.py)
-    from lightning_wsg.data.flickr30k_entities import Flickr30kEntitiesDataModule, parse_annotation, parse_sentence
-except ImportError:  # pragma: no cover - only before the parser existed
-    parse_sentence = parse_annotation = Flickr30kEntitiesDataModule = None
 
 SIZE = 96
 ARGS = {"num_train": 100, "num_val": 20, "num_test": 20, "image_size": SIZE, "seed": 3}
@@ -105,7 +101,6 @@ def _head(words: list[str]) -> str:
     return words[-1] if words[-1] in syn.CATEGORIES else plural[words[-1]]
 
 
-@pytest.mark.skipif(parse_sentence is None, reason="Flickr30K Entities parser not available")
 def test_flickr_parser_reads_the_world(world):
     out, _ = world
     ids, everything = _ids(out), _objects(out)
@@ -123,7 +118,6 @@ def test_flickr_parser_reads_the_world(world):
                     assert sorted(ann.boxes[p.chain_id].tolist()) == sorted(mine)
 
 
-@pytest.mark.skipif(Flickr30kEntitiesDataModule is None, reason="Flickr30K Entities datamodule not available")
 def test_flickr_datamodule_loads_the_world(world):
     out, _ = world
     dm = Flickr30kEntitiesDataModule(
@@ -288,7 +282,7 @@ def test_difficulty_controls_detector_faults(tmp_path):
     hard = syn.generate_world(tmp_path / "hard", difficulty=1.0, **small)
     assert easy["missed_objects"] == 0 and easy["wrong_labels"] == 0 and easy["upper_bound"] == 1.0
     assert hard["missed_objects"] > 0 and hard["wrong_labels"] > 0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="invalid world arguments"):
         syn.generate_world(tmp_path / "bad", difficulty=1.5, **small)
 
 
@@ -303,7 +297,7 @@ def test_world_is_complete_semantics(tmp_path, monkeypatch):
     assert not syn.world_is_complete(out, **(small | {"difficulty": 0.1}))
     assert not syn.world_is_complete(out, num_train=3)  # other sizes: the defaults differ
     assert syn.world_is_complete(out, workers=2, **small)  # the process count does not matter
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"unknown world arguments: \['colour_count'\]"):
         syn.world_is_complete(out, colour_count=3)
 
     calls = []
@@ -311,12 +305,12 @@ def test_world_is_complete_semantics(tmp_path, monkeypatch):
     def crash(job):  # an interrupted regeneration leaves the world incomplete...
         calls.append(job)
         if len(calls) > 2:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt("simulated interruption")
         return real(job)
 
     real = syn._make_image
     monkeypatch.setattr(syn, "_make_image", crash)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="simulated interruption"):
         syn.generate_world(out, workers=1, **small)
     assert not syn.world_is_complete(out, **small) and not (out / "world.json").exists()
     monkeypatch.setattr(syn, "_make_image", real)
@@ -326,7 +320,7 @@ def test_world_is_complete_semantics(tmp_path, monkeypatch):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError, match="holds no synthetic world; refusing to write into it"):
         syn.generate_world(foreign, **small)
     assert (foreign / "notes.txt").read_text() == "mine"
 
@@ -357,7 +351,7 @@ def test_cli(tmp_path, capsys):
     assert syn.main(argv)["reused"] is True
     capsys.readouterr()
     assert "reused" not in syn.main(argv + ["--force"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="^2$"):  # argparse's usage error
         syn.main([])  # --out is required
 
 

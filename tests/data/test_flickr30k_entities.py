@@ -451,17 +451,14 @@ def test_tiny_dataset_end_to_end(tiny_flickr):
     assert train.split == "train" and not train.has_ground_truth and len(train) == 4
 
 
-def test_tiny_dataset_is_deterministic_and_fast(tmp_path):
-    start = time.perf_counter()
+def test_tiny_dataset_is_deterministic(tmp_path):
     a = make_tiny_flickr(tmp_path / "a", n_images=24, seed=3)
-    elapsed = time.perf_counter() - start
     b = make_tiny_flickr(tmp_path / "b", n_images=24, seed=3)
     c = make_tiny_flickr(tmp_path / "c", n_images=24, seed=4)
     files = sorted(p.relative_to(a.root) for p in a.root.rglob("*") if p.is_file())
     assert len(files) == 2 * 24 + 4
     assert all((a.root / f).read_bytes() == (b.root / f).read_bytes() for f in files)
     assert a.detections.read_bytes() == b.detections.read_bytes() != c.detections.read_bytes()
-    assert elapsed < 2.0
     # the real parsers read it: several names, several boxes, scene, notvisual and two types
     image_id = a.splits["train"][0]
     ann = parse_annotation(a.root / "Annotations" / f"{image_id}.xml")

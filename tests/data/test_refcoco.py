@@ -25,6 +25,7 @@ from helpers.refcoco import (
     write_gt_proposals,
     write_refer,
 )
+from helpers.shared import require_shared
 
 from lightning_wsg.boxes import coco_to_corners
 from lightning_wsg.data import GroundingBatch, RefCOCODataModule
@@ -115,8 +116,7 @@ def test_explicit_splits(tmp_path):
 @pytest.fixture(scope="module")
 def real_roots(tmp_path_factory) -> dict[tuple[str, str], Path]:
     """Refer-layout roots built from every shared CSV (no train split), one per combination."""
-    if not (REFCOCO_FILES / "refcoco_unc_testA.csv.gz").is_file():
-        pytest.skip(f"real RefCOCO expressions not found under {REFCOCO_FILES}")
+    require_shared(REFCOCO_FILES / "refcoco_unc_testA.csv.gz", "the real RefCOCO expressions")
     tmp = tmp_path_factory.mktemp("refer")
     wanted = {
         ("refcoco", "unc"): ["val", "testA", "testB"],
@@ -434,14 +434,11 @@ def test_tiny_images_for_a_detection_cache(tiny):
 
 
 def test_tiny_is_deterministic(tmp_path):
-    start = time.perf_counter()
     a = make_tiny_refer(tmp_path / "a", seed=3)
-    elapsed = time.perf_counter() - start
     b = make_tiny_refer(tmp_path / "b", seed=3)
     for name in ("refs(unc).p", "instances.json"):
         assert (a.root / "refcoco" / name).read_bytes() == (b.root / "refcoco" / name).read_bytes()
     assert a.detections.read_bytes() == b.detections.read_bytes()
-    assert elapsed < 2.0
     g = make_tiny_refer(tmp_path / "g", dataset="refcocog", split_by="google")
     assert sorted(g.splits) == ["train", "val"]
     dm = RefCOCODataModule(g.root, g.image_dir, g.detections, dataset="refcocog", split_by="google", num_workers=0)
@@ -500,8 +497,7 @@ def test_real_refcoco_test_end_to_end(tmp_path):
     """`lightning test` on RefCOCO testA/testB: placeholder images, proposals holding each true box."""
     from lightning_wsg.cli import main
 
-    if not (REFCOCO_FILES / "refcoco_unc_testA.csv.gz").is_file():
-        pytest.skip(f"real RefCOCO expressions not found under {REFCOCO_FILES}")
+    require_shared(REFCOCO_FILES / "refcoco_unc_testA.csv.gz", "the real RefCOCO expressions")
     start = time.perf_counter()
     refer = build_refer_root(tmp_path / "refer", "refcoco", "unc", ["testA", "testB"])
     image_dir = make_placeholder_images(tmp_path / "images", refer)

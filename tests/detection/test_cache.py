@@ -68,7 +68,7 @@ class FakeBackend(DetectorBackend):
         out = []
         for image_id, _ in images:
             if self.fail_after is not None and sum(self.calls.values()) >= self.fail_after:
-                raise KeyboardInterrupt  # a kill, not an error the code could catch by type
+                raise KeyboardInterrupt("simulated kill")  # not an error the code could catch by type
             self.calls[image_id] += 1
             out.append(_det(image_id, int(image_id[1:]) % 4, probs=self.probs))
         return out
@@ -151,7 +151,7 @@ def test_fill_writes_shards_and_a_manifest_then_detects_nothing_twice(tmp_path):
 def test_a_killed_fill_keeps_whole_shards_and_the_resume_redoes_only_the_rest(tmp_path):
     killed = FakeBackend(fail_after=6)
     cache = ShardedCache.for_backend(tmp_path, killed, shard_size=4)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="simulated kill"):
         cache.fill(killed, PATHS, progress=False)
     done = set(cache.open())
     assert done == set(IDS[:4])  # the second shard was cut after 2 of its 4 images

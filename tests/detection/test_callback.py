@@ -292,18 +292,6 @@ def test_ddp_two_processes_fill_the_cache_with_each_image_detected_once(tiny, tm
     assert not runs.exists() or not any(runs.iterdir())  # rank 0 removed the run's marks
 
 
-def _datamodule_accepts_null_detections() -> bool:
-    import inspect
-
-    param = inspect.signature(Flickr30kEntitiesDataModule.__init__).parameters["detections"]
-    return param.default is None
-
-
-@pytest.mark.skipif(
-    not _datamodule_accepts_null_detections(),
-    reason="Flickr30kEntitiesDataModule(detections: str | Path) has no None default yet, "
-    "so the CLI cannot take data.detections: null (base.py accepts it)",
-)
 def test_cli_configs_stack_a_detector_fragment(tiny, tmp_path, monkeypatch):
     from lightning_wsg.cli import main
 

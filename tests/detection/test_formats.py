@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from helpers.flickr import SHARED_DATA
+from helpers.shared import require_shared
 
 from lightning_wsg.detection import (
     DetectionFormatError,
@@ -22,7 +23,11 @@ from lightning_wsg.detection import (
 )
 
 VOCAB = SHARED_DATA / "visual_genome" / "vg_objects_vocab.txt"
-needs_vocab = pytest.mark.skipif(not VOCAB.is_file(), reason=f"{VOCAB} not found")
+
+
+@pytest.fixture
+def needs_vocab() -> Path:
+    return require_shared(VOCAB, "the Visual Genome vocabulary")
 
 
 def _dets(image_id: str, n: int, seed: int, probs: int = 0) -> Detections:
@@ -156,9 +161,8 @@ def _synonym_line() -> tuple[int, str, str]:
     raise AssertionError("no synonym line in the vocabulary")
 
 
-@needs_vocab
 @pytest.mark.parametrize("layout", ["lxmert", "appended"])
-def test_tsv_with_objects_id_and_the_real_vocabulary(tmp_path, layout):
+def test_tsv_with_objects_id_and_the_real_vocabulary(tmp_path, layout, needs_vocab):
     vocab = read_vocabulary(VOCAB)
     assert len(vocab) == 1600
     synonym, first, line = _synonym_line()
@@ -175,8 +179,7 @@ def test_tsv_with_objects_id_and_the_real_vocabulary(tmp_path, layout):
     assert unnamed.labels is None and unnamed.scores.tolist() == det.scores.tolist()
 
 
-@needs_vocab
-def test_tsv_errors_name_file_and_line(tmp_path):
+def test_tsv_errors_name_file_and_line(tmp_path, needs_vocab):
     path = tmp_path / "d.tsv"
     good = _tsv_row("1", BOXES, np.array([0, 1, 2]))
     path.write_text(good + "\n" + _tsv_row("2", BOXES, np.array([0, 1, 1600])) + "\n")

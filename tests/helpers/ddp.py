@@ -16,7 +16,10 @@ from torch import nn
 
 from lightning_wsg.distributed import gathered_info_nce
 
-__all__ = ["B", "IMAGE_IDS", "SPLITS", "CASES", "inputs", "loss_and_grads", "free_port", "run_two_ranks"]
+__all__ = [
+    "B", "IMAGE_IDS", "SPLITS", "CASES", "HAND_IMAGE_IDS", "inputs", "hand_inputs", "hand_loss", "loss_and_grads",
+    "free_port", "run_two_ranks",
+]  # fmt: skip
 
 B, R, P, D_IN, D = 6, 7, 4, 10, 8
 N_REGIONS = [3, 7, 5, 2, 6, 4]
@@ -59,6 +62,33 @@ def loss_and_grads(rows: slice, case: dict, gather: bool = True) -> tuple[float,
     return loss.item(), grads
 
 
+# A case small enough to score by hand (tests/test_distributed.py works out its loss): 2-d
+# features, three pairs, images "a", "b", "a". PAD entries are masked out; were a mask
+# ignored, their large dot products would change every score they reach.
+_E1, _E2, _D, _PAD = [1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [5.0, 5.0]
+HAND_IMAGE_IDS = ["a", "b", "a"]
+HAND_ROWS_PER_RANK = (2, 1)
+
+
+def hand_inputs() -> dict[str, torch.Tensor]:
+    """Regions ``[3, 2, 2]`` (image 1 has one real region) and phrases ``[3, 2, 2]``."""
+    return {
+        "regions": torch.tensor([[_E1, _E2], [_D, _PAD], [[-1.0, 0.0], _E2]]),
+        "region_mask": torch.tensor([[True, True], [True, False], [True, True]]),
+        "phrases": torch.tensor([[_E1, _PAD], [_D, _E1], [_E2, _PAD]]),
+        "phrase_mask": torch.tensor([[True, False], [True, True], [True, False]]),
+    }
+
+
+def hand_loss(rows: slice, **kwargs) -> float:
+    """``gathered_info_nce`` of the hand case's pairs ``rows`` (tau 0.5)."""
+    x = hand_inputs()
+    return gathered_info_nce(
+        x["regions"][rows], x["region_mask"][rows], x["phrases"][rows], x["phrase_mask"][rows],
+        HAND_IMAGE_IDS[rows], tau=0.5, **kwargs,
+    ).item()  # fmt: skip
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -75,12 +105,16 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             for case in CASES:
                 results.append(loss_and_grads(rows, case))
             results.append(loss_and_grads(rows, CASES[0], gather=False))
+        start = sum(HAND_ROWS_PER_RANK[:rank])
+        rows = slice(start, start + HAND_ROWS_PER_RANK[rank])
+        results.append([hand_loss(rows, symmetric=symmetric) for symmetric in (False, True)])
         torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
 def run_two_ranks(out: Path) -> list[list[tuple[float, torch.Tensor]]]:
-    """Per rank, for each split of :data:`SPLITS`: the results of every case, then one without gathering."""
+    """Per rank, for each split of :data:`SPLITS`: the results of every case, then one without gathering;
+    last, the hand case's ``[plain, symmetric]`` losses of the rank's rows."""
     mp.spawn(_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
     return [torch.load(Path(out) / f"rank{r}.pt") for r in range(2)]

@@ -160,5 +160,5 @@ def test_freeze_keeps_the_text_model_fixed_and_in_eval():
 
 
 def test_too_many_phrases_is_an_error(encoder):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="a sentence has more than num_phrases=1 phrases"):
         encoder([["a", "b"]], [[(0, 1), (1, 2)]], num_phrases=1)
