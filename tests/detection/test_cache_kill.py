@@ -92,7 +92,7 @@ def test_a_sigkilled_fill_resumes_detecting_each_missing_image_once(moment, tmp_
     assert not [p for p in (folder / "shards").iterdir() if ".tmp-" in p.name]  # the dead writer's file is gone
     store = dm.supplied
     assert sorted(store) == IDS
-    for image_id, path in images.items():
+    for image_id in images:
         k = int(image_id[3:])
         assert store[image_id].boxes.tolist() == [[0.0, 0.0, 8.0 + k, 6.0 + k]]
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -117,10 +117,14 @@ def test_a_truncated_shard_is_an_error_naming_it_and_deleting_it_redoes_its_imag
     shard = next(p for p in sorted((folder / "shards").glob("*.pt")) if len(torch.load(p)["offsets"]) == 5)
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) * 2 // 3])
-    with pytest.raises(DetectionFormatError, match=rf"{re.escape(str(shard))}: unreadable detection-cache shard .*delete it"):
+    with pytest.raises(
+        DetectionFormatError, match=rf"{re.escape(str(shard))}: unreadable detection-cache shard .*delete it"
+    ):
         open_detections(folder)
     before = _calls(log)
-    with pytest.raises(DetectionFormatError, match=rf"{re.escape(str(shard))}: unreadable .*next run detects its images again"):
+    with pytest.raises(
+        DetectionFormatError, match=rf"{re.escape(str(shard))}: unreadable .*next run detects its images again"
+    ):
         run(folder.parents[1], image_dir, log)
     assert _calls(log) == before  # the error comes before any detection
     shard.unlink()  # what the message says to do
@@ -130,22 +134,35 @@ def test_a_truncated_shard_is_an_error_naming_it_and_deleting_it_redoes_its_imag
     assert sorted(open_detections(folder)) == IDS
 
 
-@pytest.mark.parametrize("content", [b'{"fingerprint": "ab', b"[1, 2]", b"\xff\xfe\x00garbage"], ids=["cut", "list", "bytes"])
+@pytest.mark.parametrize(
+    "content", [b'{"fingerprint": "ab', b"[1, 2]", b"\xff\xfe\x00garbage"], ids=["cut", "list", "bytes"]
+)
 def test_an_unreadable_manifest_is_named_by_readers_and_rewritten_by_the_writer(filled, content, caplog):
     folder, image_dir, log = filled
     manifest = folder / "manifest.json"
     manifest.write_bytes(content)
-    with pytest.raises(DetectionFormatError, match=rf"{re.escape(str(manifest))}: unreadable detection-cache manifest .*delete the folder"):
+    with pytest.raises(
+        DetectionFormatError,
+        match=rf"{re.escape(str(manifest))}: unreadable detection-cache manifest .*delete the folder",
+    ):
         open_detections(folder)
     before = _calls(log)
     with caplog.at_level(logging.WARNING, logger="lightning_wsg"):
         _, dm = run(folder.parents[1], image_dir, log)
-    assert any(f"{manifest} is unreadable" in r.getMessage() and "writing it again" in r.getMessage() for r in caplog.records)
+    assert any(
+        f"{manifest} is unreadable" in r.getMessage() and "writing it again" in r.getMessage() for r in caplog.records
+    )
     assert _calls(log) == before  # the shards were fine: nothing detected again
     assert sorted(dm.supplied) == IDS
     rebuilt = json.loads(manifest.read_text())
-    assert rebuilt["counts"] == {"images": 10, "boxes": 10, "shards": 3} and rebuilt["class_names"] == ["man", "dog", "car"]
-    assert rebuilt["fingerprint"] == fingerprint(rebuilt["settings"]) and folder.name.endswith(rebuilt["fingerprint"][:16])
+    assert rebuilt["counts"] == {"images": 10, "boxes": 10, "shards": 3} and rebuilt["class_names"] == [
+        "man",
+        "dog",
+        "car",
+    ]
+    assert rebuilt["fingerprint"] == fingerprint(rebuilt["settings"]) and folder.name.endswith(
+        rebuilt["fingerprint"][:16]
+    )
 
 
 def test_a_manifest_whose_settings_do_not_match_its_fingerprint_is_refused(filled):
@@ -154,7 +171,10 @@ def test_a_manifest_whose_settings_do_not_match_its_fingerprint_is_refused(fille
     manifest = json.loads(manifest_path.read_text())
     manifest["settings"]["version"] = 2  # edited by hand: the shards were not made by version 2
     manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(DetectionFormatError, match=rf"{re.escape(str(manifest_path))}: the recorded settings hash to .*delete the folder"):
+    with pytest.raises(
+        DetectionFormatError,
+        match=rf"{re.escape(str(manifest_path))}: the recorded settings hash to .*delete the folder",
+    ):
         open_detections(folder)
     with pytest.raises(DetectionFormatError, match="edited by hand"):
         run(folder.parents[1], image_dir, log)
