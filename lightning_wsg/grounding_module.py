@@ -159,6 +159,8 @@ class GroundingModule(LightningModule):
             raise ValueError("at least one of use_nce and use_kd must be true")
         if kd_target not in ("teacher", "product"):
             raise ValueError(f"kd_target must be 'teacher' or 'product', got {kd_target!r}")
+        if lr_schedule not in ("constant", "cosine"):  # else the error would come at configure_optimizers
+            raise ValueError(f"model.lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
         self.save_hyperparameters()
         self.configure_models()
         self.metrics = nn.ModuleDict()

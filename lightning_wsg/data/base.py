@@ -31,7 +31,15 @@ from ..predict import DEFAULT_GRID_ASPECT_RATIOS, DEFAULT_GRID_SCALES, DEFAULT_G
 from .batch import GroundingSample, collate
 from .samplers import ResumableDataLoader, evaluation_sampler, training_sampler
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "GroundingDataModule", "GroundingDataset", "GroundingEntry", "top_scored"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "GroundingDataModule",
+    "GroundingDataset",
+    "GroundingEntry",
+    "top_scored",
+    "check_images",
+]
 
 logger = logging.getLogger("lightning_wsg")
 
@@ -204,6 +212,64 @@ class GroundingDataset(Dataset[GroundingSample]):
         )
 
 
+def check_images(dataset: GroundingDataset, split: str, progress: bool = True) -> None:
+    """Decode every image of ``dataset`` once; one error names all that cannot be used.
+
+    Checks what :meth:`GroundingDataset.load_image` would meet in a worker: a file that does
+    not decode to the end (a truncated JPEG, garbage) and a size other than the annotations'.
+
+    Raises:
+        OSError: naming the split, the count and each bad file with its problem.
+    """
+    sizes: dict[str, tuple[int, int] | None] = {}
+    for entry in dataset.entries:
+        if sizes.get(entry.image_id) is None:
+            sizes[entry.image_id] = tuple(entry.image_size) if entry.image_size is not None else None
+    bad: list[str] = []
+    with _Progress(progress, f"verifying images ({split})", len(sizes)) as advance:
+        for image_id, expected in sizes.items():
+            path = Path(dataset.image_path(image_id))
+            try:
+                with Image.open(path) as img:
+                    img.load()  # decodes everything: a truncated file fails here, not at open
+                    size = img.size
+            except Exception as err:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError...
+                bad.append(f"{path}: {type(err).__name__}: {err}")
+            else:
+                if expected is not None and size != expected:
+                    bad.append(f"{path}: {size[0]}x{size[1]}, the annotations say {expected[0]}x{expected[1]}")
+            advance(1)
+    if bad:
+        shown = "\n  ".join(bad[:20]) + ("\n  ..." if len(bad) > 20 else "")
+        raise OSError(
+            f"split {split}: {len(bad)} of {len(sizes)} images cannot be used (data.verify_images):\n  {shown}"
+        )
+    logger.info("split %s: all %d images decode (data.verify_images)", split, len(sizes))
+
+
+class _Progress:
+    """A rich progress bar (images, rate, time left), or nothing."""
+
+    def __init__(self, enabled: bool, description: str, total: int) -> None:
+        self.enabled, self.description, self.total = enabled, description, total
+        self._bar = None
+
+    def __enter__(self) -> Callable[[int], None]:
+        if not self.enabled:
+            return lambda n: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        columns = (BarColumn(), MofNCompleteColumn(), TextColumn("left"), TimeRemainingColumn())
+        self._bar = bar = Progress(TextColumn("{task.description}"), *columns)
+        bar.__enter__()
+        task = bar.add_task(self.description, total=self.total)
+        return lambda n: bar.advance(task, n)
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+
 class GroundingDataModule(pl.LightningDataModule):
     """Base datamodule: a root of annotations, a folder of images, one proposals file.
 
@@ -235,6 +301,10 @@ class GroundingDataModule(pl.LightningDataModule):
         grid_scales: box sizes of the grid, as fractions of the image side.
         grid_aspect_ratios: box aspect ratios (width / height) of the grid.
         grid_stride: grid step as a fraction of the box size.
+        verify_images: at set-up, decode every image the stage's splits use (with a progress
+            bar) and stop with one error listing the unreadable ones (truncated or corrupt
+            files, a size that disagrees with the annotations) before the first epoch, rather
+            than in a DataLoader worker hours later. Costs one full read of the images.
     """
 
     train_split: str = "train"
@@ -259,8 +329,19 @@ class GroundingDataModule(pl.LightningDataModule):
         grid_scales: Sequence[float] = DEFAULT_GRID_SCALES,
         grid_aspect_ratios: Sequence[float] = DEFAULT_GRID_ASPECT_RATIOS,
         grid_stride: float = DEFAULT_GRID_STRIDE,
+        verify_images: bool = False,
     ) -> None:
         super().__init__()
+        for name, value in (
+            ("batch_size", batch_size),
+            ("image_size", image_size),
+            ("max_proposals", max_proposals),
+            ("max_phrases", max_phrases),
+        ):
+            if int(value) < 1:  # refused when the run is configured, not at the first batch
+                raise ValueError(f"data.{name} must be >= 1, got {value}")
+        if int(num_workers) < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
         self.save_hyperparameters()
         for key, value in list(self.hparams.items()):  # issue 7: plain strings, so that checkpoints
             if isinstance(value, Path):  # load with torch.load(weights_only=True) (load_from_checkpoint)
@@ -287,6 +368,7 @@ class GroundingDataModule(pl.LightningDataModule):
         self.predict_proposals = predict_proposals
         self.grid = {"scales": tuple(grid_scales), "aspect_ratios": tuple(grid_aspect_ratios), "stride": float(grid_stride)}
         self._predict_records: list | None = None
+        self.verify_images = bool(verify_images)
 
     # -- hooks of a concrete dataset -------------------------------------------------
     def load_split(self, split: str) -> list[GroundingEntry]:
@@ -358,7 +440,26 @@ class GroundingDataModule(pl.LightningDataModule):
         missing = sorted(str(paths[i]) for i in used if not paths[i].is_file())
         if missing:
             raise FileNotFoundError(f"split {split}: {len(missing)} images not found: {_examples(missing)}")
+        if split == self.train_split:
+            self._check_labels_for_distillation(dataset)
+        if self.verify_images:  # each rank reads its datasets' images; one bar is enough
+            check_images(dataset, split, progress=self.trainer is None or self.trainer.is_global_zero)
         return dataset
+
+    def _check_labels_for_distillation(self, dataset: GroundingDataset) -> None:
+        """Refuse, before training, a model that distils (``use_kd``) from proposals without labels."""
+        model = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
+        hparams = getattr(model, "hparams", None)
+        if not hparams or not hparams.get("use_kd", False):
+            return
+        store = dataset.detections
+        unlabelled = [i for i in dict.fromkeys(e.image_id for e in dataset.entries) if store[i].labels is None]
+        if unlabelled:
+            raise ValueError(
+                f"model.use_kd=true distils from the detector's class names, but {store.path} has no labels for "
+                f"{len(unlabelled)} training images (e.g. {_examples(unlabelled)}): give data.detections with "
+                "labels (a bottom-up TSV names its objects_id through data.vocabulary) or set model.use_kd=false"
+            )
 
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets ``stage`` needs (each split once)."""
@@ -453,13 +554,16 @@ class GroundingDataModule(pl.LightningDataModule):
 
         if self._predict_records is None:
             self._predict_records = read_predict_file(self.predict_file)
-        return PredictDataset(
-            self._predict_records,
-            image_size=self.image_size,
-            detections=detections,
-            max_proposals=self.max_proposals,
-            grid=self.grid,
-        )
+        try:
+            return PredictDataset(
+                self._predict_records,
+                image_size=self.image_size,
+                detections=detections,
+                max_proposals=self.max_proposals,
+                grid=self.grid,
+            )
+        except FileNotFoundError as err:  # name the file that lists them
+            raise FileNotFoundError(f"{self.predict_file} (data.predict_file): {err}") from None
 
     def _build_predict_dataset(self):
         if self.predict_proposals == "grid":

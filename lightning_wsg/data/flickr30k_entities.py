@@ -20,7 +20,7 @@ import logging
 import re
 import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -260,6 +260,22 @@ def read_unrelated_captions(path: str | Path) -> set[str]:
     return ids
 
 
+def _require_files(root: Path, image_ids: Sequence[str], evaluation: bool, split: str) -> None:
+    """One error for every listed image whose sentences (or, to evaluate, annotations) are missing."""
+    needed = [("Sentences", ".txt")] + ([("Annotations", ".xml")] if evaluation else [])
+    missing = [
+        str(root / folder / f"{image_id}{suffix}")
+        for image_id in image_ids
+        for folder, suffix in needed
+        if not (root / folder / f"{image_id}{suffix}").is_file()
+    ]
+    if missing:
+        raise FileNotFoundError(
+            f"split {split} ({root / f'{split}.txt'}) lists images whose files are missing: {len(missing)} files, "
+            f"e.g. {', '.join(missing[:_EXAMPLES])}; restore them or remove the images from the split file"
+        )
+
+
 def load_entries(
     root: str | Path,
     image_ids: Iterable[str],
@@ -283,6 +299,8 @@ def load_entries(
     Sentences left without a phrase are skipped; the count is logged.
     """
     root = Path(root)
+    image_ids = list(image_ids)
+    _require_files(root, image_ids, evaluation, split)
     exclude = set(exclude)
     entries: list[GroundingEntry] = []
     skipped: list[str] = []
@@ -360,6 +378,7 @@ class Flickr30kEntitiesDataModule(GroundingDataModule):
         grid_scales: tuple[float, ...] = DEFAULT_GRID_SCALES,
         grid_aspect_ratios: tuple[float, ...] = DEFAULT_GRID_ASPECT_RATIOS,
         grid_stride: float = DEFAULT_GRID_STRIDE,
+        verify_images: bool = False,
         unrelated_captions: str | Path | None = None,
     ) -> None:
         super().__init__(
@@ -379,6 +398,7 @@ class Flickr30kEntitiesDataModule(GroundingDataModule):
             grid_scales=grid_scales,
             grid_aspect_ratios=grid_aspect_ratios,
             grid_stride=grid_stride,
+            verify_images=verify_images,
         )
         self.unrelated_captions = Path(unrelated_captions) if unrelated_captions is not None else None
 

@@ -195,7 +195,7 @@ def read_instances(path: str | Path, ann_ids: set[int] | None = None) -> ReferIn
     try:
         with path.open("r", encoding="utf-8") as fh:
             data = json.load(fh)
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ReferFormatError(f"{path}: not valid JSON: {err}") from None
     if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
         raise ReferFormatError(f"{path}: expected a COCO-style object with 'images' and 'annotations'")
@@ -212,11 +212,15 @@ def read_instances(path: str | Path, ann_ids: set[int] | None = None) -> ReferIn
     return ReferIndex(images, annotations, categories, path)
 
 
-def _words(sentence: dict) -> list[str]:
-    tokens = sentence.get("tokens")
+def _words(sentence: dict, where: str) -> list[str]:
+    tokens, sent = sentence.get("tokens"), sentence.get("sent")
+    if tokens is not None and not (isinstance(tokens, list) and all(isinstance(t, str) for t in tokens)):
+        raise ReferFormatError(f"{where}: 'tokens' must be a list of words, got {tokens!r}")
+    if sent is not None and not isinstance(sent, str):
+        raise ReferFormatError(f"{where}: 'sent' must be a string, got {sent!r}")
     if tokens:
-        return [str(t) for t in tokens]
-    return str(sentence.get("sent") or "").split()
+        return list(tokens)
+    return (sent or "").split()
 
 
 def _check_box(box: list[float], ann_id: int, where: str) -> None:
@@ -289,7 +293,7 @@ def load_entries(
             if not isinstance(sentence, dict) or "sent_id" not in sentence:
                 raise ReferFormatError(f"{where}: ref {ref['ref_id']}: a sentence without sent_id: {sentence!r}")
             sent_id = str(sentence["sent_id"])
-            words = _words(sentence)
+            words = _words(sentence, f"{where}: ref {ref['ref_id']}: sentence {sent_id}")
             if not words:
                 skipped.append(sent_id)
                 continue
@@ -369,6 +373,7 @@ class RefCOCODataModule(GroundingDataModule):
         grid_scales: tuple[float, ...] = DEFAULT_GRID_SCALES,
         grid_aspect_ratios: tuple[float, ...] = DEFAULT_GRID_ASPECT_RATIOS,
         grid_stride: float = DEFAULT_GRID_STRIDE,
+        verify_images: bool = False,
     ) -> None:
         super().__init__(
             root,
@@ -387,6 +392,7 @@ class RefCOCODataModule(GroundingDataModule):
             grid_scales=grid_scales,
             grid_aspect_ratios=grid_aspect_ratios,
             grid_stride=grid_stride,
+            verify_images=verify_images,
         )
         splits = available_splits(dataset, split_by)
         if isinstance(eval_splits, str):

@@ -204,7 +204,8 @@ _LXMERT_FIELDS = ["image_id", "image_h", "image_w", *_TSV_LABEL_FIELDS, "num_box
 
 def _b64_array(text: str, dtype, where: str, name: str) -> np.ndarray:
     try:
-        return np.frombuffer(base64.b64decode(text), dtype=dtype)
+        # validate: by default b64decode drops characters outside the alphabet instead of refusing them
+        return np.frombuffer(base64.b64decode(text, validate=True), dtype=dtype)
     except (ValueError, TypeError) as err:
         raise DetectionFormatError(f"{where}: field {name!r} is not base64 {np.dtype(dtype).name}: {err}") from None
 

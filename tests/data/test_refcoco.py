@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import re
 import time
 from pathlib import Path
 
@@ -524,3 +525,59 @@ def test_real_refcoco_test_end_to_end(tmp_path):
     assert int(metrics["testA/num_phrases"]) == 5_657 and int(metrics["testB/num_phrases"]) == 5_095
     assert float(metrics["testA/upper_bound"]) == 1.0 and float(metrics["testB/upper_bound"]) == 1.0
     print(f"\nreal RefCOCO testA + testB: prepared in {prepared:.1f} s, prepared + tested in {elapsed:.1f} s")
+
+
+# --- malformed refer files ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (b'{"images": [', "not valid JSON"),
+        (b"\xff\xfe\x00 not text", "not valid JSON"),
+        (b"[]", "expected a COCO-style object with 'images' and 'annotations'"),
+        (b'{"images": []}', "expected a COCO-style object with 'images' and 'annotations'"),
+        (
+            b'{"images": [{"id": 1}], "annotations": []}',
+            r"malformed image, annotation or category record: KeyError\('file_name'\)",
+        ),
+        (b'{"images": [], "annotations": [{"id": "x"}]}', "malformed image, annotation or category record: ValueError"),
+    ],
+)
+def test_an_invalid_instances_json_names_the_file(small_root, content, problem):
+    path = small_root / "refcoco" / "instances.json"
+    path.write_bytes(content)
+    with pytest.raises(ReferFormatError, match=rf"{re.escape(str(path))}: {problem}"):
+        _small_dm(small_root).load_split("testA")
+
+
+def _pop(key):
+    return lambda ref: ref.pop(key)
+
+
+@pytest.mark.parametrize(
+    "edit, problem",
+    [
+        (_pop("ann_id"), r"ref 20 has no valid ann_id"),
+        (_pop("image_id"), r"malformed ref 20: KeyError\('image_id'\)"),
+        (lambda ref: ref.update(ann_id="cup"), r"ref 20 has no valid ann_id"),
+        (lambda ref: ref.update(sentences="red cup"), r"ref 20: 'sentences' must be a list"),
+        (lambda ref: ref["sentences"][0].pop("sent_id"), r"ref 20: a sentence without sent_id"),
+        (lambda ref: ref["sentences"].append("left cup"), r"ref 20: a sentence without sent_id: 'left cup'"),
+        (
+            lambda ref: ref["sentences"][0].update(tokens="red cup"),
+            r"ref 20: sentence 20: 'tokens' must be a list of words",
+        ),
+        (
+            lambda ref: ref["sentences"][0].update(tokens=[1, 2]),
+            r"ref 20: sentence 20: 'tokens' must be a list of words",
+        ),
+        (
+            lambda ref: ref["sentences"][0].update(tokens=[], sent=7),
+            r"ref 20: sentence 20: 'sent' must be a string, got 7",
+        ),
+    ],
+)
+def test_malformed_refs_and_sentences_name_the_refs_file_and_ref(small_root, edit, problem):
+    _edit_refs(small_root, lambda refs: edit(next(r for r in refs if r["ref_id"] == 20)))
+    path = small_root / "refcoco" / "refs(unc).p"
+    with pytest.raises(ReferFormatError, match=rf"{re.escape(str(path))}: {problem}"):
+        _small_dm(small_root).load_split("testA")

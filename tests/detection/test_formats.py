@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import json
 from pathlib import Path
 
@@ -203,3 +204,52 @@ def test_read_vocabulary_rejects_empty_lines(tmp_path):
     path.write_text("man\n\ndog\n")
     with pytest.raises(DetectionFormatError, match="empty vocabulary line"):
         read_vocabulary(path)
+
+
+# --- bad rows of a bottom-up TSV and of JSON Lines class probabilities --------------------------
+def _good_tsv_row() -> str:
+    return _tsv_row("1", BOXES, np.array([0, 1, 2]), layout="appended")
+
+
+@pytest.mark.parametrize(
+    "field, value, problem",
+    [
+        (4, "%%% not base64 %%%", "field 'boxes' is not base64 float32"),
+        (4, "AAAAA", "field 'boxes' is not base64 float32"),  # a cut string: bad padding
+        (4, _b64(np.zeros(5, np.uint8)), "field 'boxes' is not base64 float32"),  # 5 bytes: no whole float
+        (6, _b64(np.array([0, 1], np.int64)), "num_boxes=3 but 2 objects_id and 3 objects_conf"),
+        (7, _b64(np.array([0.9], np.float32)), "num_boxes=3 but 3 objects_id and 1 objects_conf"),
+        (6, "@@", "field 'objects_id' is not base64 int64"),
+        # stray characters are refused, not dropped (dropping them would read these three floats)
+        (7, _b64(np.array([0.9, 0.8, 0.7], np.float32)) + "!!", "field 'objects_conf' is not base64 float32"),
+    ],
+)
+def test_tsv_bad_fields_name_file_line_and_field(tmp_path, field, value, problem):
+    fields = _tsv_row("2", BOXES, np.array([0, 1, 2]), layout="appended").split("\t")
+    fields[field] = value
+    path = tmp_path / "d.tsv"
+    path.write_text(_good_tsv_row() + "\n" + "\t".join(fields) + "\n")
+    with pytest.raises(DetectionFormatError, match=rf"{re.escape(str(path))}:2: {problem}"):
+        open_detections(path)
+
+
+@pytest.mark.parametrize("num_boxes", ["three", "2.5", ""])
+def test_tsv_non_integer_num_boxes_is_named(tmp_path, num_boxes):
+    fields = _tsv_row("2", BOXES).split("\t")
+    fields[3] = num_boxes
+    path = tmp_path / "d.tsv"
+    path.write_text("\t".join(fields) + "\n")
+    with pytest.raises(
+        DetectionFormatError, match=rf"{re.escape(str(path))}:1: num_boxes is not an integer: '{num_boxes}'"
+    ):
+        open_detections(path)
+
+
+def test_jsonl_class_probs_rows_must_match_the_boxes(tmp_path):
+    header = {"class_names": ["a", "b", "c"]}
+    bad = {"image_id": "x", "boxes": [[0, 0, 1, 1], [0, 0, 2, 2]], "class_probs": [[0.5, 0.3, 0.2]]}
+    path = _write_lines(tmp_path / "d.jsonl", [header, bad])
+    with pytest.raises(
+        DetectionFormatError, match=rf"{re.escape(str(path))}:2: image x: 2 boxes but class_probs of shape \(1, 3\)"
+    ):
+        open_detections(path)
