@@ -3,9 +3,17 @@
 For region ``r`` and phrase ``p`` the teacher scores ``t(r, p) = sum_c P(c | r) m(c, p)``,
 where ``m(c, p)`` says how well the phrase describes the detector class NAME ``c``:
 
-* ``"lexical"``: 1 when the phrase's head noun (its last word, naively singularised:
-  a trailing ``"s"`` / ``"es"`` stripped, plus a few irregular plurals) equals the class
-  name or its last word, else 0 (the hard matching of the reference code).
+* ``"wordnet"`` (the default of the dataset configs): the phrase's head noun, parsed as
+  real phrases and referring expressions have it ("two men" -> men, "the man in yellow
+  coat" -> man, "bottom left" -> none), reaches a class when the class is the noun, a
+  synonym or a hypernym of it in WordNet (woman, guy -> person; puppy -> dog; sedan ->
+  car); of the classes an image's detections name, the nearest gets ``m = 1`` (the
+  reference code's approach; :mod:`lightning_wsg.lexicon`).
+* ``"mapping"``: a fixed ``head noun<TAB>class`` file (``mapping_file``), checked against
+  ``vocabulary`` when the teacher is built.
+* ``"lexical"``: 1 when the phrase ends in the whole class name (its last word naively
+  singularised: a trailing ``"s"`` / ``"es"`` stripped, plus a few irregular plurals), else
+  0: "a dog" is not "hot dog".
 * ``"glove"``: cosine of GloVe 50-d vectors of the class name (words averaged) and of the
   phrase's head noun (``phrase_head="last"``: its last word with a vector) or its
   best-matching word (``phrase_head="all"``).
@@ -53,13 +61,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..lexicon.classes import MappingMatcher, WordNetMatcher, read_class_names
 from .embeddings import GloveEmbeddings, MiniLMEmbeddings
 
 __all__ = ["DEFAULT_MIN_MATCH", "Teacher", "head_word", "phrase_texts", "singular_forms"]
 
 #: Default ``min_match`` per matching type (see the report in the class docstring).
-DEFAULT_MIN_MATCH = {"lexical": 0.5, "glove": 0.8, "minilm": 0.55}
-_DEFAULT_HEAD = {"lexical": "last", "glove": "last", "minilm": "all"}
+DEFAULT_MIN_MATCH = {"wordnet": 0.5, "mapping": 0.5, "lexical": 0.5, "glove": 0.8, "minilm": 0.55}
+_DEFAULT_HEAD = {"wordnet": "last", "mapping": "last", "lexical": "last", "glove": "last", "minilm": "all"}
+_BY_DISTANCE = ("wordnet", "mapping")
 _IRREGULAR = {"men": "man", "women": "woman", "children": "child", "people": "person", "feet": "foot", "teeth": "tooth"}
 
 
@@ -114,7 +124,7 @@ class Teacher(nn.Module):
     Exact head-noun matches (plurals included) score 1 in every mode.
 
     Args:
-        matching: ``"glove"``, ``"minilm"`` or ``"lexical"``.
+        matching: ``"wordnet"``, ``"mapping"``, ``"glove"``, ``"minilm"`` or ``"lexical"``.
         min_match: similarity a class needs to count; ``None`` uses ``DEFAULT_MIN_MATCH``.
         phrase_head: ``"last"`` (the head noun) or ``"all"`` (glove: best-matching word,
             minilm: the whole phrase); ``None``: ``"last"`` for glove, ``"all"`` for minilm.
@@ -131,11 +141,18 @@ class Teacher(nn.Module):
             class probabilities.
         glove_root: GloVe folder (``None``: the installed package).
         minilm_path: MiniLM folder (``None``: the installed package).
+        mapping_file: ``head noun<TAB>class`` file of the ``"mapping"`` matching.
+        vocabulary: the detector's class names (a list, or a file with one a line) that
+            ``mapping_file`` is checked against; required with ``"mapping"``.
+        wordnet_senses: how many of a head noun's main senses the ``"wordnet"`` matching follows.
+        wordnet_siblings: when no class is the noun, a hypernym or a kind of it, the
+            ``"wordnet"`` matching names a class sharing a hypernym at most this many steps up
+            from both ("donkey" -> horse); 0: off.
     """
 
     def __init__(
         self,
-        matching: Literal["glove", "minilm", "lexical"] = "glove",
+        matching: Literal["wordnet", "mapping", "glove", "minilm", "lexical"] = "glove",
         min_match: float | None = None,
         phrase_head: Literal["last", "all"] | None = None,
         rescale: bool = True,
@@ -143,6 +160,10 @@ class Teacher(nn.Module):
         score_floor: float = 0.0,
         glove_root: str | None = None,
         minilm_path: str | None = None,
+        mapping_file: str | None = None,
+        vocabulary: list[str] | str | None = None,
+        wordnet_senses: int = 1,
+        wordnet_siblings: int = 2,
     ) -> None:
         super().__init__()
         if matching not in DEFAULT_MIN_MATCH:
@@ -165,6 +186,17 @@ class Teacher(nn.Module):
         self._cache: OrderedDict[str, Tensor] = OrderedDict()
         self._forms_key: tuple[str, ...] | None = None
         self._forms: dict[str, list[int]] = {}
+        self.mapping_file = mapping_file
+        self._matcher: WordNetMatcher | MappingMatcher | None = None
+        if matching == "wordnet":
+            self._matcher = WordNetMatcher(senses=wordnet_senses, siblings=wordnet_siblings)
+        elif matching == "mapping":
+            if mapping_file is None or vocabulary is None:
+                raise ValueError("matching='mapping' needs mapping_file and the detector's vocabulary")
+            names = read_class_names(vocabulary) if isinstance(vocabulary, str) else list(vocabulary)
+            self._matcher = MappingMatcher(mapping_file, names)
+        elif mapping_file is not None:
+            raise ValueError(f"mapping_file is only read by matching='mapping', not {matching!r}")
 
     def extra_repr(self) -> str:
         return (
@@ -179,29 +211,52 @@ class Teacher(nn.Module):
 
     # ------------------------------------------------------------------ matching
     def _class_forms(self, class_names: list[str]) -> dict[str, list[int]]:
-        """Singular forms of each class name and of its last word -> class indices (cached)."""
+        """Whole class names (last word in its singular forms) -> class indices (cached)."""
         key = tuple(class_names)
         if self._forms_key != key:
             by_form: dict[str, list[int]] = {}
             for c, name in enumerate(class_names):
-                words = _words(name)
-                forms = singular_forms(" ".join(words)) | (singular_forms(words[-1]) if words else set())
-                for form in forms:
-                    by_form.setdefault(form, []).append(c)
+                for alias in name.split(","):
+                    words = _words(alias)
+                    for form in singular_forms(words[-1]) if words else ():
+                        by_form.setdefault(" ".join(words[:-1] + [form]), []).append(c)
             self._forms_key, self._forms = key, by_form
         return self._forms
 
     def _lexical(self, class_names: list[str], phrases: list[str]) -> Tensor:
+        """1 where the phrase ends in the whole class name ("traffic lights": traffic light)."""
         by_form = self._class_forms(class_names)
+        longest = max((len(f.split()) for f in by_form), default=1)
         rows, cols = [], []
         for p, phrase in enumerate(phrases):
-            head = head_word(phrase)
-            for form in singular_forms(head) if head else ():
-                rows += by_form.get(form, [])
-                cols += [p] * len(by_form.get(form, []))
+            words = _words(phrase)
+            for k in range(min(longest, len(words)), 0, -1):
+                hits = {c for form in singular_forms(words[-1]) for c in by_form.get(" ".join(words[-k:-1] + [form]), [])}
+                if hits:
+                    rows += sorted(hits)
+                    cols += [p] * len(hits)
+                    break
         out = torch.zeros(len(class_names), len(phrases))
         out[rows, cols] = 1.0
         return out
+
+    def distances(self, class_names: list[str], phrases: list[str]) -> Tensor:
+        """``[C, P]`` WordNet steps (or 0 for a mapped class) from each phrase to each class; inf: none."""
+        return torch.tensor([self._matcher.distances(p, class_names) for p in phrases]).reshape(len(phrases), -1).T
+
+    def nearest_classes(self, class_names: list[str], phrases: list[str]) -> Tensor:
+        """``[C, P]`` bool: the class(es) each phrase maps to among ``class_names`` (none: all False).
+
+        Distance matchings keep the nearest classes; the others the best-matching class
+        when it reaches ``min_match``.
+        """
+        if not class_names or not phrases:
+            return torch.zeros(len(class_names), len(phrases), dtype=torch.bool)
+        if self.matching in _BY_DISTANCE:
+            d = self.distances(class_names, phrases)
+            return (d == d.amin(dim=0, keepdim=True)) & d.isfinite()
+        sim = self.similarity(class_names, phrases)
+        return (sim == sim.amax(dim=0, keepdim=True)) & (sim >= self.min_match)
 
     def _glove_vectors(self, text: str, kind: str) -> Tensor:
         """Unit GloVe vectors ``[n, 50]`` of a class name (``n <= 1``) or a phrase's words."""
@@ -240,7 +295,10 @@ class Teacher(nn.Module):
         return cos.masked_fill(no_class, -1.0)
 
     def similarity(self, class_names: list[str], phrases: list[str]) -> Tensor:
-        """Raw similarities ``[C, P]``: cosine, or 1 for an exact head-noun match."""
+        """Raw similarities ``[C, P]``: cosine, or 1 for an exact head-noun match (distance
+        matchings: 1 for every class the phrase reaches, 0 otherwise)."""
+        if self.matching in _BY_DISTANCE:
+            return self.distances(class_names, phrases).isfinite().float()
         lexical = self._lexical(class_names, phrases)
         if self.matching == "lexical" or not class_names or not phrases:
             return lexical
@@ -322,16 +380,25 @@ class Teacher(nn.Module):
             self._load()
             self._embedder.to(device)
 
-        sim = self.similarity(names, phrases).to(device)  # [C, U]
-        m = self._to_match(sim)
         column = {p: u for u, p in enumerate(phrases)}
         pidx = torch.tensor([[column.get(t, -1) for t in row] for row in rows], dtype=torch.long, device=device)
         real = pidx >= 0
         pidx = pidx.clamp(min=0)
-        t_all = probs @ m  # [B, R, U]
+        if self.matching in _BY_DISTANCE:
+            # per image, the nearest of the classes its detections name: a "woman" is taught by
+            # the "woman" boxes where the detector saw some, else by the "person" boxes
+            d = self.distances(names, phrases).to(device)[None].expand(B, -1, -1)  # [B, C, U]
+            d = d.masked_fill(~present[..., None], float("inf"))
+            nearest = d.amin(dim=1, keepdim=True)
+            m = ((d == nearest) & nearest.isfinite()).float()
+            t_all = torch.einsum("brc,bcu->bru", probs, m)
+            best = torch.gather(nearest[:, 0].isfinite().float(), 1, pidx) * 2.0 - 1.0  # 1 reached, -1 not
+        else:
+            sim = self.similarity(names, phrases).to(device)  # [C, U]
+            t_all = probs @ self._to_match(sim)  # [B, R, U]
+            best = sim[:, pidx].permute(1, 2, 0).masked_fill(~present[:, None, :], -1.0).amax(dim=-1)  # [B, P]
         teacher = torch.gather(t_all, 2, pidx[:, None, :].expand(B, R, P)).transpose(1, 2)
         teacher = teacher * proposal_mask[:, None, :] * real[..., None]
-        best = sim[:, pidx].permute(1, 2, 0).masked_fill(~present[:, None, :], -1.0).amax(dim=-1)  # [B, P]
         t_max = teacher.masked_fill(~proposal_mask[:, None, :], float("-inf")).amax(dim=-1)
         t_min = teacher.masked_fill(~proposal_mask[:, None, :], float("inf")).amin(dim=-1)
         kd_mask = real & (best >= self.min_match) & (t_max - t_min > 1e-6)

@@ -1,0 +1,203 @@
+"""WordNet 3.0 nouns, shipped as a compact table: senses, hypernyms, members, plurals.
+
+The table ``wordnet_nouns.json.gz`` beside this file was derived from the WordNet 3.0
+database by ``scripts/build_wordnet_nouns.py`` and carries WordNet's licence (which allows
+redistribution with its notice). It is read once per process; nothing else is needed at
+run time.
+
+:meth:`WordNetNouns.ancestors` is what the teacher's class matching uses: every noun that a
+word is (its own synonyms, at distance 0) or is a kind of (hypernyms, at their distance),
+through the word's most frequent sense(s) that are physical things. Collective nouns also reach what they are made
+of: WordNet's member meronyms ("people" has the member "person", "herd" has "cattle"), and
+a social group (a crowd, a couple, a team) is made of persons.
+
+Example:
+    >>> wn = WordNetNouns.load()
+    >>> wn.base_forms("women")
+    ['woman']
+    >>> wn.ancestors("woman")["person"]
+    2
+    >>> "person" in wn.ancestors("shirt")
+    False
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from functools import lru_cache
+from pathlib import Path
+
+__all__ = ["TABLE", "WordNetNouns"]
+
+TABLE = Path(__file__).with_name("wordnet_nouns.json.gz")
+
+# Suffix rules of WordNet's morphy for nouns (irregular plurals come from noun.exc).
+_NOUN_SUFFIXES = (("s", ""), ("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"), ("men", "man"), ("ies", "y"))
+
+
+class WordNetNouns:
+    """Read-only view of the shipped WordNet noun table.
+
+    Args:
+        table: the parsed JSON table (see :meth:`load`).
+    """
+
+    def __init__(self, table: dict) -> None:
+        self._synsets = table["synsets"]
+        self._senses = table["senses"]
+        self._sense_counts = table["sense_counts"]
+        self._exceptions = table["exceptions"]
+        self._non_noun = table["non_noun"]
+        self._verbs = set(table["verbs"])  # word -> its usual part of speech: "v", "a" or "r"
+        self._person = self._senses["person"][0]
+        self._social_group = self._senses["social group"][0]
+        self._group_like = {self._senses[w][0] for w in ("group", "measure", "representation")}
+        self._physical = self._senses["physical entity"][0]
+        self._is_physical: dict[int, bool] = {}
+
+    @classmethod
+    @lru_cache(maxsize=1)
+    def load(cls, path: str | None = None) -> WordNetNouns:
+        """The table at ``path`` (default: the one shipped in the package), read once."""
+        with gzip.open(path or TABLE, "rt", encoding="utf-8") as f:
+            return cls(json.load(f))
+
+    # ------------------------------------------------------------------ words
+    def base_forms(self, word: str) -> list[str]:
+        """Noun lemmas a word form can be: itself, its irregular or regular singular."""
+        word = word.lower().replace("_", " ")
+        forms = [word] if word in self._senses else []
+        forms += [b for b in self._exceptions.get(word, []) if b in self._senses]
+        for suffix, ending in _NOUN_SUFFIXES:
+            if word.endswith(suffix) and len(word) > len(suffix) + 1:
+                base = word[: len(word) - len(suffix)] + ending
+                if base in self._senses:
+                    forms.append(base)
+        if "-" in word:  # "t-shirt" is a lemma; "hard-hat" is "hard hat"
+            forms += self.base_forms(word.replace("-", " ")) if word.replace("-", " ") != word else []
+        return list(dict.fromkeys(forms))
+
+    def is_noun(self, word: str) -> bool:
+        """Whether some form of the word is a WordNet noun (or an agent noun, see below)."""
+        return bool(self.base_forms(word)) or self.agent_noun(word)
+
+    def agent_noun(self, word: str) -> bool:
+        """A word WordNet lacks that is a noun or verb + "-er" ("kayaker", "wakeboarders",
+        "biker"): someone who does it, a person."""
+        word = word.lower()
+        word = word[:-1] if word.endswith("ers") else word
+        if not word.endswith("er") or len(word) < 5 or self.base_forms(word):
+            return False
+        stem = word[:-2]
+        stems = {stem, stem + "e", stem[:-1] if len(stem) > 2 and stem[-1] == stem[-2] else stem}
+        return any(s in self._senses or s in self._verbs for s in stems)
+
+    def mainly_other_pos(self, word: str) -> str | None:
+        """``"v"``, ``"a"`` or ``"r"`` when the word is mostly a verb ("standing"), an adjective
+        ("white") or an adverb rather than a noun; else ``None``."""
+        return self._non_noun.get(word.lower())
+
+    def names(self, synset: int) -> list[str]:
+        return self._synsets[synset][0]
+
+    # ----------------------------------------------------------- hierarchy
+    def _closure(self, start: int, distance: int, out: dict[int, int]) -> None:
+        frontier = [(start, distance)]
+        while frontier:
+            nxt = []
+            for synset, d in frontier:
+                if synset in out and out[synset] <= d:
+                    continue
+                out[synset] = d
+                nxt += [(h, d + 1) for h in self._synsets[synset][1]]
+            frontier = nxt
+
+    def physical(self, synset: int) -> bool:
+        """Whether a sense is a physical entity (a thing one can see), not an abstraction."""
+        if synset not in self._is_physical:
+            reached: dict[int, int] = {}
+            self._closure(synset, 0, reached)
+            self._is_physical[synset] = self._physical in reached
+        return self._is_physical[synset]
+
+    def main_senses(self, lemma: str, senses: int = 1) -> list[int]:
+        """The senses a noun is read in: its first ``senses`` physical senses that annotators
+        ever tagged, else its first senses that are not named individuals.
+
+        A phrase in a picture names something visible: "a van" is the vehicle, not WordNet's
+        first sense (the vanguard); "a crowd" has no physical sense and keeps its first; "a
+        trick" keeps its first (the physical "john" sense was never tagged); "crane" is never
+        Stephen Crane.
+        """
+        all_senses = self._senses.get(lemma, [])
+        counts = self._sense_counts.get(lemma, [0] * len(all_senses))
+        common = [s for s in all_senses if not self._synsets[s][3]] or all_senses
+        # the most often tagged physical senses, WordNet's order on a tie; a person only when
+        # that is the noun's first sense: the person readings of object words are figures of
+        # speech ("a target", "a hard hat", "a trailer" as people)
+        ranked = sorted((-n, i, s) for i, (s, n) in enumerate(zip(all_senses, counts)))
+        physical = [
+            s for n, i, s in ranked
+            if n < 0 and s in common and self.physical(s) and (i == 0 or self._person not in self._reach(s))
+        ]
+        if not physical and not any(counts):
+            # never tagged: a physical object before a person ("a stroller", "a hard hat")
+            untagged = [s for s in common if self.physical(s)]
+            physical = sorted(untagged, key=lambda s: self._person in self._reach(s))[:1]
+        return (physical or common)[:senses]
+
+    def _reach(self, synset: int) -> dict[int, int]:
+        reached: dict[int, int] = {}
+        self._closure(synset, 0, reached)
+        return reached
+
+    def synset_distances(self, lemma: str, senses: int = 1) -> dict[int, int]:
+        """Synsets a noun lemma reaches -> distance (0: its own sense, 1: its hypernym ...)."""
+        out: dict[int, int] = {}
+        for synset in self.main_senses(lemma, senses):
+            self._closure(synset, 0, out)
+            members = list(self._synsets[synset][2])
+            if not members and not self.physical(synset) and out.get(self._social_group, 99) <= 3:
+                members = [self._person]  # a crowd, a team, a couple: made of persons
+            for member in members:
+                self._closure(member, 1, out)
+        return out
+
+    def ancestors(self, word: str, senses: int = 1) -> dict[str, int]:
+        """Every noun name a word reaches through its main ``senses`` senses -> distance.
+
+        A name stands for a reached sense only when that sense is one of the name's own main
+        senses: "guy" reaches person, but not "cat" (a synonym of guy whose main sense is the
+        animal). Plural names count in the singular too ("cows" -> cow).
+        """
+        out: dict[str, int] = {}
+        lemmas = self.base_forms(word) or (["person"] if self.agent_noun(word) else [])
+        for lemma in lemmas:
+            for synset, d in self.synset_distances(lemma, senses).items():
+                for name in self._synsets[synset][0]:
+                    if name not in (lemma, word) and synset not in self.main_senses(name, senses):
+                        continue
+                    for form in {name, *self.base_forms(name)}:
+                        if d < out.get(form, 1 << 30):
+                            out[form] = d
+        return out
+
+    def reaches(self, word: str, root: str, senses: int = 1) -> bool:
+        """Whether a word's main sense is a kind of some sense named ``root`` ("bus", "public transport")."""
+        return any(
+            root in self._synsets[synset][0]
+            for lemma in self.base_forms(word)
+            for synset in self.synset_distances(lemma, senses)
+        )
+
+    def is_collective(self, word: str) -> bool:
+        """A group, quantity or picture ("group", "couple", "herd", "lot", "photo"): "a group of
+        X" and "a picture of X" are about X."""
+        for lemma in self.base_forms(word):
+            for synset in {*self.main_senses(lemma), *self._senses.get(lemma, [])[:1]}:
+                reached: dict[int, int] = {}
+                self._closure(synset, 0, reached)
+                if self._group_like & reached.keys():
+                    return True
+        return False
