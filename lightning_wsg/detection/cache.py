@@ -544,7 +544,8 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     manifest = _parse_manifest(path)
     if isinstance(manifest, str):
         raise DetectionFormatError(
-            f"{path}: unreadable detection-cache manifest ({manifest}); " + _REDO.format(folder=path.parent)
+            f"{path}: unreadable detection-cache manifest ({manifest}); the next run with the DetectionCache "
+            f"callback of this detector setting writes it again from its shards, or delete the folder {path.parent}"
         )
     return manifest
 

@@ -143,7 +143,7 @@ def test_an_unreadable_manifest_is_named_by_readers_and_rewritten_by_the_writer(
     manifest.write_bytes(content)
     with pytest.raises(
         DetectionFormatError,
-        match=rf"{re.escape(str(manifest))}: unreadable detection-cache manifest .*delete the folder",
+        match=rf"{re.escape(str(manifest))}: unreadable detection-cache manifest .*writes it again from its shards, or delete the folder",
     ):
         open_detections(folder)
     before = _calls(log)
