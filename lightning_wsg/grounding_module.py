@@ -66,7 +66,9 @@ class GroundingModule(LightningModule):
         phrase_reduce: aggregation of phrase scores into the sentence score.
         region_reduce: aggregation over regions (``"max"`` as the paper, or a soft max).
         symmetric_nce: also let each image pick its sentence.
-        teacher_matching: how class names are matched to phrases.
+        teacher_matching: how class names are matched to phrases (``"wordnet"``: head nouns
+            reach classes through WordNet, the reference code's way; see
+            :class:`~lightning_wsg.models.Teacher`).
         teacher_min_match: phrases whose best class match is below this get no KD term
             (``None``: the teacher's default for its matching).
         teacher_full_score: detector scores at or above this count as 1 in the teacher, which
@@ -75,6 +77,8 @@ class GroundingModule(LightningModule):
         teacher_score_floor: a detector score ``s`` counts as ``floor + (1 - floor) * s`` in
             the teacher: boxes of the phrase's class stand well above the rest, while the
             ranking inside the class is gentler (0: raw scores).
+        teacher_mapping_file: ``head noun<TAB>class`` file of ``teacher_matching="mapping"``.
+        teacher_vocabulary: the detector's class name file that the mapping file is checked against.
         tau_student: distillation temperature of the student (on raw cosines).
         tau_teacher: temperature of the mean-subtracted teacher scores.
         kd_top_k: restrict the distillation to the K regions with the highest IoU to the
@@ -131,10 +135,12 @@ class GroundingModule(LightningModule):
         phrase_reduce: Literal["sum", "mean"] = "sum",
         region_reduce: Literal["max", "logsumexp"] = "max",
         symmetric_nce: bool = False,
-        teacher_matching: Literal["glove", "minilm", "lexical"] = "glove",
+        teacher_matching: Literal["wordnet", "mapping", "glove", "minilm", "lexical"] = "wordnet",
         teacher_min_match: float | None = None,
         teacher_full_score: float | None = None,
         teacher_score_floor: float = 0.0,
+        teacher_mapping_file: str | None = None,
+        teacher_vocabulary: str | None = None,
         tau_student: float = 1.0,
         tau_teacher: float = 2.0,
         kd_top_k: int | None = 8,
@@ -198,6 +204,8 @@ class GroundingModule(LightningModule):
                 min_match=hp.teacher_min_match,
                 full_score=hp.teacher_full_score,
                 score_floor=hp.teacher_score_floor,
+                mapping_file=hp.teacher_mapping_file,
+                vocabulary=hp.teacher_vocabulary,
             )
             if hp.use_kd
             else None

@@ -90,6 +90,28 @@ CATEGORIES = {
 PAIRS = [("ball", "box"), ("star", "ring"), ("kite", "hat"), ("car", "fish")]
 PARTNER = {a: b for a, b in PAIRS} | {b: a for a, b in PAIRS}
 SOLID_CENTRE = [c for c in CATEGORIES if c != "ring"]  # the box centre lies on the shape
+#: ``caption_nouns="varied"``: the detector names each shape with a COCO class name and the
+#: captions name it, as real captions do, with a synonym or a kind of it (a "woman" or a
+#: "toddler" where the detector says "person"). shape -> (detector class, Flickr phrase type,
+#: caption nouns as (singular, plural) pairs).
+VARIED_NOUNS = {
+    "ball": ("person", "people", [("woman", "women"), ("man", "men"), ("boy", "boys"), ("girl", "girls"),
+                                  ("guy", "guys"), ("toddler", "toddlers"), ("lady", "ladies"), ("person", "people")]),
+    "box": ("dog", "animals", [("puppy", "puppies"), ("terrier", "terriers"), ("poodle", "poodles"),
+                               ("beagle", "beagles"), ("dog", "dogs")]),
+    "kite": ("kite", "other", [("kite", "kites")]),
+    "star": ("bird", "animals", [("sparrow", "sparrows"), ("parrot", "parrots"), ("pigeon", "pigeons"),
+                                 ("bird", "birds")]),
+    "ring": ("clock", "other", [("clock", "clocks"), ("wall clock", "wall clocks"), ("alarm clock", "alarm clocks")]),
+    "cross": ("airplane", "vehicles", [("jet", "jets"), ("airliner", "airliners"), ("plane", "planes"),
+                                       ("airplane", "airplanes")]),
+    "car": ("car", "vehicles", [("sedan", "sedans"), ("taxi", "taxis"), ("jeep", "jeeps"),
+                                ("convertible", "convertibles"), ("car", "cars")]),
+    "fish": ("boat", "vehicles", [("canoe", "canoes"), ("kayak", "kayaks"), ("rowboat", "rowboats"),
+                                  ("lifeboat", "lifeboats"), ("boat", "boats")]),
+    "hat": ("cup", "other", [("teacup", "teacups"), ("coffee cup", "coffee cups"), ("cup", "cups")]),
+}
+CAPTION_NOUNS = ("category", "varied")
 COLOURS = {
     "red": (220, 30, 30),
     "green": (30, 170, 50),
@@ -110,8 +132,27 @@ _ARGS = {
     "difficulty": DIFFICULTY,
     "distractor_rate": DISTRACTOR_RATE,
     "pair_rate": PAIR_RATE,
+    "caption_nouns": "category",
 }
 _CATS = list(CATEGORIES)
+
+
+def detector_name(category: str, caption_nouns: str) -> str:
+    """The simulated detector's label for a shape category."""
+    return VARIED_NOUNS[category][0] if caption_nouns == "varied" else category
+
+
+def phrase_type(category: str, caption_nouns: str) -> str:
+    """The Flickr30K Entities phrase type of a shape category's phrases."""
+    return VARIED_NOUNS[category][1] if caption_nouns == "varied" else CATEGORIES[category][0]
+
+
+def _noun(rng: np.random.Generator, category: str, caption_nouns: str, plural: bool = False) -> str:
+    """The word a caption names a category by (one draw from the varied nouns)."""
+    if caption_nouns != "varied":
+        return CATEGORIES[category][2] if plural else category
+    nouns = VARIED_NOUNS[category][2]
+    return nouns[rng.integers(len(nouns))][1 if plural else 0]
 
 
 def _shape_mask(cat: str, w: int, h: int, flip: bool) -> np.ndarray:
@@ -268,7 +309,7 @@ def _render(rng: np.random.Generator, objs: list[dict], s: int) -> tuple[Image.I
     return Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8)), kind
 
 
-def _phrase(rng: np.random.Generator, o: dict, objs: list[dict], chain: int) -> str:
+def _phrase(rng: np.random.Generator, o: dict, objs: list[dict], chain: int, nouns: str = "category") -> str:
     """``[/EN#chain/type words]`` naming attributes that single the object out."""
     rivals = [p for p in objs if p is not o and p["category"] == o["category"]]
     words = {}
@@ -281,8 +322,8 @@ def _phrase(rng: np.random.Generator, o: dict, objs: list[dict], chain: int) -> 
         if a not in words and rng.random() < p and not (a == "texture" and o[a] == "plain"):
             words[a] = o[a]
     det = "the" if rivals or rng.random() < 0.5 else "a"
-    tokens = [det] + [words[a] for a in ("size", "texture", "colour") if a in words] + [o["category"]]
-    return f"[/EN#{chain}/{CATEGORIES[o['category']][0]} " + " ".join(tokens) + "]"
+    tokens = [det] + [words[a] for a in ("size", "texture", "colour") if a in words] + [_noun(rng, o["category"], nouns)]
+    return f"[/EN#{chain}/{phrase_type(o['category'], nouns)} " + " ".join(tokens) + "]"
 
 
 def _relation(rng: np.random.Generator, a: dict, b: dict, s: int) -> str:
@@ -293,7 +334,9 @@ def _relation(rng: np.random.Generator, a: dict, b: dict, s: int) -> str:
     return rels[rng.integers(len(rels))]
 
 
-def _captions(rng: np.random.Generator, objs: list[dict], s: int, scene_word: str) -> tuple[list[str], dict]:
+def _captions(
+    rng: np.random.Generator, objs: list[dict], s: int, scene_word: str, nouns: str = "category"
+) -> tuple[list[str], dict]:
     """Five captions; returns them and the chains used (chain id -> object indices or 'scene')."""
     n = len(objs)
     chain_of = list(rng.permutation(n) + 1)
@@ -313,12 +356,12 @@ def _captions(rng: np.random.Generator, objs: list[dict], s: int, scene_word: st
         k = max(len(chosen), int(rng.choice([1, 2, 3], p=[0.3, 0.45, 0.25])))
         rest = [i for i in rng.permutation(n) if i not in chosen]
         chosen = [int(i) for i in rng.permutation((chosen + rest)[: min(k, n)])]
-        phrases = [_phrase(rng, objs[i], objs, int(chain_of[i])) for i in chosen]
+        phrases = [_phrase(rng, objs[i], objs, int(chain_of[i]), nouns) for i in chosen]
         for i in chosen:
             used[int(chain_of[i])] = [i]
         if len(dup_idx) == 2 and len(chosen) == 1 and chosen[0] not in dup_idx and rng.random() < 0.3:
             cat = objs[dup_idx[0]]["category"]
-            phrases.append(f"[/EN#{plural_chain}/{CATEGORIES[cat][0]} two {CATEGORIES[cat][2]}]")
+            phrases.append(f"[/EN#{plural_chain}/{phrase_type(cat, nouns)} two {_noun(rng, cat, nouns, plural=True)}]")
             used[plural_chain] = list(dup_idx)
             chosen.append(dup_idx[0])
         suffix = ""
@@ -364,7 +407,9 @@ def _xml(image_id: str, s: int, objs: list[dict], chains: dict) -> str:
     return "".join(out) + "</annotation>\n"
 
 
-def _detect(rng: np.random.Generator, objs: list[dict], s: int, d: float, st: dict) -> tuple[list, list, list]:
+def _detect(
+    rng: np.random.Generator, objs: list[dict], s: int, d: float, st: dict, nouns: str = "category"
+) -> tuple[list, list, list]:
     """Simulated detector: jittered true boxes, misses, wrong labels, loose duplicates, false boxes."""
     boxes, labels, scores, kinds = [], [], [], []
     other = lambda c: [k for k in _CATS if k != c][rng.integers(len(_CATS) - 1)]
@@ -425,7 +470,7 @@ def _detect(rng: np.random.Generator, objs: list[dict], s: int, d: float, st: di
             add(b, _CATS[rng.integers(len(_CATS))], rng.uniform(0.02, 0.45), "false")
     order = sorted(range(len(boxes)), key=lambda k: (kinds[k] == "tight", scores[k]), reverse=True)[:30]
     order = sorted(order, key=lambda k: -scores[k])
-    return [boxes[k] for k in order], [labels[k] for k in order], [scores[k] for k in order]
+    return [boxes[k] for k in order], [detector_name(labels[k], nouns) for k in order], [scores[k] for k in order]
 
 
 def _new_stats() -> dict:
@@ -494,10 +539,10 @@ def _make_image(job: tuple) -> tuple:
     objs = _place(rng, _attributes(rng, cats, dup), s)
     img, scene_word = _render(rng, objs, s)
     img.save(out / "images" / f"{image_id}.jpg", format="JPEG", quality=95, subsampling=0)
-    lines, chains = _captions(rng, objs, s, scene_word)
+    lines, chains = _captions(rng, objs, s, scene_word, a["caption_nouns"])
     (out / "Sentences" / f"{image_id}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (out / "Annotations" / f"{image_id}.xml").write_text(_xml(image_id, s, objs, chains), encoding="utf-8")
-    boxes, labels, scores = _detect(rng, objs, s, a["difficulty"], st)
+    boxes, labels, scores = _detect(rng, objs, s, a["difficulty"], st, a["caption_nouns"])
     st["proposals"].append(len(boxes))
     props = np.array(boxes, np.float64).round(2).tolist()
     _image_stats(st, objs, lines, chains, props)
@@ -518,7 +563,10 @@ def _normalise_args(args: dict) -> dict:
     if unknown:
         raise TypeError(f"unknown world arguments: {sorted(unknown)}")
     a = _ARGS | args
-    return {k: (float(v) if isinstance(_ARGS[k], float) else int(v)) for k, v in a.items()}
+    if a["caption_nouns"] not in CAPTION_NOUNS:
+        raise ValueError(f"caption_nouns must be one of {CAPTION_NOUNS}, got {a['caption_nouns']!r}")
+    cast = {float: float, int: int, str: str}
+    return {k: cast[type(_ARGS[k])](v) for k, v in a.items()}
 
 
 def world_is_complete(out_dir: str | Path, **args) -> bool:
@@ -581,6 +629,7 @@ def generate_world(
     difficulty: float = DIFFICULTY,
     distractor_rate: float = DISTRACTOR_RATE,
     pair_rate: float = PAIR_RATE,
+    caption_nouns: str = "category",
     workers: int | None = None,
 ) -> dict:
     """Write a synthetic world to ``out_dir`` and return its summary stats.
@@ -595,6 +644,9 @@ def generate_world(
             loose duplicates, box jitter).
         distractor_rate: share of images holding two objects of one category.
         pair_rate: share of images seeded with a co-occurring category pair.
+        caption_nouns: ``"category"`` (captions and detector both say the shape's category
+            word) or ``"varied"`` (the detector says a COCO class name, the captions a synonym
+            or a kind of it: "woman" where the detector says "person"; see ``VARIED_NOUNS``).
         workers: processes (default: up to all cores; the output does not depend on it).
 
     Returns:
@@ -610,6 +662,7 @@ def generate_world(
             "difficulty": difficulty,
             "distractor_rate": distractor_rate,
             "pair_rate": pair_rate,
+            "caption_nouns": caption_nouns,
         }
     )
     if a["image_size"] < 48 or not 0 <= a["difficulty"] <= 1 or min(a["num_train"], a["num_val"], a["num_test"]) < 0:
@@ -665,7 +718,8 @@ def generate_world(
         "args": a,
         "stats": stats,
         "vocabulary": {
-            "categories": {c: v[0] for c, v in CATEGORIES.items()},
+            "categories": {c: phrase_type(c, a["caption_nouns"]) for c in CATEGORIES},
+            "detector_names": {c: detector_name(c, a["caption_nouns"]) for c in CATEGORIES},
             "colours": COLOURS,
             "sizes": list(SIZES),
             "textures": TEXTURES,

@@ -9,9 +9,9 @@ a kind of person, animal or vehicle).
 
 Usage::
 
-    lightning_wsg teacher-coverage --flickr ../shared/data/flickr30k_entities --split test \\
+    python -m lightning_wsg.teacher_coverage --flickr ../shared/data/flickr30k_entities --split test \\
         --vocabulary coco80
-    lightning_wsg teacher-coverage --flickr data/flickr30k_entities \\
+    python -m lightning_wsg.teacher_coverage --flickr data/flickr30k_entities \\
         --vocabulary ../shared/data/visual_genome/vg_objects_vocab.txt --matching glove
 
 ``--flickr`` is a Flickr30K Entities folder: unpacked (``Sentences/``) or holding the
@@ -35,7 +35,7 @@ from .lexicon.classes import COCO80, class_aliases, read_class_names
 from .lexicon.wordnet import WordNetNouns
 from .models.teacher import Teacher
 
-__all__ = ["KINDS", "TypeCoverage", "class_kinds", "coverage", "flickr_phrases", "main"]
+__all__ = ["KINDS", "TypeCoverage", "class_kinds", "coverage", "flickr_phrases", "format_report", "main"]
 
 #: Flickr30K Entities phrase type -> the kind of class it should map to.
 KINDS = {"people": "person", "animals": "animal", "vehicles": "vehicle"}
@@ -167,7 +167,7 @@ def _vocabulary(spec: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="lightning_wsg teacher-coverage", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lightning_wsg.teacher_coverage", description=__doc__.split("\n\n")[0])
     parser.add_argument("--flickr", required=True, help="Flickr30K Entities folder (Sentences/ or annotations.tar.gz)")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
     parser.add_argument("--vocabulary", default="coco80", help="'coco80' or a class name file (one a line)")

@@ -62,6 +62,7 @@ class SyntheticWorldDataModule(Flickr30kEntitiesDataModule):
         difficulty: float = DIFFICULTY,
         distractor_rate: float = DISTRACTOR_RATE,
         pair_rate: float = PAIR_RATE,
+        caption_nouns: Literal["category", "varied"] = "category",
         batch_size: int = 32,
         num_workers: int = 2,
         image_size: int = IMAGE_SIZE,
@@ -102,6 +103,7 @@ class SyntheticWorldDataModule(Flickr30kEntitiesDataModule):
             difficulty=difficulty,
             distractor_rate=distractor_rate,
             pair_rate=pair_rate,
+            caption_nouns=caption_nouns,
         )
 
     def prepare_data(self) -> None:

@@ -109,6 +109,7 @@ class WordNetMatcher:
         self.downward = downward
         self.siblings = siblings
         self._below: dict[int, list[tuple[int, int]]] = {}
+        self._generic: set[str] = set()
         self._wn: WordNetNouns | None = None
         self._names_key: tuple[str, ...] | None = None
         self._forms: dict[str, list[int]] = {}
@@ -140,6 +141,9 @@ class WordNetMatcher:
                     for lemma in self.wordnet.base_forms(alias):
                         for synset, d in self.wordnet.synset_distances(lemma, self.senses).items():
                             below.setdefault(synset, []).append((c, d))
+            # names of the top of the hierarchy ("object", "whole", "artifact") say nothing about
+            # what a phrase names: a class by such a name is taught only by the word itself
+            self._generic = {form for form in forms if self.wordnet.is_generic(form)}
             self._names_key, self._forms, self._below, self._cache = key, forms, below, OrderedDict()
         return self._forms
 
@@ -184,7 +188,7 @@ class WordNetMatcher:
         if not any(d == 0.0 for d in out):
             head, reached = self._read(phrase, forms)
             for name, d in reached.items():
-                if self.max_distance is not None and d > self.max_distance:
+                if self.max_distance is not None and d > self.max_distance or d > 0 and name in self._generic:
                     continue
                 for c in forms.get(name, []):
                     out[c] = min(out[c], float(d))

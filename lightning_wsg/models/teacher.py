@@ -163,7 +163,7 @@ class Teacher(nn.Module):
         mapping_file: str | None = None,
         vocabulary: list[str] | str | None = None,
         wordnet_senses: int = 1,
-        wordnet_siblings: int = 2,
+        wordnet_siblings: int = 1,
     ) -> None:
         super().__init__()
         if matching not in DEFAULT_MIN_MATCH:

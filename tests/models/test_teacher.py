@@ -55,9 +55,12 @@ def test_head_noun_and_naive_singular():
     assert "man" in singular_forms("men")
     lexical = Teacher("lexical")
     m = lexical.similarity(
-        ["sports ball", "person", "traffic_light", "bush"], ["balls", "people", "traffic lights", "bushes"]
+        ["sports ball", "person", "traffic_light", "bush"], ["sports balls", "people", "traffic lights", "bushes"]
     )
     torch.testing.assert_close(m, torch.eye(4))
+    # class names are matched whole: "a dog" is no "hot dog", "balls" no "sports ball"
+    m = lexical.similarity(["hot dog", "teddy bear", "sports ball", "dog"], ["a dog", "a bear", "balls"])
+    torch.testing.assert_close(m, torch.tensor([[0.0, 0, 0], [0, 0, 0], [0, 0, 0], [1, 0, 0]]))
 
 
 def test_teacher_scores_from_top1_labels_by_hand():
@@ -103,9 +106,9 @@ def test_phrase_texts_helper():
 
 
 def test_inputs_are_checked():
-    with pytest.raises(ValueError):
-        Teacher("wordnet")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown matching 'word2vec'"):
+        Teacher("word2vec")
+    with pytest.raises(ValueError, match="the teacher needs labels or class_probs"):
         Teacher("lexical")([["a dog"]], None, torch.ones(1, 1), torch.ones(1, 1, dtype=torch.bool))
 
 

@@ -1,0 +1,137 @@
+"""Head nouns of real phrases, WordNet reachability, whole-name class matching, mapping files."""
+
+import pytest
+import torch
+
+from lightning_wsg.lexicon import WordNetNouns, head_noun
+from lightning_wsg.lexicon.classes import COCO80, MappingMatcher, WordNetMatcher, class_aliases
+from lightning_wsg.models import Teacher
+
+
+@pytest.mark.parametrize(
+    ("phrase", "head"),
+    [
+        # Flickr30K Entities phrases of each type (from the real train/val captions)
+        ("Two young men", "men"),  # people, plural
+        ("a group of people", "people"),  # people, collective "of"
+        ("a couple of dogs", "dogs"),  # animals
+        ("the man 's shirt", "shirt"),  # clothing, possessive
+        ("her left hand", "hand"),  # bodyparts, position word before the head
+        ("a white t-shirt", "t-shirt"),  # hyphenated
+        ("A black and white dog", "dog"),  # conjoined colours inside one noun phrase
+        ("a cup of coffee", "cup"),  # "of" after a non-collective noun
+        ("one of the men", "men"),
+        ("a red sedan", "sedan"),  # vehicles
+        ("a large building", "building"),  # scene: a noun that is mostly a verb, but alone
+        ("an acoustic guitar", "guitar"),  # instruments
+        # referring expressions: the head of the first noun phrase
+        ("the man in yellow coat", "man"),
+        ("giraffe on the left behind the fence", "giraffe"),
+        ("left guy", "guy"),
+        ("woman standing", "woman"),
+        ("man holding an umbrella", "man"),
+        ("a teddy bear", "bear"),
+    ],
+)
+def test_head_noun_of_real_phrases(phrase, head):
+    assert head_noun(phrase) == head
+
+
+@pytest.mark.parametrize("phrase", ["bottom left", "the one on the right", "second from left", "it", "white", "the top of the hill"])
+def test_no_head_where_the_expression_names_no_object(phrase):
+    assert head_noun(phrase) is None
+
+
+def test_wordnet_reachability():
+    wn = WordNetNouns.load()
+    assert wn.base_forms("women") == ["woman"]
+    assert wn.base_forms("puppies") == ["puppy"]
+    assert "person" in wn.ancestors("woman") and "person" in wn.ancestors("toddler") and "person" in wn.ancestors("guy")
+    assert "dog" in wn.ancestors("puppy") and "dog" in wn.ancestors("terrier")
+    assert "car" in wn.ancestors("sedan") and "car" in wn.ancestors("taxi")
+    assert "person" not in wn.ancestors("shirt") and "person" not in wn.ancestors("hand")
+    # a synonym whose own main sense is something else does not count: "guy" is not a "cat"
+    assert "cat" not in wn.ancestors("guy")
+    # collective nouns reach their members
+    assert "person" in wn.ancestors("people") and "person" in wn.ancestors("crowd")
+    # an agent noun WordNet lacks is someone who does it
+    assert "person" in wn.ancestors("kayaker")
+    assert wn.is_collective("group") and not wn.is_collective("cup")
+
+
+@pytest.mark.parametrize(
+    ("phrase", "expected"),
+    [
+        ("a woman", "person"),
+        ("two guys", "person"),
+        ("a crowd", "person"),
+        ("a puppy", "dog"),
+        ("the taxi", "car"),
+        ("a dog", "dog"),  # not "hot dog"
+        ("a hot dog", "hot dog"),
+        ("a bear", "bear"),  # not "teddy bear"
+        ("a teddy bear", "teddy bear"),
+        ("an animal", "dog"),  # a class that is a kind of the noun (the only animal class here)
+        ("his shirt", None),  # clothing never reaches person
+        ("a man 's hand", None),
+        ("bottom left", None),
+    ],
+)
+def test_wordnet_class_matching_on_whole_names(phrase, expected):
+    names = ["person", "dog", "hot dog", "bear", "teddy bear", "car", "traffic light"]
+    d = WordNetMatcher().distances(phrase, names)
+    best = min(d)
+    nearest = [names[i] for i, x in enumerate(d) if x == best and best < float("inf")]
+    assert nearest == ([expected] if expected else [])
+
+
+def test_visual_genome_synonym_lists_are_aliases():
+    assert class_aliases("man,men") == ["man", "men"]
+    assert class_aliases("Traffic_Light") == ["traffic light"]
+    names = ["person,people", "man,men", "dog"]
+    d = WordNetMatcher().distances("two men", names)
+    assert d[1] == 0 and d[0] > 0  # the nearest: the class named by the noun itself
+
+
+def test_coco80_has_the_80_detector_names():
+    assert len(COCO80) == 80 and len(set(COCO80)) == 80
+    assert COCO80[0] == "person" and "teddy bear" in COCO80 and "hair drier" in COCO80
+
+
+def test_mapping_file(tmp_path):
+    path = tmp_path / "map.tsv"
+    path.write_text("# head noun -> class\nwoman\tperson\npuppy\tdog\n\n", encoding="utf-8")
+    m = MappingMatcher(path, ["person", "dog", "car"])
+    assert m.distances("two women", ["person", "dog", "car"]) == [0.0, float("inf"), float("inf")]
+    assert m.distances("a puppy", ["dog"]) == [0.0]
+    assert m.distances("a man", ["person", "dog"]) == [float("inf")] * 2  # not in the table
+    teacher = Teacher("mapping", mapping_file=str(path), vocabulary=["person", "dog", "car"])
+    t, kd = teacher(
+        [["the woman", "a sedan"]], [["dog", "person"]], torch.tensor([[0.9, 0.6]]), torch.ones(1, 2, dtype=torch.bool)
+    )
+    torch.testing.assert_close(t[0, 0], torch.tensor([0.0, 0.6]))
+    assert kd.tolist() == [[True, False]]
+
+
+def test_mapping_file_naming_an_unknown_class_is_refused(tmp_path):
+    path = tmp_path / "map.tsv"
+    path.write_text("woman\tperson\nsedan\tautomobile\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"map\.tsv:2: class 'automobile' is not in the detector's vocabulary"):
+        MappingMatcher(path, ["person", "car"])
+    path.write_text("woman person\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"map\.tsv:1: expected 'head noun<TAB>class name'"):
+        MappingMatcher(path, ["person"])
+    with pytest.raises(ValueError, match="needs mapping_file and the detector's vocabulary"):
+        Teacher("mapping", mapping_file=str(path))
+    with pytest.raises(FileNotFoundError, match="teacher mapping file .*missing.tsv not found"):
+        MappingMatcher(tmp_path / "missing.tsv", ["person"])
+
+
+def test_wordnet_teacher_keeps_the_nearest_class_each_image_has():
+    """A "woman" is taught by the image's "woman" boxes when it has some, else by "person"."""
+    teacher = Teacher("wordnet")
+    labels = [["woman", "person", "dog"], ["person", "dog", "dog"]]
+    scores = torch.tensor([[0.9, 0.8, 0.7], [0.6, 0.5, 0.4]])
+    t, kd = teacher([["a woman"], ["a woman"]], labels, scores, torch.ones(2, 3, dtype=torch.bool))
+    torch.testing.assert_close(t[:, 0], torch.tensor([[0.9, 0.0, 0.0], [0.6, 0.0, 0.0]]))
+    assert kd.tolist() == [[True], [True]]
