@@ -160,11 +160,16 @@ def distillation_kl(
     student's own ranking rather than replacing it. Where the teacher is flat (two objects
     of the phrase's class, which it cannot tell apart) the target equals the student and
     adds no pull; where it separates classes, mass moves to the regions of the matching
-    class in proportion to the student's preference among them. The loss then equals
-    ``-log sum_r w_r p_r`` up to a constant, with ``w = exp((t - mean t) / tau_teacher)``:
-    the student's expected teacher weight. This is the "teacher that spreads its mass over
-    every region of the matching category" of METHOD.md item 7, with the spread set by the
-    student (measured on the synthetic world in README).
+    class in proportion to the student's preference among them. Its gradient with respect to
+    the student's scores equals that of ``-log sum_r w_r p_r`` (``w = exp((t - mean t) /
+    tau_teacher)``: the student's expected teacher weight), since both are ``(p - q) /
+    tau_student``; its value is ``KL(q || p) = sum_r q_r log w_r - log sum_r w_r p_r``, which
+    differs from ``-log sum_r w_r p_r`` by an amount that depends on ``p``, so the logged
+    ``train/kd`` is not that quantity. Its weakness: where the student is confidently wrong
+    (nearly all of ``p`` on a box of another class), ``q`` is nearly ``p`` and the pull
+    vanishes, where the teacher's own target pulls hardest. This is the "teacher that spreads
+    its mass over every region of the matching category" of METHOD.md item 7, with the spread
+    set by the student.
 
     Args:
         student: ``[B, P, R]`` region-phrase scores ``s(r, p)``.

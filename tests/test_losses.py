@@ -184,7 +184,7 @@ def test_kd_weight_custom():
     assert kd_weight(250, initial=0.0, increment=0.5, every=100, maximum=10.0) == pytest.approx(1.0)
 
 
-def test_product_target_is_minus_log_of_the_students_expected_teacher_weight():
+def test_product_target_has_the_gradient_of_minus_log_expected_teacher_weight_not_its_value():
     torch.manual_seed(2)
     student = torch.randn(2, 3, 5, requires_grad=True)
     teacher = torch.randn(2, 3, 5)
@@ -197,15 +197,36 @@ def test_product_target_is_minus_log_of_the_students_expected_teacher_weight():
     grad = student.grad.clone()
     student.grad = None
     # the same gradient as -log sum_r w_r p_r with w = exp((t - mean t) / tau_T), p = softmax(s / tau_S)
-    terms = []
+    terms, values = [], []
     for b, p in kd_mask.nonzero().tolist():
         keep = proposal_mask[b]
         t = teacher[b, p, keep]
         w = torch.exp((t - t.mean()) / 0.5)
-        terms.append(-torch.log((w * F.softmax(student[b, p, keep] / 0.1, dim=0)).sum()))
+        probs = F.softmax(student[b, p, keep] / 0.1, dim=0)
+        terms.append(-torch.log((w * probs).sum()))
+        q = (w * probs / (w * probs).sum()).detach()
+        values.append((q * torch.log(w)).sum() - torch.log((w * probs).sum()))  # KL(q || p)
     torch.stack(terms).mean().backward()
     torch.testing.assert_close(grad, student.grad)
+    # the value is KL(q || p) = sum q log w - log sum w p, not -log sum w p
+    torch.testing.assert_close(loss, torch.stack(values).mean())
+    assert abs(loss.item() - torch.stack(terms).mean().item()) > 0.05
     assert loss.item() >= 0.0
+
+
+def test_product_target_pull_vanishes_where_the_student_is_confidently_wrong():
+    # region 0 is the teacher's (right) class, the student puts nearly all its mass on region 1
+    student = torch.tensor([[[0.0, 0.9, 0.1]]], requires_grad=True)
+    teacher = torch.tensor([[[1.0, 0.0, 0.0]]])
+    args = (torch.ones(1, 3, dtype=torch.bool), torch.ones(1, 1, dtype=torch.bool))
+    grads, losses = {}, {}
+    for target in ("product", "teacher"):
+        loss = distillation_kl(student, teacher, *args, tau_student=0.1, tau_teacher=0.5, top_k=None, target=target)
+        loss.backward()
+        grads[target], losses[target] = student.grad[0, 0, 0].item(), loss.item()
+        student.grad = None
+    assert losses["product"] < 0.01 < 1.0 < losses["teacher"]
+    assert -0.05 < grads["product"] < 0 and grads["teacher"] < -1.0
 
 
 def test_product_target_leaves_the_choice_between_tied_regions_to_the_student():
