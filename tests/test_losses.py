@@ -135,7 +135,7 @@ def test_top_k_keeps_the_regions_around_the_students_top_box():
 
 
 def test_top_k_needs_proposals():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="top_k needs the proposal boxes"):
         distillation_kl(
             torch.randn(1, 1, 10),
             torch.randn(1, 1, 10),

@@ -27,7 +27,7 @@ def test_only_the_full_default_run_writes_the_committed_results(bench, tmp_path)
     assert bench.parse_args(["--runs", "full", "--out", str(tmp_path)]).out == tmp_path
     args = bench.parse_args(["--num-train", "8", "--work-dir", str(tmp_path), "--seed_everything=1"])
     assert args.world == tmp_path / "world-8" and args.override == ["--seed_everything=1"]
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="2"):
         bench.parse_args(["--optimizer.lr=1"])
 
 
