@@ -15,12 +15,17 @@ Usage::
         --vocabulary ../shared/data/visual_genome/vg_objects_vocab.txt --matching glove
 
 ``--flickr`` is a Flickr30K Entities folder: unpacked (``Sentences/``) or holding the
-release's ``annotations.tar.gz``, with the split files.
+release's ``annotations.tar.gz``, with the split files. ``--refcoco`` takes phraseloceval
+RefCOCO-family files, whose expressions carry the referred object's COCO category: it prints
+how often the teacher's class (COCO-80) is that category::
+
+    python -m lightning_wsg.teacher_coverage --refcoco ../shared/data/refcoco/phraseloceval_refcoco*.json.gz
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import io
 import json
 import tarfile
@@ -35,7 +40,17 @@ from .lexicon.classes import COCO80, class_aliases, read_class_names
 from .lexicon.wordnet import WordNetNouns
 from .models.teacher import Teacher
 
-__all__ = ["KINDS", "TypeCoverage", "class_kinds", "coverage", "flickr_phrases", "format_report", "main"]
+__all__ = [
+    "KINDS",
+    "TypeCoverage",
+    "category_agreement",
+    "class_kinds",
+    "coverage",
+    "flickr_phrases",
+    "format_report",
+    "main",
+    "refcoco_expressions",
+]
 
 #: Flickr30K Entities phrase type -> the kind of class it should map to.
 KINDS = {"people": "person", "animals": "animal", "vehicles": "vehicle"}
@@ -142,6 +157,33 @@ def coverage(phrases: list[tuple[str, list[str]]], class_names: list[str], teach
     return report
 
 
+def refcoco_expressions(path: str | Path) -> list[tuple[str, str]]:
+    """``(expression, COCO category)`` pairs of a phraseloceval RefCOCO-family file (``.json.gz``)."""
+    path = Path(path)
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            records = json.load(f)
+        return [(" ".join(r["phrase"]), r["categories"][0]) for r in records]
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
+        raise ValueError(f"{path}: not a phraseloceval RefCOCO annotation file ({err})") from err
+
+
+def category_agreement(expressions: list[tuple[str, str]], class_names: list[str], teacher: Teacher) -> dict:
+    """How often the teacher's class is the referred object's own category (COCO names)."""
+    unique = sorted({text for text, _ in expressions})
+    nearest = teacher.nearest_classes(class_names, unique)
+    mapped = {text: {class_names[c] for c in torch.nonzero(nearest[:, u]).flatten().tolist()} for u, text in enumerate(unique)}
+    with_class = sum(1 for text, _ in expressions if mapped[text])
+    right = sum(1 for text, cat in expressions if cat in mapped[text])
+    n = max(len(expressions), 1)
+    return {
+        "expressions": len(expressions),
+        "with_class": with_class / n,
+        "right_class": right / n,
+        "precision": right / max(with_class, 1),
+    }
+
+
 def format_report(report: dict[str, TypeCoverage], title: str) -> str:
     """A Markdown table of the report (one row per phrase type)."""
     lines = [
@@ -168,7 +210,11 @@ def _vocabulary(spec: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m lightning_wsg.teacher_coverage", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--flickr", required=True, help="Flickr30K Entities folder (Sentences/ or annotations.tar.gz)")
+    parser.add_argument("--flickr", default=None, help="Flickr30K Entities folder (Sentences/ or annotations.tar.gz)")
+    parser.add_argument(
+        "--refcoco", nargs="*", default=[], help="phraseloceval RefCOCO-family .json.gz files: agreement with the "
+        "referred object's COCO category (with --vocabulary coco80)"
+    )
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
     parser.add_argument("--vocabulary", default="coco80", help="'coco80' or a class name file (one a line)")
     parser.add_argument("--matching", default="wordnet", choices=["wordnet", "mapping", "glove", "minilm", "lexical"])
@@ -183,15 +229,26 @@ def main(argv: list[str] | None = None) -> dict:
     teacher = Teacher(
         matching=args.matching, min_match=args.min_match, mapping_file=args.mapping, vocabulary=names, **extra
     )
-    phrases = flickr_phrases(args.flickr, args.split)
-    report = coverage(phrases, names, teacher)
-    title = f"{args.matching} matching, {len(names)} classes ({args.vocabulary}), Flickr30K Entities {args.split}"
-    print(format_report(report, title))
-    for key, row in report.items():
-        if key != "all" and row.wrong_examples:
-            examples = "; ".join(f"{e} ({n})" for e, n in row.wrong_examples.most_common(args.examples))
-            print(f"wrong kind, {key}: {examples}")
-    result = {key: row.as_dict(top=10) for key, row in report.items()}
+    if not args.flickr and not args.refcoco:
+        parser.error("give --flickr and/or --refcoco")
+    result: dict = {}
+    if args.flickr:
+        phrases = flickr_phrases(args.flickr, args.split)
+        report = coverage(phrases, names, teacher)
+        title = f"{args.matching} matching, {len(names)} classes ({args.vocabulary}), Flickr30K Entities {args.split}"
+        print(format_report(report, title))
+        for key, row in report.items():
+            if key != "all" and row.wrong_examples:
+                examples = "; ".join(f"{e} ({n})" for e, n in row.wrong_examples.most_common(args.examples))
+                print(f"wrong kind, {key}: {examples}")
+        result = {key: row.as_dict(top=10) for key, row in report.items()}
+    for path in args.refcoco:
+        agreement = category_agreement(refcoco_expressions(path), names, teacher)
+        result[Path(path).name] = agreement
+        print(
+            f"{Path(path).name}: {agreement['expressions']:,} expressions, {agreement['with_class']:.1%} get a class, "
+            f"{agreement['right_class']:.1%} the referred object's category (precision {agreement['precision']:.1%})"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return result

@@ -126,7 +126,11 @@ def head_with_modifiers(text: str, wn: WordNetNouns | None = None) -> list[str]:
     if head is None:
         return []
     at = len(chunk) - 1 - chunk[::-1].index(head)
-    before = [w for w in chunk[max(0, at - 2) : at] if w not in _POSSESSIVE]
+    before: list[str] = []
+    for word in reversed(chunk[max(0, at - 2) : at]):
+        if word in _NO_OBJECT or word in _POSSESSIVE:
+            break  # "second banana from left" is a banana, not WordNet's "second banana"
+        before.insert(0, word)
     return before + [head]
 
 
