@@ -94,13 +94,15 @@ def _run(kind: str, paths: list[str], args: argparse.Namespace, queue) -> None:
     from PIL import Image
 
     torch.set_num_threads(args.threads)
+    from lightning_wsg.detection.grid import box_grid
     from lightning_wsg.grounding_module import GroundingModule
-    from lightning_wsg.predict import box_grid
+    from lightning_wsg.models import PhraseEncoder, RegionEncoder
 
     device = torch.device(args.device)
     model = GroundingModule(
-        backbone=args.backbone, pretrained_backbone=False, text_encoder="all-MiniLM-L6-v2",
-        pretrained_text_encoder=False, use_kd=False, hidden_dim=1024, embed_dim=512,
+        RegionEncoder(args.backbone, pretrained=False, hidden_dim=1024, embed_dim=512),
+        PhraseEncoder("all-MiniLM-L6-v2", pretrained=False, hidden_dim=1024, embed_dim=512),
+        use_kd=False,
     ).eval().to(device)  # fmt: skip
     detect = _detector(kind, args, device) if kind != "cached" else None
     rng = np.random.default_rng(1)

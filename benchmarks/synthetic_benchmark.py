@@ -56,7 +56,7 @@ RUNS = {
     "nce_only": ("InfoNCE only", ["--model.use_kd=false"]),
     "old_matching": (
         "full method, former matching (GloVe on the last word)",
-        ["--model.teacher_matching=glove"],
+        ["--model.teacher.matching=glove"],
     ),
     "product": (
         "variant: KL towards teacher x student (former demo settings)",
@@ -65,7 +65,7 @@ RUNS = {
             "--model.tau_student=0.1",
             "--model.tau_teacher=0.5",
             "--model.kd_top_k=null",
-            "--model.teacher_score_floor=0.5",
+            "--model.teacher.score_floor=0.5",
             "--model.kd_weight_every=100",
         ],
     ),

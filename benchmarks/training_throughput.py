@@ -157,14 +157,14 @@ def main() -> None:
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
         device = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    hp = model.hparams
+    region = model.hparams.region_encoder["init_args"]
     results = {
         "device": device,
         "processes": world_size,
         "precision": str(trainer.precision),
-        "channels_last": bool(hp.get("channels_last", False)),
-        "compile_backbone": bool(hp.get("compile_backbone", False)),
-        "backbone": hp.backbone,
+        "channels_last": bool(region.get("channels_last", False)),
+        "compile_backbone": bool(region.get("compile", False)),
+        "backbone": region.get("backbone"),
         "batch_size_per_process": batch,
         "image_size": dm.image_size,
         "num_workers": dm.num_workers,

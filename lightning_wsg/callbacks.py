@@ -32,9 +32,9 @@ from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch import Tensor
 
-from .data.base import IMAGENET_MEAN, IMAGENET_STD
 from .data.batch import GroundingBatch
-from .predict import phrase_results
+from .data.dataset import IMAGENET_MEAN, IMAGENET_STD
+from .metrics import phrase_results
 
 __all__ = ["PALETTE", "GroundingPictures", "GroundingWriter", "draw_grounding", "picture_grid"]
 

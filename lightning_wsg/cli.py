@@ -35,6 +35,7 @@ def main(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> Li
         GroundingDataModule,
         subclass_mode_data=True,
         seed_everything_default=0,
+        auto_configure_optimizers=False,  # the optimizer is model.optimizer, one place only
         save_config_kwargs={"overwrite": True},
         args=args,
         run=run,

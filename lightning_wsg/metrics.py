@@ -23,7 +23,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -34,7 +34,7 @@ from .boxes import box_centers, box_iou, points_in_boxes
 if TYPE_CHECKING:  # metrics read a batch's fields only; no import of the data package at run time
     from .data.batch import GroundingBatch
 
-__all__ = ["FLICKR_PHRASE_TYPES", "TopK", "rank_proposals", "predict_boxes", "GroundingMetrics"]
+__all__ = ["FLICKR_PHRASE_TYPES", "TopK", "rank_proposals", "predict_boxes", "phrase_results", "GroundingMetrics"]
 
 FLICKR_PHRASE_TYPES: tuple[str, ...] = (
     "people", "clothing", "bodyparts", "animals", "vehicles", "instruments", "scene", "other",
@@ -103,6 +103,39 @@ def predict_boxes(scores: Tensor, proposals: Tensor, proposal_mask: Tensor, k: i
     boxes = boxes.masked_fill(~mask[..., None], 0.0)
     top_scores = scores.detach().gather(-1, idx).masked_fill(~mask, float("-inf"))
     return TopK(idx.masked_fill(~mask, -1), boxes, top_scores)
+
+
+def phrase_results(
+    scores: Tensor,
+    proposals: Tensor,
+    proposal_mask: Tensor,
+    words: Sequence[Sequence[str]],
+    phrase_spans: Sequence[Sequence[tuple[int, int]]],
+    top_k: int = 5,
+) -> list[list[dict[str, Any]]]:
+    """Per sentence, per phrase: the chosen box, its score and the next ``top_k`` boxes."""
+    top = predict_boxes(scores, proposals, proposal_mask, k=1 + max(0, int(top_k)))
+    boxes, values, mask = top.boxes.cpu(), top.scores.float().cpu(), top.mask.cpu()
+    out = []
+    for i, spans in enumerate(phrase_spans):
+        rows = []
+        for j, (s, e) in enumerate(spans):
+            ranked = [
+                {"box": [round(v, 2) for v in boxes[i, j, r].tolist()], "score": round(float(values[i, j, r]), 6)}
+                for r in range(boxes.shape[2])
+                if mask[i, j, r]
+            ]
+            rows.append(
+                {
+                    "phrase": " ".join(words[i][s:e]),
+                    "span": [int(s), int(e)],
+                    "box": ranked[0]["box"],
+                    "score": ranked[0]["score"],
+                    "alternatives": ranked[1:],
+                }
+            )
+        out.append(rows)
+    return out
 
 
 class GroundingMetrics(Metric):

@@ -24,8 +24,8 @@ from pytorch_lightning import Callback
 from lightning_wsg.cli import main
 from lightning_wsg.data import Flickr30kEntitiesDataModule
 from lightning_wsg.data.base import check_images
+from lightning_wsg.data.predict_file import PredictFormatError
 from lightning_wsg.grounding_module import GroundingModule
-from lightning_wsg.predict import PredictFormatError
 
 
 @pytest.fixture
@@ -174,7 +174,7 @@ def test_an_unknown_lr_schedule_is_refused_by_the_cli_and_the_module(tiny, tmp_p
         main([*_cli_args(tiny, tmp_path), "--model.lr_schedule=step"], run=False)
     assert "lr_schedule" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"^model\.lr_schedule must be 'constant' or 'cosine', got 'step'$"):
-        GroundingModule(lr_schedule="step")
+        GroundingModule(None, None, lr_schedule="step")  # refused before the towers are looked at
 
 
 class _Started(Callback):

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from helpers.cli import FLICKR_YAML, REPO, SMALL_YAML, data_args, tiny_model_args, trainer_args
 
 from lightning_wsg.cli import main
@@ -76,7 +77,13 @@ def test_stacked_configs_merge_into_the_data_init_args() -> None:
     )
     assert type(cli.datamodule).__name__ == "Flickr30kEntitiesDataModule"
     assert cli.datamodule.batch_size == 8 and cli.datamodule.image_size == 128  # from small.yaml
-    assert cli.model.hparams.backbone == "resnet18" and cli.model.hparams.lr == pytest.approx(1e-4)
+    # small.yaml changes the towers' init_args and keeps their class_path and the other arguments
+    region = cli.model.hparams.region_encoder
+    assert region["class_path"].endswith("RegionEncoder") and region["init_args"]["backbone"] == "resnet18"
+    assert region["init_args"]["roi_size"] == 7 and cli.model.region_encoder.embed_dim == 128
+    assert cli.model.phrase_encoder.embed_dim == 128 and cli.model.teacher.matching == "wordnet"
+    assert cli.model.hparams.optimizer["init_args"]["lr"] == pytest.approx(1e-4)
+    assert isinstance(cli.model.configure_optimizers(), torch.optim.Adam)
 
 
 def test_console_script_and_module_entry_points() -> None:

@@ -25,9 +25,11 @@ def _args(tmp_path: Path) -> list[str]:
         "--data.image_size=64",
         "--data.batch_size=8",
         "--data.num_workers=0",
-        f"--model.text_encoder_overrides={TINY_TEXT}",
-        "--model.hidden_dim=32",
-        "--model.embed_dim=16",
+        f"--model.phrase_encoder.config_overrides={TINY_TEXT}",
+        "--model.phrase_encoder.hidden_dim=32",
+        "--model.phrase_encoder.embed_dim=16",
+        "--model.region_encoder.hidden_dim=32",
+        "--model.region_encoder.embed_dim=16",
     ]
 
 

@@ -20,6 +20,7 @@ import torch
 from helpers.cli import FLICKR_YAML, REPO, SMALL_YAML, TINY_TEXT, data_args, tiny_model_args, trainer_args
 from helpers.ddp import CASES, SPLITS, B, hand_loss, loss_and_grads, run_two_ranks
 from helpers.flickr import make_tiny_flickr
+from helpers.model import tiny_model
 from helpers.trainer import quiet_trainer
 from pytorch_lightning import Callback, Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -184,18 +185,10 @@ def _datamodule(tiny) -> Flickr30kEntitiesDataModule:
     )
 
 
-def _tiny_module(**kwargs) -> GroundingModule:
-    return GroundingModule(
-        backbone="resnet18",
-        pretrained_backbone=False,
-        backbone_out_index=-2,
-        roi_size=3,
-        text_encoder="all-MiniLM-L6-v2",
-        pretrained_text_encoder=False,
-        text_encoder_overrides=json.loads(TINY_TEXT),
-        hidden_dim=32,
-        embed_dim=16,
-        teacher_matching="lexical",
+def _tiny_module(region: dict | None = None, **kwargs) -> GroundingModule:
+    return tiny_model(
+        region={"out_index": -2, "roi_size": 3, "hidden_dim": 32, "embed_dim": 16} | (region or {}),
+        phrase={"pretrained": False, "config_overrides": json.loads(TINY_TEXT), "hidden_dim": 32, "embed_dim": 16},
         **kwargs,
     )
 
@@ -291,7 +284,8 @@ def test_trainer_fragments_compose(fragment: str, monkeypatch: pytest.MonkeyPatc
     if fragment == "ddp_sim":
         assert trainer.strategy._process_group_backend == "gloo" and trainer.precision == "32-true"
     else:
-        assert trainer.precision == "bf16-mixed" and cli.model.hparams.channels_last and cli.datamodule.pin_memory
+        assert trainer.precision == "bf16-mixed" and cli.model.region_encoder.channels_last
+        assert cli.datamodule.pin_memory
     if fragment == "slurm":
         assert type(trainer.strategy.cluster_environment).__name__ == "SLURMEnvironment"
 
@@ -314,7 +308,9 @@ def test_ddp_sim_fit_and_test_count_each_phrase_once(tmp_path: Path) -> None:
         "--config", FLICKR_YAML, "--config", SMALL_YAML, "--config", DDP_SIM_YAML,
         *data_args(tiny.root, tiny.image_dir, tiny.detections), *tiny_model_args(),
         "--data.image_size=32", "--data.batch_size=4", "--data.max_proposals=8",
-        "--model.hidden_dim=32", "--model.embed_dim=16", "--model.backbone_out_index=-2", "--model.roi_size=3",
+        "--model.region_encoder.hidden_dim=32", "--model.region_encoder.embed_dim=16",
+        "--model.phrase_encoder.hidden_dim=32", "--model.phrase_encoder.embed_dim=16",
+        "--model.region_encoder.out_index=-2", "--model.region_encoder.roi_size=3",
         "--trainer.logger=pytorch_lightning.loggers.CSVLogger", "--trainer.log_every_n_steps=1",
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")}
@@ -345,7 +341,7 @@ def test_ddp_sim_fit_and_test_count_each_phrase_once(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------- the GPU path
 def test_channels_last_and_compile_keep_the_checkpoint_layout() -> None:
     plain = _tiny_module()
-    fast = _tiny_module(channels_last=True, compile_backbone=True)
+    fast = _tiny_module(region={"channels_last": True, "compile": True})
     assert list(fast.state_dict()) == list(plain.state_dict())  # compiled in place: no _orig_mod. keys
     conv = fast.region_encoder.backbone.conv1.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
@@ -355,6 +351,6 @@ def test_channels_last_and_compile_keep_the_checkpoint_layout() -> None:
 def test_bf16_mixed_channels_last_training_step(tiny_flickr, tmp_path: Path) -> None:
     """The GPU fragments' settings (bf16-mixed, channels_last) train on CPU autocast too."""
     trainer = quiet_trainer(tmp_path, precision="bf16-mixed", fast_dev_run=2)
-    model = _tiny_module(channels_last=True)
+    model = _tiny_module(region={"channels_last": True})
     trainer.fit(model, _datamodule(tiny_flickr))
     assert trainer.global_step == 2 and trainer.callback_metrics["train/loss"].isfinite()

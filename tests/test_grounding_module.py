@@ -6,28 +6,18 @@ import dataclasses
 
 import pytest
 import torch
+from helpers.model import TINY_TEXT, tiny_model
 
 from lightning_wsg.data import Flickr30kEntitiesDataModule
 from lightning_wsg.grounding_module import GroundingModule
 from lightning_wsg.losses import distillation_kl, image_sentence_scores, info_nce, kd_weight
 from lightning_wsg.metrics import GroundingMetrics
 
-TINY_TEXT = {"num_hidden_layers": 1, "hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 128}
 
-
-def tiny_module(**kwargs) -> GroundingModule:
-    args = dict(
-        backbone="resnet18",
-        pretrained_backbone=False,
-        text_encoder="all-MiniLM-L6-v2",
-        pretrained_text_encoder=False,
-        text_encoder_overrides=TINY_TEXT,
-        hidden_dim=32,
-        embed_dim=16,
-        teacher_matching="lexical",
-    )
-    args.update(kwargs)
-    return GroundingModule(**args)
+def tiny_module(region: dict | None = None, phrase: dict | None = None, **kwargs) -> GroundingModule:
+    small = {"hidden_dim": 32, "embed_dim": 16}
+    phrase = small | {"pretrained": False, "config_overrides": TINY_TEXT} | (phrase or {})
+    return tiny_model(region=small | (region or {}), phrase=phrase, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +59,12 @@ def test_training_step_is_nce_plus_ramped_kd(datamodule) -> None:
     teacher, kd_mask = model.teacher(texts, batch.proposal_labels, batch.proposal_scores, batch.proposal_mask)
     student = torch.einsum("bpd,brd->bpr", phrases, regions)
     kd = distillation_kl(
-        student, teacher, batch.proposal_mask, kd_mask & batch.phrase_mask, tau_teacher=2.0, top_k=8,
+        student,
+        teacher,
+        batch.proposal_mask,
+        kd_mask & batch.phrase_mask,
+        tau_teacher=2.0,
+        top_k=8,
         proposals=batch.proposals,
     )
     assert kd_mask.any(), "the lexical teacher should match some phrase of the tiny dataset"
@@ -98,7 +93,12 @@ def test_kd_target_product_reaches_the_distillation_term(datamodule) -> None:
         teacher, kd_mask = model.teacher(texts, batch.proposal_labels, batch.proposal_scores, batch.proposal_mask)
         student = torch.einsum("bpd,brd->bpr", phrases, regions)
         expected = distillation_kl(
-            student, teacher, batch.proposal_mask, kd_mask & batch.phrase_mask, tau_teacher=2.0, top_k=None,
+            student,
+            teacher,
+            batch.proposal_mask,
+            kd_mask & batch.phrase_mask,
+            tau_teacher=2.0,
+            top_k=None,
             target=target,
         )
         assert float(logged["train/kd"]) == pytest.approx(float(expected), rel=1e-5)
@@ -106,11 +106,6 @@ def test_kd_target_product_reaches_the_distillation_term(datamodule) -> None:
     assert kd["teacher"] != pytest.approx(kd["product"])
     with pytest.raises(ValueError, match="kd_target"):
         tiny_module(kd_target="student")
-
-
-def test_same_image_pairs_are_masked_as_negatives() -> None:
-    mask = GroundingModule._same_image_mask(["a", "b", "a"], ["a", "b", "a"])
-    assert mask.tolist() == [[True, False, True], [False, True, False], [True, False, True]]
 
 
 def test_ablation_switches() -> None:
@@ -201,3 +196,100 @@ def test_teacher_uses_class_probability_vectors_when_the_batch_has_them(datamodu
     model.training_step(batch, 0)
     kd_probs = float(logged["train/kd"])
     assert kd_probs > 0 and kd_probs != pytest.approx(kd_labels)
+
+
+def _save(model: GroundingModule, path) -> None:
+    import pytorch_lightning as pl
+
+    trainer = pl.Trainer(
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(path)
+
+
+def test_checkpoint_rebuilds_the_towers_given_in_python(datamodule, tmp_path) -> None:
+    import functools
+
+    torch.manual_seed(0)
+    model = tiny_module(
+        teacher={"matching": "wordnet", "score_floor": 0.25},
+        optimizer=functools.partial(torch.optim.SGD, lr=0.5),
+        kd_top_k=None,
+    ).eval()
+    _save(model, tmp_path / "m.ckpt")
+    raw = torch.load(tmp_path / "m.ckpt", weights_only=True)  # plain values: no pickled network
+    stored = raw["hyper_parameters"]
+    assert stored["region_encoder"]["class_path"].endswith("RegionEncoder")
+    assert stored["phrase_encoder"]["init_args"]["config_overrides"] == TINY_TEXT
+    assert stored["teacher"]["init_args"]["score_floor"] == 0.25
+    assert stored["optimizer"] == {"class_path": "torch.optim.sgd.SGD", "init_args": {"lr": 0.5}}
+
+    loaded = GroundingModule.load_from_checkpoint(tmp_path / "m.ckpt").eval()
+    assert loaded.teacher.matching == "wordnet" and loaded.teacher.score_floor == 0.25
+    assert loaded.hparams.kd_top_k is None
+    optimizer = loaded.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["lr"] == 0.5
+    batch = _batch(datamodule, "test")
+    with torch.no_grad():
+        assert torch.allclose(loaded(batch), model(batch))
+    # and again: a loaded module saves the same configuration
+    _save(loaded, tmp_path / "again.ckpt")
+    again = torch.load(tmp_path / "again.ckpt", weights_only=True)["hyper_parameters"]
+    assert again["region_encoder"] == stored["region_encoder"] and again["teacher"] == stored["teacher"]
+
+
+def test_feature_tower_statistics_travel_in_the_checkpoint(datamodule, tmp_path) -> None:
+    from lightning_wsg.models import FeatureRegionEncoder, PhraseEncoder
+
+    torch.manual_seed(0)
+    region = FeatureRegionEncoder(feature_dim=6, hidden_dim=16, embed_dim=16, box_geometry=True)
+    phrase = PhraseEncoder(
+        "all-MiniLM-L6-v2", pretrained=False, config_overrides=TINY_TEXT, hidden_dim=32, embed_dim=16
+    )
+    model = GroundingModule(region, phrase, use_kd=False).eval()
+    batch = _batch(datamodule, "test")
+    features = torch.randn(*batch.proposal_mask.shape, 6) * 3 + 5
+    batch = dataclasses.replace(batch, region_features=features)
+    with pytest.raises(RuntimeError, match="statistics were never computed"):
+        model(batch)
+    model.region_encoder.prepare([f[m] for f, m in zip(features, batch.proposal_mask)])
+    real = features[batch.proposal_mask]
+    assert torch.allclose(region.feature_mean, real.mean(0), atol=1e-5)
+    assert torch.allclose(region.feature_std, real.std(0, unbiased=False), atol=1e-4)
+    with torch.no_grad():
+        scores = model(batch)
+    _save(model, tmp_path / "f.ckpt")
+    loaded = GroundingModule.load_from_checkpoint(tmp_path / "f.ckpt").eval()
+    assert isinstance(loaded.region_encoder, FeatureRegionEncoder) and not loaded.region_encoder.needs_preparation
+    assert torch.equal(loaded.region_encoder.feature_mean, region.feature_mean)
+    with torch.no_grad():
+        assert torch.allclose(loaded(batch), scores, atol=1e-6)
+    with pytest.raises(ValueError, match="feature_dim=6"):
+        loaded(dataclasses.replace(batch, region_features=torch.randn(*batch.proposal_mask.shape, 5)))
+    with pytest.raises(ValueError, match="the batch has none"):
+        loaded(dataclasses.replace(batch, region_features=None))
+
+
+def test_feature_tower_box_geometry_is_relative_to_each_image() -> None:
+    from lightning_wsg.models import FeatureRegionEncoder
+
+    torch.manual_seed(0)
+    enc = FeatureRegionEncoder(feature_dim=3, hidden_dim=8, embed_dim=4, box_geometry=True, normalize=False).eval()
+    features = torch.randn(1, 2, 3)
+    mask = torch.tensor([[True, True]])
+    boxes = torch.tensor([[[0.0, 0.0, 50.0, 40.0], [10.0, 10.0, 30.0, 20.0]]])
+    a = enc(features, mask, boxes, torch.tensor([[100.0, 80.0]]))
+    b = enc(features, mask, boxes * 2, torch.tensor([[200.0, 160.0]]))  # the same image at twice the size
+    c = enc(features, mask, boxes, torch.tensor([[200.0, 160.0]]))  # boxes half as large relative to it
+    assert torch.allclose(a, b, atol=1e-6) and not torch.allclose(a, c, atol=1e-3)
+
+
+def test_towers_must_agree_and_distillation_needs_a_teacher() -> None:
+    with pytest.raises(ValueError, match="disagree on the joint space"):
+        tiny_module(region={"embed_dim": 8})
+    model = tiny_module()
+    with pytest.raises(ValueError, match="needs a teacher"):
+        GroundingModule(model.region_encoder, model.phrase_encoder, None, use_kd=True)
+    with pytest.raises(TypeError, match="cannot be stored in a checkpoint"):
+        GroundingModule(model.region_encoder, model.phrase_encoder, None, use_kd=False, optimizer=lambda p: None)

@@ -1,4 +1,4 @@
-"""Issue 7: grounding new images: input parsing, box grid, writer, pictures, ground(), CLI."""
+"""Grounding new images: input parsing, box grid, writer, pictures, ground(), CLI."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from helpers.cli import DEMO_YAML, REPO
+from helpers.model import TINY_TEXT, tiny_model
 from helpers.trainer import quiet_trainer
 from PIL import Image
 
@@ -18,21 +19,14 @@ from lightning_wsg.callbacks import GroundingPictures, draw_grounding
 from lightning_wsg.cli import main
 from lightning_wsg.data import SyntheticWorldDataModule
 from lightning_wsg.data.predict import PredictDataset
+from lightning_wsg.data.predict_file import PredictFormatError, parse_sentence, read_predict_file
 from lightning_wsg.detection.formats import Detections, open_detections, write_jsonl
+from lightning_wsg.detection.grid import box_grid
 from lightning_wsg.grounding_module import GroundingModule
-from lightning_wsg.predict import PredictFormatError, box_grid, parse_sentence, read_predict_file
 
-TINY_TEXT = {"num_hidden_layers": 1, "hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 128}
-TINY_MODEL = {
-    "backbone": "resnet18",
-    "pretrained_backbone": False,
-    "text_encoder": "all-MiniLM-L6-v2",
-    "pretrained_text_encoder": False,
-    "text_encoder_overrides": TINY_TEXT,
-    "hidden_dim": 32,
-    "embed_dim": 16,
-    "teacher_matching": "lexical",
-}
+#: the towers of the tiny model: ResNet-18 without weights, a one-layer random MiniLM
+TINY_REGION = {"backbone": "resnet18", "pretrained": False, "hidden_dim": 32, "embed_dim": 16}
+TINY_PHRASE = {"pretrained": False, "config_overrides": TINY_TEXT, "hidden_dim": 32, "embed_dim": 16}
 PREDICT_YAML = str(REPO / "cli_configs" / "predict.yaml")
 
 
@@ -133,7 +127,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
         root=str(tmp / "world"), num_train=8, num_val=4, num_test=2, world_image_size=64, image_size=64,
         batch_size=4, num_workers=0, max_proposals=10,
     )  # fmt: skip
-    model = GroundingModule(**TINY_MODEL)
+    model = tiny_model(region=TINY_REGION, phrase=TINY_PHRASE)
     pictures = GroundingPictures(num_images=3, picture_size=128)
     trainer = quiet_trainer(tmp / "run", limit_train_batches=2, limit_val_batches=1, enable_checkpointing=False)
     trainer.callbacks.append(pictures)
@@ -278,9 +272,11 @@ def test_cli_predict_writes_jsonl_and_pictures(trained, tmp_path: Path) -> None:
             "--trainer.callbacks.top_k=2",
             "--trainer.callbacks.picture_size=160",
             f"--trainer.default_root_dir={tmp_path}",
-            "--model.pretrained_text_encoder=false",
-            f"--model.text_encoder_overrides={json.dumps(TINY_TEXT)}",
-            "--model.hidden_dim=32", "--model.embed_dim=16", "--model.backbone_out_index=-1", "--model.roi_size=7",
+            "--model.phrase_encoder.pretrained=false",
+            f"--model.phrase_encoder.config_overrides={json.dumps(TINY_TEXT)}",
+            "--model.phrase_encoder.hidden_dim=32", "--model.phrase_encoder.embed_dim=16",
+            "--model.region_encoder.hidden_dim=32", "--model.region_encoder.embed_dim=16",
+            "--model.region_encoder.out_index=-1", "--model.region_encoder.roi_size=7",
         ]
     )  # fmt: skip
     lines = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]

@@ -21,7 +21,7 @@ def bench():
 
 def test_only_the_full_default_run_writes_the_committed_results(bench, tmp_path):
     assert bench.parse_args([]).out == REPO / "benchmarks" / "results"
-    for argv in (["--runs", "full"], ["--epochs", "1"], ["--model.lr=1e-3"], ["--num-train", "8"]):
+    for argv in (["--runs", "full"], ["--epochs", "1"], ["--model.optimizer.lr=1e-3"], ["--num-train", "8"]):
         args = bench.parse_args([*argv, "--work-dir", str(tmp_path)])
         assert args.out == tmp_path / "results", argv
     assert bench.parse_args(["--runs", "full", "--out", str(tmp_path)]).out == tmp_path

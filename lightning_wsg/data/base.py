@@ -1,8 +1,8 @@
-"""The shared dataset and datamodule over image-sentence entries and a proposals file.
+"""The shared datamodule over image-sentence entries and a proposals source.
 
-A concrete dataset (Flickr30K Entities, RefCOCO...) only turns its annotation files into
-a list of :class:`GroundingEntry` per split and says where an image lives; everything
-else (images, proposals, skipping, loaders) is done here once.
+A concrete datamodule (Flickr30K Entities, RefCOCO...) only turns its annotation files into
+a list of :class:`~lightning_wsg.data.dataset.GroundingEntry` per split and says where an
+image lives; everything else (datasets, proposals, skipping, loaders) is done here once.
 
 Example:
     >>> dm = Flickr30kEntitiesDataModule(root, image_dir, "proposals.jsonl")  # doctest: +SKIP
@@ -13,22 +13,27 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import pytorch_lightning as pl
-import torch
-from PIL import Image
-from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms.v2 import functional as TF
+from torch.utils.data import DataLoader
 
-from ..boxes import scale_boxes
 from ..detection.formats import DetectionFormatError, DetectionStore, open_detections
-from ..predict import DEFAULT_GRID_ASPECT_RATIOS, DEFAULT_GRID_SCALES, DEFAULT_GRID_STRIDE, PREDICT_SPLIT
-from .batch import GroundingSample, collate
+from ..detection.grid import DEFAULT_GRID_ASPECT_RATIOS, DEFAULT_GRID_SCALES, DEFAULT_GRID_STRIDE
+from .batch import collate
+from .dataset import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    GroundingDataset,
+    GroundingEntry,
+    check_images,
+    examples,
+    top_scored,
+)
+from .predict import PredictDataset
+from .predict_file import PREDICT_SPLIT, read_predict_file
 from .samplers import ResumableDataLoader, evaluation_sampler, training_sampler
 
 __all__ = [
@@ -43,231 +48,11 @@ __all__ = [
 
 logger = logging.getLogger("lightning_wsg")
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-_EXAMPLES = 5  # ids named in a warning or an error
-_NO_DETECTIONS = (  # issue 4
+_NO_DETECTIONS = (
     "no detections: data.detections is null and no DetectionCache callback supplied them; "
     "set data.detections to a proposals file or cache folder, or add "
     "lightning_wsg.detection.DetectionCache to trainer.callbacks (see cli_configs/detector/)"
 )
-
-
-@dataclass(slots=True)
-class GroundingEntry:
-    """One image-sentence pair as parsed from the annotations (no image, no proposals).
-
-    Attributes:
-        image_id: the image id as a string.
-        sentence_id: a unique id of the sentence (``"<image_id>#<index>"`` on Flickr,
-            index 0-based as in phraseloceval).
-        words: the sentence's words.
-        phrase_spans: per phrase ``(start, end)`` word indices, ``end`` exclusive.
-        phrase_ids: per phrase an id (Flickr chain id, RefCOCO sent id).
-        phrase_types: per phrase its types, or ``None``.
-        gt_boxes: evaluation entries only: per phrase all ground-truth boxes, ``[K, 4]``
-            corners (``K >= 1``); ``None`` for training entries.
-        image_size: original ``(width, height)`` from the annotations, or ``None``; when
-            given, the image file must have this size.
-    """
-
-    image_id: str
-    sentence_id: str
-    words: list[str]
-    phrase_spans: list[tuple[int, int]]
-    phrase_ids: list[str]
-    phrase_types: list[list[str]] | None = None
-    gt_boxes: list[Tensor] | None = None
-    image_size: tuple[int, int] | None = None
-
-
-def _examples(ids: Sequence[str]) -> str:
-    shown = ", ".join(ids[:_EXAMPLES])
-    return shown + (", ..." if len(ids) > _EXAMPLES else "")
-
-
-def top_scored(scores: Tensor, k: int) -> Tensor:
-    """Indices of the ``k`` highest ``scores`` (all when fewer), kept in their original order."""
-    if len(scores) <= k:
-        return torch.arange(len(scores))
-    return torch.argsort(scores, descending=True, stable=True)[:k].sort().values
-
-
-class GroundingDataset(Dataset[GroundingSample]):
-    """Image-sentence pairs with the detector's proposals, as :class:`GroundingSample`.
-
-    Entries whose image has no proposals (absent from ``detections`` or zero boxes) are
-    skipped; the count is logged once (``num_skipped``, ``skipped_ids`` keep it).
-
-    Args:
-        entries: the split's entries.
-        image_path: maps an image id to its file.
-        detections: the proposals store.
-        split: the split name carried by every sample.
-        image_size: images are resized to ``image_size x image_size``.
-        max_proposals: keep at most this many proposals per image, the top-scored ones
-            (kept in file order).
-        train: training samples carry no ground truth (``gt_boxes`` and
-            ``phrase_types`` are ``None``).
-    """
-
-    def __init__(
-        self,
-        entries: Sequence[GroundingEntry],
-        image_path: Callable[[str], Path],
-        detections: DetectionStore,
-        split: str,
-        image_size: int = 512,
-        max_proposals: int = 100,
-        train: bool = False,
-    ) -> None:
-        if image_size < 1 or max_proposals < 1:
-            raise ValueError(f"image_size and max_proposals must be >= 1, got {image_size}, {max_proposals}")
-        self.image_path = image_path
-        self.detections = detections
-        self.split = split
-        self.image_size = int(image_size)
-        self.max_proposals = int(max_proposals)
-        self.train = train
-        self.entries: list[GroundingEntry] = []
-        self.skipped_ids: list[str] = []
-        for entry in entries:
-            dets = detections.get(entry.image_id)
-            if dets is None or len(dets) == 0:
-                self.skipped_ids.append(entry.sentence_id)
-            else:
-                self.entries.append(entry)
-        if self.skipped_ids:
-            logger.warning(
-                "split %s: skipped %d of %d image-sentence pairs whose image has no proposals in %s (e.g. %s)",
-                split,
-                len(self.skipped_ids),
-                len(entries),
-                detections.path,
-                _examples(self.skipped_ids),
-            )
-
-    @property
-    def num_skipped(self) -> int:
-        """How many entries were left out for want of proposals."""
-        return len(self.skipped_ids)
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def load_image(self, entry: GroundingEntry) -> tuple[Tensor, tuple[int, int]]:
-        """Read, resize and normalise an entry's image -> ``([3, S, S], (width, height))``."""
-        path = Path(self.image_path(entry.image_id))
-        if not path.is_file():
-            raise FileNotFoundError(f"image not found: {path}")
-        try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-        except OSError as err:
-            raise OSError(f"cannot read image {path}: {err}") from err
-        size = img.size
-        if entry.image_size is not None and tuple(entry.image_size) != size:
-            raise ValueError(f"image {path} is {size[0]}x{size[1]}, the annotations say {entry.image_size}")
-        image = TF.pil_to_tensor(img)
-        image = TF.resize(image, [self.image_size, self.image_size], antialias=True)
-        image = TF.to_dtype(image, torch.float32, scale=True)
-        return TF.normalize(image, list(IMAGENET_MEAN), list(IMAGENET_STD)), size
-
-    def make_sample(
-        self, entry: GroundingEntry, image: Tensor, size: tuple[int, int], proposals: Tensor, **fields
-    ) -> GroundingSample:
-        """A :class:`GroundingSample` of ``entry``: its image (``size`` = original width,
-        height), its proposals in original pixels (their ``roi_boxes`` follow the resize) and
-        any further ``fields`` (scores, labels, ground truth)."""
-        width, height = size
-        return GroundingSample(
-            split=self.split,
-            image_id=entry.image_id,
-            sentence_id=entry.sentence_id,
-            image=image,
-            image_size=(width, height),
-            words=list(entry.words),
-            phrase_spans=list(entry.phrase_spans),
-            proposals=proposals,
-            roi_boxes=scale_boxes(proposals, self.image_size / width, self.image_size / height),
-            phrase_ids=list(entry.phrase_ids),
-            **fields,
-        )
-
-    def __getitem__(self, index: int) -> GroundingSample:
-        entry = self.entries[index]
-        image, size = self.load_image(entry)
-        dets = self.detections[entry.image_id]
-        keep = top_scored(dets.scores, self.max_proposals)
-        return self.make_sample(
-            entry,
-            image,
-            size,
-            dets.boxes[keep].float(),
-            proposal_scores=dets.scores[keep].float(),
-            proposal_labels=[dets.labels[i] for i in keep.tolist()] if dets.labels is not None else None,
-            class_probs=dets.class_probs[keep] if dets.class_probs is not None else None,
-            gt_boxes=None if self.train else entry.gt_boxes,
-            phrase_types=None if self.train else entry.phrase_types,
-        )
-
-
-def check_images(dataset: GroundingDataset, split: str, progress: bool = True) -> None:
-    """Decode every image of ``dataset`` once; one error names all that cannot be used.
-
-    Checks what :meth:`GroundingDataset.load_image` would meet in a worker: a file that does
-    not decode to the end (a truncated JPEG, garbage) and a size other than the annotations'.
-
-    Raises:
-        OSError: naming the split, the count and each bad file with its problem.
-    """
-    sizes: dict[str, tuple[int, int] | None] = {}
-    for entry in dataset.entries:
-        if sizes.get(entry.image_id) is None:
-            sizes[entry.image_id] = tuple(entry.image_size) if entry.image_size is not None else None
-    bad: list[str] = []
-    with _Progress(progress, f"verifying images ({split})", len(sizes)) as advance:
-        for image_id, expected in sizes.items():
-            path = Path(dataset.image_path(image_id))
-            try:
-                with Image.open(path) as img:
-                    img.load()  # decodes everything: a truncated file fails here, not at open
-                    size = img.size
-            except Exception as err:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError...
-                bad.append(f"{path}: {type(err).__name__}: {err}")
-            else:
-                if expected is not None and size != expected:
-                    bad.append(f"{path}: {size[0]}x{size[1]}, the annotations say {expected[0]}x{expected[1]}")
-            advance(1)
-    if bad:
-        shown = "\n  ".join(bad[:20]) + ("\n  ..." if len(bad) > 20 else "")
-        raise OSError(
-            f"split {split}: {len(bad)} of {len(sizes)} images cannot be used (data.verify_images):\n  {shown}"
-        )
-    logger.info("split %s: all %d images decode (data.verify_images)", split, len(sizes))
-
-
-class _Progress:
-    """A rich progress bar (images, rate, time left), or nothing."""
-
-    def __init__(self, enabled: bool, description: str, total: int) -> None:
-        self.enabled, self.description, self.total = enabled, description, total
-        self._bar = None
-
-    def __enter__(self) -> Callable[[int], None]:
-        if not self.enabled:
-            return lambda n: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        columns = (BarColumn(), MofNCompleteColumn(), TextColumn("left"), TimeRemainingColumn())
-        self._bar = bar = Progress(TextColumn("{task.description}"), *columns)
-        bar.__enter__()
-        task = bar.add_task(self.description, total=self.total)
-        return lambda n: bar.advance(task, n)
-
-    def __exit__(self, *exc) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
 
 
 class GroundingDataModule(pl.LightningDataModule):
@@ -293,7 +78,7 @@ class GroundingDataModule(pl.LightningDataModule):
         pin_memory: passed to the loaders.
         persistent_workers: keep workers between epochs (only with ``num_workers > 0``).
         predict_file: sentences to ground in new images (JSON Lines, see
-            :mod:`lightning_wsg.predict`); ``lightning predict`` then uses the ``"predict"``
+            :mod:`lightning_wsg.data.predict_file`); ``lightning predict`` then uses the ``"predict"``
             split instead of the test splits.
         predict_proposals: proposals at prediction: ``"grid"`` (a dense multi-scale box
             grid, no detector) or ``"detections"`` (``detections`` or the detection cache;
@@ -343,12 +128,12 @@ class GroundingDataModule(pl.LightningDataModule):
         if int(num_workers) < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
         self.save_hyperparameters()
-        for key, value in list(self.hparams.items()):  # issue 7: plain strings, so that checkpoints
+        for key, value in list(self.hparams.items()):  # plain strings, so that checkpoints
             if isinstance(value, Path):  # load with torch.load(weights_only=True) (load_from_checkpoint)
                 self.hparams[key] = str(value)
         self.root = Path(root)
         self.image_dir = Path(image_dir)
-        self.detections = Path(detections) if detections is not None else None  # None: DetectionCache (issue 4)
+        self.detections = Path(detections) if detections is not None else None  # None: a DetectionCache supplies them
         self.vocabulary = Path(vocabulary) if vocabulary is not None else None
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -359,9 +144,9 @@ class GroundingDataModule(pl.LightningDataModule):
         self.persistent_workers = persistent_workers
         self.datasets: dict[str, GroundingDataset] = {}
         self._store: DetectionStore | None = None
-        self._entries: dict[str, list[GroundingEntry]] = {}  # parsed once per split (issue 4)
-        self._supplied_detections: Path | None = None  # set by use_detections (issue 4)
-        # issue 7: grounding new images (lightning predict)
+        self._entries: dict[str, list[GroundingEntry]] = {}  # parsed once per split
+        self._supplied_detections: Path | None = None  # set by use_detections
+        # grounding new images (lightning predict)
         if predict_proposals not in ("grid", "detections"):
             raise ValueError(f"predict_proposals must be 'grid' or 'detections', got {predict_proposals!r}")
         self.predict_file = Path(predict_file) if predict_file is not None else None
@@ -388,7 +173,7 @@ class GroundingDataModule(pl.LightningDataModule):
     def store(self) -> DetectionStore:
         """The proposals, opened once and checked against :meth:`known_image_ids`."""
         if self._store is None:
-            source = self._supplied_detections or self.detections  # issue 4
+            source = self._supplied_detections or self.detections
             if source is None:
                 raise RuntimeError(_NO_DETECTIONS)
             store = open_detections(source, self.vocabulary)
@@ -397,7 +182,7 @@ class GroundingDataModule(pl.LightningDataModule):
             if unknown:
                 raise DetectionFormatError(
                     f"{store.path}: {len(unknown)} detection records for images unknown to the dataset "
-                    f"at {self.root}: image {_examples(unknown)}"
+                    f"at {self.root}: image {examples(unknown)}"
                 )
             self._store = store
         return self._store
@@ -412,7 +197,7 @@ class GroundingDataModule(pl.LightningDataModule):
             return [self.train_split, *self.val_splits]
         if stage == "validate":
             return list(self.val_splits)
-        if stage == "predict" and self.predict_file is not None:  # issue 7
+        if stage == "predict" and self.predict_file is not None:
             return [PREDICT_SPLIT]
         if stage in ("test", "predict"):
             return list(self.test_splits)
@@ -420,7 +205,7 @@ class GroundingDataModule(pl.LightningDataModule):
 
     def build_dataset(self, split: str) -> GroundingDataset:
         """Parse ``split``, drop pairs without proposals, check that the images exist."""
-        if split == PREDICT_SPLIT and self.predict_file is not None:  # issue 7
+        if split == PREDICT_SPLIT and self.predict_file is not None:
             return self._build_predict_dataset()
         # a plain mapping, not this datamodule's bound method: workers that are spawned
         # (not forked) then receive the paths instead of a pickled datamodule and trainer
@@ -439,7 +224,7 @@ class GroundingDataModule(pl.LightningDataModule):
         used = {e.image_id for e in dataset.entries}
         missing = sorted(str(paths[i]) for i in used if not paths[i].is_file())
         if missing:
-            raise FileNotFoundError(f"split {split}: {len(missing)} images not found: {_examples(missing)}")
+            raise FileNotFoundError(f"split {split}: {len(missing)} images not found: {examples(missing)}")
         if split == self.train_split:
             self._check_labels_for_distillation(dataset)
         if self.verify_images:  # each rank reads its datasets' images; one bar is enough
@@ -457,7 +242,7 @@ class GroundingDataModule(pl.LightningDataModule):
         if unlabelled:
             raise ValueError(
                 f"model.use_kd=true distils from the detector's class names, but {store.path} has no labels for "
-                f"{len(unlabelled)} training images (e.g. {_examples(unlabelled)}): give data.detections with "
+                f"{len(unlabelled)} training images (e.g. {examples(unlabelled)}): give data.detections with "
                 "labels (a bottom-up TSV names its objects_id through data.vocabulary) or set model.use_kd=false"
             )
 
@@ -466,12 +251,12 @@ class GroundingDataModule(pl.LightningDataModule):
         self._check_paths()
         for split in self._splits_for(stage):
             grid = split == PREDICT_SPLIT and self.predict_file is not None and self.predict_proposals == "grid"
-            if self.detections is None and not grid:  # issue 4: parse now, datasets once DetectionCache supplies detections
+            if self.detections is None and not grid:  # parse now, datasets once DetectionCache supplies detections
                 self.entries(split)
             elif split not in self.datasets:
                 self.datasets[split] = self.build_dataset(split)
 
-    # -- detections supplied by a callback (issue 4: lightning_wsg.detection.DetectionCache) ---------
+    # -- detections supplied by a callback (lightning_wsg.detection.DetectionCache) ----------------
     # DataModule.setup() runs before the callbacks' setup(): the callback asks which images a stage
     # needs (splits_for, image_paths), fills its cache, then calls use_detections().
     def splits_for(self, stage: str | None) -> list[str]:
@@ -480,7 +265,7 @@ class GroundingDataModule(pl.LightningDataModule):
 
     def entries(self, split: str) -> list[GroundingEntry]:
         """The parsed entries of ``split`` (parsed on first use, then kept)."""
-        if split == PREDICT_SPLIT and self.predict_file is not None:  # issue 7
+        if split == PREDICT_SPLIT and self.predict_file is not None:
             return self._predict_dataset_for(None).entries
         if split not in self._entries:
             self._entries[split] = self.load_split(split)
@@ -488,7 +273,7 @@ class GroundingDataModule(pl.LightningDataModule):
 
     def image_paths(self, split: str) -> dict[str, Path]:
         """``image_id -> image file`` of every image ``split``'s entries use (parsing it once)."""
-        if split == PREDICT_SPLIT and self.predict_file is not None:  # issue 7
+        if split == PREDICT_SPLIT and self.predict_file is not None:
             return self._predict_dataset_for(None).image_paths()
         image_ids = dict.fromkeys(entry.image_id for entry in self.entries(split))
         return {image_id: Path(self.image_path(image_id)) for image_id in image_ids}
@@ -512,12 +297,13 @@ class GroundingDataModule(pl.LightningDataModule):
 
     def _dataloader_factory(self, split: str) -> DataLoader:
         if split not in self.datasets:
-            if self.detections is None:  # issue 4
+            if self.detections is None:
                 raise RuntimeError(_NO_DETECTIONS)
             raise RuntimeError(f"split {split} is not set up: call setup() first")
         dataset = self.datasets[split]
         train = split == self.train_split
-        # issue 6: a seeded, per-rank, checkpointed training order; evaluation split without duplicates under DDP
+        # a seeded, per-rank, checkpointed training order (resumes mid-epoch); evaluation split
+        # without duplicates under DDP
         sampler = training_sampler(dataset, self.trainer) if train else evaluation_sampler(dataset, self.trainer)
         return (ResumableDataLoader if train else DataLoader)(
             dataset,
@@ -543,15 +329,12 @@ class GroundingDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
         return self._loaders(self.test_splits)
 
-    # -- prediction on new images (issue 7) --------------------------------------------
+    # -- prediction on new images ------------------------------------------------------
     def predict_dataloader(self) -> DataLoader | list[DataLoader]:
         """``data.predict_file``'s sentences, else the test splits."""
         return self._loaders(self._splits_for("predict"))
 
     def _predict_dataset_for(self, detections: DetectionStore | None):
-        from ..predict import read_predict_file
-        from .predict import PredictDataset  # (imports this module)
-
         if self._predict_records is None:
             self._predict_records = read_predict_file(self.predict_file)
         try:

@@ -33,7 +33,8 @@ class GroundingSample:
         split: the split this sample belongs to (``"train"``, ``"val"``, ``"testA"``...).
         image_id: image id as a string.
         sentence_id: a unique id of the sentence (``"<image_id>#<index>"`` on Flickr).
-        image: ``[3, H, W]`` normalised image tensor (resized).
+        image: ``[3, H, W]`` normalised image tensor (resized); ``[3, 1, 1]`` zeros when the
+            model reads per-box features instead of images.
         image_size: original ``(width, height)``.
         words: the sentence's words (official tokenisation).
         phrase_spans: per phrase, the word span ``(start, end)`` with ``end`` exclusive.
@@ -42,6 +43,7 @@ class GroundingSample:
         proposal_scores: ``[R]`` detector confidences.
         proposal_labels: ``R`` detector class names, or ``None``.
         class_probs: optional ``[R, C]`` class probabilities.
+        region_features: optional ``[R, F]`` precomputed per-box features (the feature tower's input).
         gt_boxes: evaluation only: per phrase a ``[K, 4]`` tensor (``K >= 1``).
         phrase_types: evaluation only: per phrase its types (``["people"]``).
         phrase_ids: per phrase an id (Flickr chain id, RefCOCO sent id).
@@ -59,6 +61,7 @@ class GroundingSample:
     proposal_scores: Tensor
     proposal_labels: list[str] | None = None
     class_probs: Tensor | None = None
+    region_features: Tensor | None = None
     gt_boxes: list[Tensor] | None = None
     phrase_types: list[list[str]] | None = None
     phrase_ids: list[str] = field(default_factory=list)
@@ -87,6 +90,7 @@ class GroundingBatch:
     proposal_scores: Tensor
     proposal_labels: list[list[str]] | None = None
     class_probs: Tensor | None = None
+    region_features: Tensor | None = None
     gt_union: Tensor | None = None
     gt_boxes: Tensor | None = None
     gt_box_mask: Tensor | None = None
@@ -139,6 +143,12 @@ def collate(samples: list[GroundingSample]) -> GroundingBatch:
     class_probs = None
     if all(s.class_probs is not None for s in samples):
         class_probs = _pad_stack([s.class_probs for s in samples], R)
+    region_features = None
+    if all(s.region_features is not None for s in samples):
+        widths = {s.region_features.shape[-1] for s in samples}
+        if len(widths) != 1:
+            raise ValueError(f"a batch mixes region features of widths {sorted(widths)}")
+        region_features = _pad_stack([s.region_features.float() for s in samples], R)
 
     gt_union = gt_boxes = gt_box_mask = types = None
     if all(s.gt_boxes is not None for s in samples):
@@ -169,6 +179,7 @@ def collate(samples: list[GroundingSample]) -> GroundingBatch:
         proposal_scores=_pad_stack([s.proposal_scores.float() for s in samples], R),
         proposal_labels=labels,
         class_probs=class_probs,
+        region_features=region_features,
         gt_union=gt_union,
         gt_boxes=gt_boxes,
         gt_box_mask=gt_box_mask,

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ..boxes import xml_to_corners
-from ..predict import DEFAULT_GRID_ASPECT_RATIOS, DEFAULT_GRID_SCALES, DEFAULT_GRID_STRIDE  # issue 7
+from ..detection.grid import DEFAULT_GRID_ASPECT_RATIOS, DEFAULT_GRID_SCALES, DEFAULT_GRID_STRIDE
 from .base import GroundingDataModule, GroundingEntry
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 Proposals come from a detections source (a proposals file, or the detection cache that a
 :class:`~lightning_wsg.detection.DetectionCache` callback filled for these images) or,
-detector-free, from a dense multi-scale box grid (:func:`lightning_wsg.predict.box_grid`).
+detector-free, from a dense multi-scale box grid (:func:`lightning_wsg.detection.grid.box_grid`).
 
 Example:
     >>> records = read_predict_file("inputs.jsonl")  # doctest: +SKIP
@@ -19,9 +19,10 @@ from typing import Any
 import torch
 
 from ..detection.formats import DetectionStore
-from ..predict import PREDICT_SPLIT, PredictRecord, box_grid
-from .base import GroundingDataset, GroundingEntry, top_scored
+from ..detection.grid import box_grid
 from .batch import GroundingSample
+from .dataset import GroundingDataset, GroundingEntry, top_scored
+from .predict_file import PREDICT_SPLIT, PredictRecord
 
 __all__ = ["PredictDataset"]
 
@@ -32,12 +33,12 @@ class PredictDataset(GroundingDataset):
     """Sentences to ground in images never seen in training, as :class:`GroundingSample`.
 
     Args:
-        records: the parsed input lines (:func:`lightning_wsg.predict.read_predict_file`).
+        records: the parsed input lines (:func:`lightning_wsg.data.predict_file.read_predict_file`).
         image_size: images are resized to ``image_size x image_size``.
         detections: the proposals source, or ``None`` for the box grid. Images missing
             from it fall back to the box grid (with a warning).
         max_proposals: with detections, the top-scored proposals kept per image.
-        grid: keyword arguments of :func:`lightning_wsg.predict.box_grid`.
+        grid: keyword arguments of :func:`lightning_wsg.detection.grid.box_grid`.
         split: the split name carried by the samples.
     """
 

@@ -50,7 +50,7 @@ from typing import Literal
 import torch
 
 from ..boxes import coco_to_corners
-from ..predict import DEFAULT_GRID_ASPECT_RATIOS, DEFAULT_GRID_SCALES, DEFAULT_GRID_STRIDE  # issue 7
+from ..detection.grid import DEFAULT_GRID_ASPECT_RATIOS, DEFAULT_GRID_SCALES, DEFAULT_GRID_STRIDE
 from .base import GroundingDataModule, GroundingEntry
 
 __all__ = [

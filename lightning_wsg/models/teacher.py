@@ -63,6 +63,7 @@ from torch import Tensor, nn
 
 from ..lexicon.classes import MappingMatcher, WordNetMatcher, read_class_names
 from .embeddings import GloveEmbeddings, MiniLMEmbeddings
+from .towers import RecordsInitArgs
 
 __all__ = ["DEFAULT_MIN_MATCH", "Teacher", "head_word", "phrase_texts", "singular_forms"]
 
@@ -111,7 +112,7 @@ def _lru(cache: OrderedDict, key: str, compute, max_size: int = 100_000):
     return value
 
 
-class Teacher(nn.Module):
+class Teacher(RecordsInitArgs, nn.Module):
     """Teacher scores ``t(r, p)`` from detector classes matched to phrases; frozen.
 
     Defaults of ``min_match`` (similarities measured on common Flickr30K head nouns

