@@ -36,10 +36,9 @@ def test_people_reach_person(coco_report):
 
 
 def test_animals_reach_an_animal_class(coco_report):
-    # measured 0.885 on the test phrases (the target is 0.90): COCO-80 has no fish,
-    # donkey, camel or goat class; siblings one step away (goat -> sheep) are taught, further
-    # ones would teach "tie" for a shirt (README, "The teacher")
-    assert coco_report["animals"].right_kind / coco_report["animals"].phrases >= 0.88
+    # measured 0.902: COCO-80 has no fish, donkey, camel or goat class; siblings one step away
+    # (goat -> sheep) are taught, further ones would teach "tie" for a shirt (README, "The teacher")
+    assert coco_report["animals"].right_kind / coco_report["animals"].phrases >= 0.90
 
 
 def test_vehicles_reach_a_vehicle_class(coco_report):
@@ -82,7 +81,7 @@ def test_referring_expressions_name_the_referred_objects_category():
     expressions = refcoco_expressions(path)
     assert len(expressions) == 10_752
     wordnet = category_agreement(expressions, list(COCO80), Teacher("wordnet"))
-    # measured: 71.2% get a class, 65.1% the right one, precision 91.5%
+    # measured: 71.4% get a class, 65.3% the right one, precision 91.5%
     assert wordnet["right_class"] >= 0.63 and wordnet["precision"] >= 0.90
     glove = category_agreement(expressions[:3000], list(COCO80), Teacher("glove"))
     assert glove["right_class"] < 0.30  # the former matching: the last word is rarely the head

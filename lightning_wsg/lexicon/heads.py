@@ -128,8 +128,11 @@ def head_with_modifiers(text: str, wn: WordNetNouns | None = None) -> list[str]:
     at = len(chunk) - 1 - chunk[::-1].index(head)
     before: list[str] = []
     for word in reversed(chunk[max(0, at - 2) : at]):
-        if word in _NO_OBJECT or word in _POSSESSIVE:
-            break  # "second banana from left" is a banana, not WordNet's "second banana"
+        if word in _NO_OBJECT or word in _POSSESSIVE or wn.mainly_other_pos(word) == "a":
+            # "second banana from left" is a banana, not WordNet's "second banana"; "a white
+            # horse" a horse, not the White Horse (a class named in full, "hot dog", is
+            # matched as a whole name anyway)
+            break
         before.insert(0, word)
     return before + [head]
 
