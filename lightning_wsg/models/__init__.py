@@ -2,7 +2,8 @@
 
 Region towers (:class:`RegionTower`): :class:`RegionEncoder` (images: timm backbone +
 RoIAlign + MLP) and :class:`FeatureRegionEncoder` (precomputed per-box features + MLP).
-Phrase towers (:class:`PhraseTower`): :class:`PhraseEncoder` (transformers).
+Phrase towers (:class:`PhraseTower`): :class:`PhraseEncoder` (transformers) and
+:class:`LstmPhraseEncoder` (word vectors + LSTM + max pooling, the reference code's).
 
 Example:
     >>> from lightning_wsg.models import RegionEncoder, PhraseEncoder, Teacher
@@ -13,6 +14,7 @@ Example:
 
 from .embeddings import GloveEmbeddings, MiniLMEmbeddings, resolve_model_path
 from .feature_encoder import FeatureRegionEncoder
+from .lstm_phrase_encoder import LstmPhraseEncoder, WordVectors
 from .phrase_encoder import PhraseEncoder, span_token_indices
 from .region_encoder import RegionEncoder
 from .teacher import Teacher, phrase_texts
@@ -26,6 +28,8 @@ __all__ = [
     "RegionEncoder",
     "FeatureRegionEncoder",
     "PhraseEncoder",
+    "LstmPhraseEncoder",
+    "WordVectors",
     "span_token_indices",
     "Teacher",
     "phrase_texts",
