@@ -64,7 +64,8 @@ class GroundingDataModule(pl.LightningDataModule):
 
     Args:
         root: the annotation folder.
-        image_dir: the image folder.
+        image_dir: the image folder; may be left out (``None``) when the model's region tower
+            reads per-box features from ``detections`` instead of images.
         detections: the proposals file or detection-cache folder (see
             :func:`lightning_wsg.detection.open_detections`); ``None`` when a
             :class:`~lightning_wsg.detection.DetectionCache` callback supplies them (setup then
@@ -99,7 +100,7 @@ class GroundingDataModule(pl.LightningDataModule):
     def __init__(
         self,
         root: str | Path,
-        image_dir: str | Path,
+        image_dir: str | Path | None = None,
         detections: str | Path | None = None,
         vocabulary: str | Path | None = None,
         batch_size: int = 32,
@@ -132,7 +133,7 @@ class GroundingDataModule(pl.LightningDataModule):
             if isinstance(value, Path):  # load with torch.load(weights_only=True) (load_from_checkpoint)
                 self.hparams[key] = str(value)
         self.root = Path(root)
-        self.image_dir = Path(image_dir)
+        self.image_dir = Path(image_dir) if image_dir is not None else None
         self.detections = Path(detections) if detections is not None else None  # None: a DetectionCache supplies them
         self.vocabulary = Path(vocabulary) if vocabulary is not None else None
         self.batch_size = batch_size
@@ -188,9 +189,46 @@ class GroundingDataModule(pl.LightningDataModule):
         return self._store
 
     def _check_paths(self) -> None:
-        for what, path in (("dataset root", self.root), ("image folder", self.image_dir)):
-            if not path.is_dir():
+        image_dir = self.image_dir if self.reads_images() else None  # a feature tower reads no image
+        for what, path in (("dataset root", self.root), ("image folder", image_dir)):
+            if path is not None and not path.is_dir():
                 raise FileNotFoundError(f"{what} not found: {path}")
+
+    def _region_tower(self):
+        """The region tower of the model being trained or evaluated, when a trainer holds one."""
+        model = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
+        return getattr(model, "region_encoder", None)
+
+    def reads_images(self) -> bool:
+        """Whether samples carry images: not for a feature tower, nor without ``image_dir``."""
+        tower = self._region_tower()
+        if tower is not None and not getattr(tower, "reads_images", True):
+            return False
+        return self.image_dir is not None
+
+    def _check_features(self, dataset: GroundingDataset, split: str) -> None:
+        """Refuse features of another width than the model's, or a source without features."""
+        store = dataset.detections
+        if store.feature_dim is None:
+            raise ValueError(
+                f"split {split}: the model reads per-box features (or data.image_dir is not given), but "
+                f"{store.path} has none: give data.detections a bottom-up-attention TSV with its features column "
+                "or an HDF5 file of image_features, or data.image_dir with an image tower"
+            )
+        want = getattr(self._region_tower(), "feature_dim", None)
+        if want is not None and store.feature_dim != want:
+            example = dataset.entries[0].image_id if dataset.entries else "-"
+            raise DetectionFormatError(
+                f"{store.path}: features of width {store.feature_dim} (image {example}), but the model's feature "
+                f"tower takes {want} (model.region_encoder.init_args.feature_dim)"
+            )
+
+    def region_features(self, split: str):
+        """Each image's kept per-box features ``[R, dim]`` in ``split`` (once per image), for
+        statistics such as the feature tower's normalisation."""
+        dataset = self.datasets[split]
+        for image_id in dict.fromkeys(entry.image_id for entry in dataset.entries):
+            yield dataset.detections.features(image_id)[dataset.kept_proposals(image_id)]
 
     def _splits_for(self, stage: str | None) -> list[str]:
         if stage == "fit":
@@ -209,7 +247,8 @@ class GroundingDataModule(pl.LightningDataModule):
             return self._build_predict_dataset()
         # a plain mapping, not this datamodule's bound method: workers that are spawned
         # (not forked) then receive the paths instead of a pickled datamodule and trainer
-        paths = self.image_paths(split)
+        reads_images = self.reads_images()
+        paths = self.image_paths(split) if reads_images else {}
         dataset = GroundingDataset(
             self.entries(split),
             paths.__getitem__,
@@ -218,16 +257,20 @@ class GroundingDataModule(pl.LightningDataModule):
             image_size=self.image_size,
             max_proposals=self.max_proposals,
             train=split == self.train_split,
+            read_images=reads_images,
+            read_features=not reads_images and self.store.feature_dim is not None,
         )
         if len(dataset) == 0:
             raise ValueError(f"split {split}: no image-sentence pair left: no image has proposals in {self.store.path}")
-        used = {e.image_id for e in dataset.entries}
+        if not reads_images:
+            self._check_features(dataset, split)
+        used = {e.image_id for e in dataset.entries} if reads_images else set()
         missing = sorted(str(paths[i]) for i in used if not paths[i].is_file())
         if missing:
             raise FileNotFoundError(f"split {split}: {len(missing)} images not found: {examples(missing)}")
         if split == self.train_split:
             self._check_labels_for_distillation(dataset)
-        if self.verify_images:  # each rank reads its datasets' images; one bar is enough
+        if self.verify_images and reads_images:  # each rank reads its datasets' images; one bar is enough
             check_images(dataset, split, progress=self.trainer is None or self.trainer.is_global_zero)
         return dataset
 
@@ -275,6 +318,11 @@ class GroundingDataModule(pl.LightningDataModule):
         """``image_id -> image file`` of every image ``split``'s entries use (parsing it once)."""
         if split == PREDICT_SPLIT and self.predict_file is not None:
             return self._predict_dataset_for(None).image_paths()
+        if self.image_dir is None:
+            raise ValueError(
+                f"split {split}: its images are needed (an image tower, a detector, predict), but data.image_dir "
+                "is not given"
+            )
         image_ids = dict.fromkeys(entry.image_id for entry in self.entries(split))
         return {image_id: Path(self.image_path(image_id)) for image_id in image_ids}
 

@@ -34,6 +34,7 @@ __all__ = [
     "GroundingEntry",
     "check_images",
     "examples",
+    "original_size",
     "top_scored",
 ]
 
@@ -100,6 +101,9 @@ class GroundingDataset(Dataset[GroundingSample]):
             (kept in file order).
         train: training samples carry no ground truth (``gt_boxes`` and
             ``phrase_types`` are ``None``).
+        read_images: read each sample's image; ``False`` for a model that reads per-box
+            features instead (the sample's image is then a ``[3, 1, 1]`` placeholder).
+        read_features: attach the store's per-box features (``region_features``).
     """
 
     def __init__(
@@ -111,9 +115,15 @@ class GroundingDataset(Dataset[GroundingSample]):
         image_size: int = 512,
         max_proposals: int = 100,
         train: bool = False,
+        read_images: bool = True,
+        read_features: bool = False,
     ) -> None:
         if image_size < 1 or max_proposals < 1:
             raise ValueError(f"image_size and max_proposals must be >= 1, got {image_size}, {max_proposals}")
+        if read_features and detections.feature_dim is None:
+            raise ValueError(f"{detections.path}: the detections source has no per-box features")
+        self.read_images = read_images
+        self.read_features = read_features
         self.image_path = image_path
         self.detections = detections
         self.split = split
@@ -185,11 +195,27 @@ class GroundingDataset(Dataset[GroundingSample]):
             **fields,
         )
 
+    def kept_proposals(self, image_id: str) -> Tensor:
+        """Indices of the proposals an image's samples keep (the top-scored ``max_proposals``)."""
+        return top_scored(self.detections[image_id].scores, self.max_proposals)
+
     def __getitem__(self, index: int) -> GroundingSample:
         entry = self.entries[index]
-        image, size = self.load_image(entry)
         dets = self.detections[entry.image_id]
         keep = top_scored(dets.scores, self.max_proposals)
+        if self.read_images:
+            image, size = self.load_image(entry)
+        else:
+            image, size = torch.zeros(3, 1, 1), original_size(entry, dets)
+        features = None
+        if self.read_features:
+            features = self.detections.features(entry.image_id)
+            if features.shape[0] != len(dets):
+                raise ValueError(
+                    f"{self.detections.path}: image {entry.image_id}: {features.shape[0]} feature rows for "
+                    f"{len(dets)} boxes"
+                )
+            features = features[keep]
         return self.make_sample(
             entry,
             image,
@@ -198,9 +224,21 @@ class GroundingDataset(Dataset[GroundingSample]):
             proposal_scores=dets.scores[keep].float(),
             proposal_labels=[dets.labels[i] for i in keep.tolist()] if dets.labels is not None else None,
             class_probs=dets.class_probs[keep] if dets.class_probs is not None else None,
+            region_features=features,
             gt_boxes=None if self.train else entry.gt_boxes,
             phrase_types=None if self.train else entry.phrase_types,
         )
+
+
+def original_size(entry: GroundingEntry, dets) -> tuple[int, int]:
+    """An image's ``(width, height)`` without reading it: from the annotations, the detections
+    source, or else the extent of its boxes."""
+    if entry.image_size is not None:
+        return tuple(entry.image_size)
+    if getattr(dets, "image_size", None) is not None:
+        return tuple(dets.image_size)
+    extent = dets.boxes[:, 2:].max(dim=0).values.ceil().clamp(min=1)
+    return int(extent[0]), int(extent[1])
 
 
 def check_images(dataset: GroundingDataset, split: str, progress: bool = True) -> None:

@@ -352,7 +352,7 @@ class Flickr30kEntitiesDataModule(GroundingDataModule):
     Args:
         root: folder with ``Annotations/``, ``Sentences/``, ``train.txt``, ``val.txt``,
             ``test.txt`` (and optionally ``UNRELATED_CAPTIONS``).
-        image_dir: folder of ``<image_id>.jpg``.
+        image_dir: folder of ``<image_id>.jpg`` (``None`` with a feature tower: no image is read).
         detections: the proposals file (``None`` when a ``DetectionCache`` callback
             supplies them).
         unrelated_captions: pairs left out of training; default ``root/UNRELATED_CAPTIONS``
@@ -363,7 +363,7 @@ class Flickr30kEntitiesDataModule(GroundingDataModule):
     def __init__(
         self,
         root: str | Path,
-        image_dir: str | Path,
+        image_dir: str | Path | None = None,
         detections: str | Path | None = None,
         vocabulary: str | Path | None = None,
         batch_size: int = 32,

@@ -333,8 +333,9 @@ class RefCOCODataModule(GroundingDataModule):
     Args:
         root: the refer data folder, holding ``<dataset>/refs(<split_by>).p`` and
             ``<dataset>/instances.json``.
-        image_dir: the image folder; an image is ``image_dir/<file_name>`` with
-            ``file_name`` from ``instances.json`` (COCO: ``COCO_train2014_%012d.jpg``).
+        image_dir: the image folder (``None`` with a feature tower: no image is read); an image
+            is ``image_dir/<file_name>`` with ``file_name`` from ``instances.json`` (COCO:
+            ``COCO_train2014_%012d.jpg``).
         detections: the proposals file, records keyed by the image id as a string; ``None``
             when a :class:`~lightning_wsg.detection.DetectionCache` callback supplies them.
         dataset: ``refcoco``, ``refcoco+``, ``refcocog`` or ``refclef`` (ReferItGame).
@@ -355,7 +356,7 @@ class RefCOCODataModule(GroundingDataModule):
     def __init__(
         self,
         root: str | Path,
-        image_dir: str | Path,
+        image_dir: str | Path | None = None,
         detections: str | Path | None = None,
         dataset: str = "refcoco",
         split_by: str = "unc",

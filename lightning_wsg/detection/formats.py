@@ -15,12 +15,19 @@ Formats:
   vectors over a vocabulary) is optional and then needs a header record
   ``{"class_names": [...]}`` on the first line.
 * bottom-up-attention TSV (Visual Genome Faster R-CNN): tab-separated
-  ``image_id, image_w, image_h, num_boxes, boxes, features`` with base64 float32 arrays,
+  ``image_id, image_w, image_h, num_boxes, boxes, features`` with base64 float32 arrays
+  (``features``: ``num_boxes x dim``, read lazily, one image at a time),
   or a ten-field variant with ``objects_id`` (int64) and ``objects_conf`` (float32):
   either the LXMERT order ``img_id, img_h, img_w, objects_id, objects_conf, attrs_id,
   attrs_conf, num_boxes, boxes, features`` or the six fields followed by ``objects_id,
   objects_conf, attrs_id, attrs_conf``. Labels come from ``objects_id`` named through a
   vocabulary file (first synonym of each line).
+* HDF5 of the BAN / MAF pipelines (:mod:`lightning_wsg.detection.hdf5`): per-box features,
+  boxes and spatial features of every image, with a ``<split>_imgid2idx.pkl`` index.
+
+Sources with per-box features (the feature tower's input) report their width as
+``store.feature_dim`` and give an image's ``[N, dim]`` float32 block by
+``store.features(image_id)``, row ``i`` belonging to box ``i``.
 
 Example:
     >>> store = open_detections("proposals.jsonl")  # doctest: +SKIP
@@ -31,9 +38,7 @@ Example:
 from __future__ import annotations
 
 import base64
-import csv
 import json
-import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +76,7 @@ class Detections:
         scores: ``[N]`` float32 confidences (ones when the source has none).
         class_probs: optional ``[N, C]`` class-probability vectors over the store's
             ``class_names``.
+        image_size: the image's ``(width, height)`` when the source gives it.
     """
 
     image_id: str
@@ -78,6 +84,7 @@ class Detections:
     labels: list[str] | None
     scores: Tensor
     class_probs: Tensor | None = None
+    image_size: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
@@ -102,10 +109,15 @@ class Detections:
 
 
 class DetectionStore(Mapping[str, Detections]):
-    """Read-only mapping ``image_id -> Detections`` with the source's class names."""
+    """Read-only mapping ``image_id -> Detections`` with the source's class names.
+
+    Attributes:
+        feature_dim: the width of the source's per-box features, ``None`` when it has none.
+    """
 
     path: Path
     class_names: list[str] | None = None
+    feature_dim: int | None = None
 
     def __init__(self, path: str | Path, records: dict[str, Detections], class_names: list[str] | None = None):
         self.path = Path(path)
@@ -123,6 +135,13 @@ class DetectionStore(Mapping[str, Detections]):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, images={len(self)})"
+
+    def features(self, image_id: str) -> Tensor:
+        """The ``[N, feature_dim]`` float32 features of an image's boxes (row ``i``: box ``i``)."""
+        raise DetectionFormatError(
+            f"{self.path}: this detections source has no per-box features (the feature tower needs a "
+            "bottom-up-attention TSV with its features column, or an HDF5 file of image_features)"
+        )
 
 
 def _tensor(values, where: str, name: str, dtype=torch.float32) -> Tensor:
@@ -202,7 +221,7 @@ _TSV_LABEL_FIELDS = ["objects_id", "objects_conf", "attrs_id", "attrs_conf"]
 _LXMERT_FIELDS = ["image_id", "image_h", "image_w", *_TSV_LABEL_FIELDS, "num_boxes", "boxes", "features"]
 
 
-def _b64_array(text: str, dtype, where: str, name: str) -> np.ndarray:
+def _b64_array(text: str | bytes, dtype, where: str, name: str) -> np.ndarray:
     try:
         # validate: by default b64decode drops characters outside the alphabet instead of refusing them
         return np.frombuffer(base64.b64decode(text, validate=True), dtype=dtype)
@@ -211,7 +230,13 @@ def _b64_array(text: str, dtype, where: str, name: str) -> np.ndarray:
 
 
 class TsvDetections(DetectionStore):
-    """Boxes (and labels when ``objects_id`` is present) from a bottom-up-attention TSV.
+    """Boxes (and labels when ``objects_id`` is present) and per-box features from a
+    bottom-up-attention TSV.
+
+    Opening reads every row's boxes and labels and checks each row's ``features`` field for
+    its size (``num_boxes x dim`` float32, one ``dim`` for the whole file) without decoding it;
+    :meth:`features` decodes one image's block from its place in the file when asked, so a
+    30,000-image file of 2048-d features is never held in memory.
 
     Args:
         path: the TSV file.
@@ -224,18 +249,29 @@ class TsvDetections(DetectionStore):
         if not path.is_file():
             raise FileNotFoundError(f"detections file not found: {path}")
         vocab = read_vocabulary(vocabulary) if vocabulary is not None else None
-        csv.field_size_limit(sys.maxsize)
         records: dict[str, Detections] = {}
-        with path.open("r", encoding="utf-8", newline="") as fh:
-            for lineno, row in enumerate(csv.reader(fh, delimiter="\t"), 1):
-                if not row:
+        self._feature_at: dict[str, tuple[int, int, int]] = {}  # image id -> (offset, length, line)
+        dims: dict[int, tuple[int, str]] = {}  # feature width -> (first line, image) with it
+        offset = 0
+        with path.open("rb") as fh:
+            for lineno, raw in enumerate(fh, 1):
+                start, offset = offset, offset + len(raw)
+                line = raw.rstrip(b"\r\n")
+                if not line.strip():
                     continue
                 where = f"{path}:{lineno}"
+                try:
+                    row = line.decode("ascii").split("\t")
+                except UnicodeDecodeError:
+                    raise DetectionFormatError(f"{where}: not a bottom-up-attention TSV row (non-ASCII)") from None
                 if len(row) not in (6, 10):
-                    raise DetectionFormatError(f"{where}: expected 6 or 10 tab-separated fields, got {len(row)}")
+                    raise DetectionFormatError(
+                        f"{where}: expected 6 or 10 tab-separated fields, got {len(row)} (a truncated file?)"
+                    )
                 # ten fields: LXMERT order unless the fourth field is num_boxes (labels appended)
                 lxmert = len(row) == 10 and not row[3].strip().isdigit()
-                fields = dict(zip(_LXMERT_FIELDS if lxmert else _TSV_FIELDS + _TSV_LABEL_FIELDS, row))
+                names = _LXMERT_FIELDS if lxmert else _TSV_FIELDS + _TSV_LABEL_FIELDS
+                fields = dict(zip(names, row))
                 try:
                     n = int(fields["num_boxes"])
                 except ValueError:
@@ -257,20 +293,80 @@ class TsvDetections(DetectionStore):
                         if n and (ids.min() < 0 or ids.max() >= len(vocab)):
                             raise DetectionFormatError(f"{where}: objects_id outside the {len(vocab)}-class vocabulary")
                         labels = [vocab[i] for i in ids.tolist()]
+                size = _image_size(fields, where)
                 det = Detections(fields["image_id"], torch.from_numpy(boxes.copy()).reshape(n, 4), labels, scores)
+                det.image_size = size
                 det.validate(where)
                 if det.image_id in records:
                     raise DetectionFormatError(f"{where}: image {det.image_id} appears twice")
                 records[det.image_id] = det
+                if n:
+                    dim = _feature_width(fields["features"], n, f"{where} (image {det.image_id})")
+                    dims.setdefault(dim, (lineno, det.image_id))
+                    if len(dims) > 1:
+                        (d0, (l0, i0)), (d1, (l1, i1)) = list(dims.items())[:2]
+                        raise DetectionFormatError(
+                            f"{path}: features of {d0} values per box (line {l0}, image {i0}) and of {d1} "
+                            f"(line {l1}, image {i1}): one width per file"
+                        )
+                    position = names.index("features")
+                    before = sum(len(f) + 1 for f in row[:position])
+                    self._feature_at[det.image_id] = (start + before, len(fields["features"]), lineno)
         super().__init__(path, records, vocab)
+        self.feature_dim = next(iter(dims), None)
+        self._fh = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_fh"] = None  # each process opens the file again
+        return state
+
+    def features(self, image_id: str) -> Tensor:
+        image_id = str(image_id)
+        det = self[image_id]
+        if len(det) == 0:
+            return torch.zeros(0, self.feature_dim or 0)
+        offset, length, lineno = self._feature_at[image_id]
+        if self._fh is None:
+            self._fh = self.path.open("rb")
+        self._fh.seek(offset)
+        text = self._fh.read(length)
+        where = f"{self.path}:{lineno} (image {image_id})"
+        if len(text) != length:
+            raise DetectionFormatError(f"{where}: the file ended inside the features (changed since it was opened?)")
+        values = _b64_array(text, np.float32, where, "features")
+        return torch.from_numpy(values.copy()).reshape(len(det), -1)
+
+
+def _image_size(fields: dict[str, str], where: str) -> tuple[int, int] | None:
+    try:
+        return int(float(fields["image_w"])), int(float(fields["image_h"]))
+    except (KeyError, ValueError):
+        raise DetectionFormatError(
+            f"{where}: image_w / image_h are not numbers: {fields.get('image_w')!r}, {fields.get('image_h')!r}"
+        ) from None
+
+
+def _feature_width(text: str, n: int, where: str) -> int:
+    """Floats per box of a base64 features field, from its length alone (no decoding)."""
+    text = text.strip()
+    if len(text) % 4:
+        raise DetectionFormatError(f"{where}: the features field is not base64 (length {len(text)}; a truncated row?)")
+    size = len(text) // 4 * 3 - text[-2:].count("=")
+    if size % 4 or (size // 4) % n or size == 0:
+        raise DetectionFormatError(
+            f"{where}: the features field holds {size} bytes, not num_boxes={n} rows of float32 values"
+        )
+    return size // 4 // n
 
 
 def open_detections(path: str | Path, vocabulary: str | Path | None = None) -> DetectionStore:
     """Open any supported detections source by its path.
 
     ``*.jsonl`` / ``*.json`` -> :class:`JsonlDetections`; ``*.tsv`` -> :class:`TsvDetections`;
-    a detection-cache folder (one holding ``manifest.json``, written by
-    :class:`~lightning_wsg.detection.DetectionCache`) ->
+    ``*.h5`` / ``*.hdf5``, or a folder of them ->
+    :class:`~lightning_wsg.detection.hdf5.Hdf5Detections`; a detection-cache folder (one
+    holding ``manifest.json``, written by :class:`~lightning_wsg.detection.DetectionCache`) ->
     :class:`~lightning_wsg.detection.cache.CachedDetections`.
     """
     path = Path(path)
@@ -281,6 +377,10 @@ def open_detections(path: str | Path, vocabulary: str | Path | None = None) -> D
 
         if (path / MANIFEST).is_file():
             return CachedDetections(path)
+        if any(p.suffix.lower() in (".h5", ".hdf5") for p in path.iterdir()):
+            from .hdf5 import Hdf5Detections
+
+            return Hdf5Detections(path)
         settings = sorted(p.name for p in path.iterdir() if (p / MANIFEST).is_file())
         if settings:
             raise DetectionFormatError(
@@ -293,7 +393,11 @@ def open_detections(path: str | Path, vocabulary: str | Path | None = None) -> D
         return JsonlDetections(path)
     if suffix == ".tsv":
         return TsvDetections(path, vocabulary)
-    raise DetectionFormatError(f"{path}: unknown detections format (expected .jsonl or .tsv)")
+    if suffix in (".h5", ".hdf5"):
+        from .hdf5 import Hdf5Detections  # imports this module
+
+        return Hdf5Detections(path)
+    raise DetectionFormatError(f"{path}: unknown detections format (expected .jsonl, .tsv, .h5 or .hdf5)")
 
 
 def write_jsonl(path: str | Path, detections: Iterable[Detections], class_names: list[str] | None = None) -> None:

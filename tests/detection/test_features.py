@@ -1,0 +1,245 @@
+"""Per-box region features through the one detections reading path: bottom-up-attention TSV
+(base64 float32 ``features`` column) and the BAN / MAF HDF5 layout, with their bad inputs."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from helpers.cli import FLICKR_YAML, REPO, trainer_args
+from helpers.features import b64, features_of, write_hdf5, write_tsv, write_vocabulary
+from helpers.flickr import make_tiny_flickr
+from helpers.model import TINY_TEXT
+from helpers.trainer import quiet_trainer
+
+from lightning_wsg.cli import main
+from lightning_wsg.data import Flickr30kEntitiesDataModule
+from lightning_wsg.detection.formats import DetectionFormatError, TsvDetections, open_detections
+from lightning_wsg.detection.hdf5 import Hdf5Detections
+from lightning_wsg.grounding_module import GroundingModule
+from lightning_wsg.models import FeatureRegionEncoder, PhraseEncoder
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_flickr(tmp_path_factory.mktemp("tiny"), n_images=10, seed=3, split_sizes=(2, 2))
+
+
+@pytest.fixture(scope="module")
+def data(tiny):
+    return features_of(tiny.detections, tiny.sizes, dim=16)
+
+
+def test_tsv_features_are_read_one_image_at_a_time(tmp_path, data):
+    path = write_tsv(tmp_path / "f.tsv", data)
+    store = open_detections(path, write_vocabulary(tmp_path / "vocab.txt", data))
+    assert isinstance(store, TsvDetections) and store.feature_dim == 16
+    for image_id, d in data["images"].items():
+        det = store[image_id]
+        assert torch.equal(store.features(image_id), torch.from_numpy(d["features"]))
+        assert torch.equal(det.boxes, torch.from_numpy(d["boxes"])) and det.image_size == d["size"]
+        assert det.labels == [data["names"][i] for i in d["ids"]]
+    # the store travels to DataLoader workers without its open file
+    clone = pickle.loads(pickle.dumps(store))
+    assert clone._fh is None and torch.equal(clone.features(image_id), store.features(image_id))
+
+
+def test_hdf5_files_of_a_folder_form_one_store(tmp_path, data, tiny):
+    folder = tmp_path / "h5"
+    folder.mkdir()
+    train = tiny.splits["train"]
+    write_hdf5(folder / "train.hdf5", data, train)
+    write_hdf5(folder / "test.h5", data, [i for i in data["images"] if i not in train])
+    store = open_detections(folder)
+    assert isinstance(store, Hdf5Detections) and store.feature_dim == 16 and set(store) == set(data["images"])
+    for image_id, d in data["images"].items():
+        assert torch.equal(store.features(image_id), torch.from_numpy(d["features"]))
+        assert torch.equal(store[image_id].boxes, torch.from_numpy(d["boxes"]))
+        assert store[image_id].labels is None and store[image_id].image_size == d["size"]  # from spatial_features
+    single = open_detections(folder / "train.hdf5")
+    assert set(single) == set(train)
+    clone = pickle.loads(pickle.dumps(single))
+    assert torch.equal(clone.features(train[0]), single.features(train[0]))
+
+
+def _tsv_row(image_id="1", n=2, dim=4, feature_rows=None, size=("40", "30")) -> str:
+    boxes = np.array([[0, 0, 10, 10]] * n, np.float32)
+    feats = np.zeros((feature_rows if feature_rows is not None else n, dim), np.float32)
+    return "\t".join([image_id, *size, str(n), b64(boxes), b64(feats)])
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        # three rows of 5 for two boxes (three of 4 would read as two boxes of 6: the file-wide width catches it)
+        ([_tsv_row(feature_rows=3, dim=5)], r":1 \(image 1\): the features field holds 60 bytes, not num_boxes=2 rows"),
+        ([_tsv_row(), _tsv_row("2", feature_rows=3)], r"features of 4 values per box \(line 1, image 1\) and of 6"),
+        (
+            [_tsv_row(dim=4), _tsv_row("2", dim=5)],
+            r"features of 4 values per box \(line 1, image 1\) and of 5 \(line 2, image 2\)",
+        ),
+        (
+            [_tsv_row(), _tsv_row("2")[:-7]],
+            r":2 \(image 2\): the features field is not base64 \(length \d+; a truncated row\?\)",
+        ),
+        (
+            [_tsv_row(), _tsv_row("2").split("\t", 3)[0]],
+            r":2: expected 6 or 10 tab-separated fields, got 1 \(a truncated file\?\)",
+        ),
+        ([_tsv_row(size=("forty", "30"))], r":1: image_w / image_h are not numbers"),
+    ],
+)
+def test_tsv_feature_errors_name_the_file_the_line_and_the_image(tmp_path, rows, message):
+    path = tmp_path / "bad.tsv"
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(DetectionFormatError, match=rf"{path}{message}" if message.startswith(":") else message):
+        TsvDetections(path)
+
+
+def test_hdf5_errors_name_the_file_and_the_image(tmp_path, data):
+    import h5py
+
+    path = write_hdf5(tmp_path / "val.hdf5", data)
+    first = next(iter(data["images"]))
+    # truncated: the file cut in half
+    cut = tmp_path / "cut.hdf5"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    (tmp_path / "cut_imgid2idx.pkl").write_bytes((tmp_path / "val_imgid2idx.pkl").read_bytes())
+    with pytest.raises(DetectionFormatError, match=rf"{cut}: not a readable HDF5 file \(truncated or corrupt\?\)"):
+        Hdf5Detections(cut)
+    # an index row beyond pos_boxes
+    with (tmp_path / "val_imgid2idx.pkl").open("wb") as fh:
+        pickle.dump({int(first): 99}, fh)
+    with pytest.raises(
+        DetectionFormatError, match=rf"{path} \(index val_imgid2idx.pkl\): image {first}: row 99 outside"
+    ):
+        Hdf5Detections(path)
+    # pos_boxes past the feature rows
+    with (tmp_path / "val_imgid2idx.pkl").open("wb") as fh:
+        pickle.dump({int(first): 0}, fh)
+    with h5py.File(path, "r+") as f:
+        f["pos_boxes"][0] = [0, 10_000]
+    with pytest.raises(
+        DetectionFormatError, match=rf"image {first}: pos_boxes \[0, 10000\) outside the \d+ feature rows"
+    ):
+        Hdf5Detections(path)
+    # a truncated index, a missing index, features and boxes of different row counts
+    (tmp_path / "val_imgid2idx.pkl").write_bytes(b"\x80\x04\x95")
+    with pytest.raises(DetectionFormatError, match=r"val_imgid2idx.pkl: not a readable pickle"):
+        Hdf5Detections(path)
+    (tmp_path / "val_imgid2idx.pkl").unlink()
+    with pytest.raises(FileNotFoundError, match=r"val_imgid2idx.pkl is missing"):
+        Hdf5Detections(path)
+    with h5py.File(tmp_path / "rows.h5", "w") as f:
+        f["image_features"] = np.zeros((5, 4), np.float32)
+        f["image_bb"] = np.zeros((4, 4), np.float32)
+        f["pos_boxes"] = np.array([[0, 4]])
+    with pytest.raises(DetectionFormatError, match=r"rows.h5: image_features \(5, 4\) and image_bb \(4, 4\) disagree"):
+        Hdf5Detections(tmp_path / "rows.h5")
+
+
+def _feature_model(dim: int) -> GroundingModule:
+    return GroundingModule(
+        FeatureRegionEncoder(feature_dim=dim, hidden_dim=32, embed_dim=16, box_geometry=True),
+        PhraseEncoder("all-MiniLM-L6-v2", pretrained=False, config_overrides=TINY_TEXT, hidden_dim=32, embed_dim=16),
+        use_kd=False,
+    )
+
+
+def test_feature_mode_reads_no_image_and_normalises_with_training_statistics(tmp_path, tiny, data):
+    tsv = write_tsv(tmp_path / "f.tsv", data)
+    dm = Flickr30kEntitiesDataModule(tiny.root, None, str(tsv), batch_size=4, num_workers=0, max_proposals=5)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.images.shape[1:] == (3, 1, 1) and batch.region_features.shape[-1] == 16
+    assert batch.image_sizes[0].tolist() == list(tiny.sizes[batch.image_ids[0]])  # from the TSV's image_w/h
+    model = _feature_model(16)
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_val_batches=1, enable_checkpointing=False)
+    trainer.fit(model, datamodule=dm)
+    train_images = sorted({e.image_id for e in dm.datasets["train"].entries})
+    kept = torch.cat([dm.store.features(i)[dm.datasets["train"].kept_proposals(i)] for i in train_images])
+    region = model.region_encoder
+    assert int(region.feature_count) == len(kept)
+    assert torch.allclose(region.feature_mean, kept.mean(0), atol=1e-4)
+    assert torch.allclose(region.feature_std, kept.std(0, unbiased=False), atol=1e-4)
+    assert trainer.global_step > 0 and torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+def test_feature_mode_refuses_other_widths_and_sources_without_features(tmp_path, tiny, data):
+    tsv = write_tsv(tmp_path / "f.tsv", data)
+    trainer = quiet_trainer(tmp_path, max_epochs=1, enable_checkpointing=False)
+    dm = Flickr30kEntitiesDataModule(tiny.root, None, str(tsv), batch_size=4, num_workers=0)
+    with pytest.raises(
+        DetectionFormatError, match=rf"{tsv}: features of width 16 \(image \d+\), but the model's feature tower takes 8"
+    ):
+        trainer.fit(_feature_model(8), datamodule=dm)
+    dm = Flickr30kEntitiesDataModule(tiny.root, None, str(tiny.detections), batch_size=4, num_workers=0)
+    with pytest.raises(
+        ValueError, match=rf"{tiny.detections} has none: give data.detections a bottom-up-attention TSV"
+    ):
+        trainer.fit(_feature_model(16), datamodule=dm)
+    # features of an image the annotations do not know: the file and the image are named
+    extra = dict(data["images"])
+    extra["123"] = next(iter(data["images"].values()))
+    bad = write_tsv(tmp_path / "extra.tsv", {"images": extra, "names": data["names"]})
+    dm = Flickr30kEntitiesDataModule(tiny.root, None, str(bad), batch_size=4, num_workers=0)
+    with pytest.raises(DetectionFormatError, match=rf"{bad}: 1 detection records for images unknown .* image 123"):
+        dm.setup("fit")
+
+
+CKD_YAML = str(REPO / "cli_configs" / "model" / "ckd_features.yaml")
+
+
+def _ckd_args(tiny, detections, tmp_path, *extra: str) -> list[str]:
+    return [
+        "--config", FLICKR_YAML, "--config", CKD_YAML,
+        f"--data.root={tiny.root}", f"--data.detections={detections}",
+        "--model.region_encoder.feature_dim=16",
+        "--model.region_encoder.hidden_dim=32", "--model.region_encoder.embed_dim=16",
+        "--model.phrase_encoder.vectors=glove-6b-50d", "--model.phrase_encoder.hidden_size=16",
+        "--model.phrase_encoder.hidden_dim=32", "--model.phrase_encoder.embed_dim=16",
+        "--model.teacher.matching=lexical",
+        "--data.batch_size=4", "--data.num_workers=0",
+        *trainer_args(tmp_path), *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("source", ["tsv", "hdf5"])
+def test_lightning_fit_then_test_on_precomputed_features(tmp_path, tiny, data, source):
+    """``flickr.yaml`` + ``model/ckd_features.yaml`` end to end, no image folder, from each source."""
+    if source == "tsv":
+        detections = write_tsv(tmp_path / "vg.tsv", data)
+        extra = [f"--data.vocabulary={write_vocabulary(tmp_path / 'vocab.txt', data)}"]
+    else:  # the BAN / MAF layout: one file per split in a folder, no labels: InfoNCE only
+        (tmp_path / "h5").mkdir()
+        for split, ids in tiny.splits.items():
+            write_hdf5(tmp_path / "h5" / f"{split}.hdf5", data, ids)
+        detections, extra = tmp_path / "h5", ["--model.use_kd=false"]
+    fit = main(["fit", *_ckd_args(tiny, detections, tmp_path, *extra), "--trainer.max_epochs=2"])
+    assert fit.datamodule.image_dir is None and fit.trainer.global_step > 0
+    assert not fit.model.region_encoder.needs_preparation
+    metrics = fit.trainer.callback_metrics
+    assert "val/acc" in metrics and ("train/kd" in metrics) == (source == "tsv")
+    best = fit.trainer.checkpoint_callback.best_model_path
+    tested = main(["test", *_ckd_args(tiny, detections, tmp_path, *extra), f"--ckpt_path={best}"])
+    metrics = tested.trainer.callback_metrics
+    n = sum(len(e.phrase_spans) for e in tested.datamodule.datasets["test"].entries)
+    assert metrics["test/num_phrases"] == n > 0 and metrics["test/upper_bound"] == pytest.approx(1.0)
+    assert 0.0 <= float(metrics["test/acc"]) <= 1.0
+
+    # the checkpoint alone rebuilds both towers and their statistics; ground() takes features
+    model = GroundingModule.load_from_checkpoint(best, map_location="cpu")
+    assert type(model.phrase_encoder).__name__ == "LstmPhraseEncoder" and not model.region_encoder.needs_preparation
+    image_id = tiny.splits["test"][0]
+    d = data["images"][image_id]
+    out = model.ground(
+        d["size"], "[a man] next to [a dog]", proposals=d["boxes"], features=torch.from_numpy(d["features"])
+    )
+    assert [p["phrase"] for p in out] == ["a man", "a dog"]
+    assert all(p["box"] in [[round(v, 2) for v in b] for b in d["boxes"].tolist()] for p in out)
+    with pytest.raises(
+        ValueError, match="reads per-box features, not pixels: give ground\\(\\) the proposals and their features"
+    ):
+        model.ground(d["size"], "a man")
