@@ -6,8 +6,10 @@ The detectors are reached from the :class:`DetectionCache` callback alone; impor
 package imports neither MMDetection nor a detector model.
 """
 
-from .cache import CachedDetections, DetectorBackend, PrecomputedBackend, ShardedCache, file_digest, fingerprint
+from .backend import DetectorBackend, PrecomputedBackend
+from .cache import ShardedCache
 from .callback import DetectionCache
+from .digests import file_digest, fingerprint
 from .formats import (
     DetectionFormatError,
     Detections,
@@ -18,7 +20,9 @@ from .formats import (
     read_vocabulary,
     write_jsonl,
 )
+from .hdf5 import Hdf5Detections
 from .mmdet import MMDetectionBackend
+from .store import CachedDetections
 from .torchvision import TorchvisionBackend
 
 __all__ = [
@@ -28,6 +32,7 @@ __all__ = [
     "DetectionStore",
     "Detections",
     "DetectorBackend",
+    "Hdf5Detections",
     "JsonlDetections",
     "MMDetectionBackend",
     "PrecomputedBackend",

@@ -2,6 +2,10 @@
 
 A detector runs once per image and setting; its output lands here and every later fit,
 test and predict reads it through :func:`lightning_wsg.detection.open_detections`.
+This module is the writer (:class:`ShardedCache`); the shard format and the reader are in
+:mod:`~lightning_wsg.detection.store`, the detector interface in
+:mod:`~lightning_wsg.detection.backend`, digests and fingerprints in
+:mod:`~lightning_wsg.detection.digests` (their names are importable from here too).
 
 Layout (as :class:`~lightning_wsg.detection.DetectionCache` writes it; one folder per
 image collection and detector setting, the latter named by the setting's fingerprint)::
@@ -53,16 +57,28 @@ import os
 import socket
 import sys
 import time
-import uuid
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from .formats import DetectionFormatError, Detections, DetectionStore, open_detections, read_vocabulary
+from .backend import DetectorBackend, PrecomputedBackend, keep_top_boxes
+from .digests import atomic_write_text, file_digest, fingerprint, temp_name
+from .formats import DetectionFormatError, Detections
+from .store import (
+    _REDO,
+    CACHE_FORMAT,
+    MANIFEST,
+    SHARDS,
+    CachedDetections,
+    _check_manifest,
+    _parse_manifest,
+    _read_manifest,
+    _split,
+    pack_shard,
+    plan_shards,
+)
 
 __all__ = [
     "CACHE_FORMAT",
@@ -79,515 +95,9 @@ __all__ = [
 
 logger = logging.getLogger("lightning_wsg")
 
-#: bumped when the shard layout changes (part of every fingerprint)
-CACHE_FORMAT = 1
-MANIFEST = "manifest.json"
-SHARDS = "shards"
 _STALE_TEMP_S = 24 * 3600  # a temp file of another host older than this is removed
 
 
-# ------------------------------------------------------------------------------- digests
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-_DIGESTS: dict[tuple[str, int, int], str] = {}
-
-
-def file_digest(path: str | Path, memo: str | Path | None = None) -> str:
-    """SHA-256 of a file's contents, memoised by ``(path, size, mtime)``.
-
-    Args:
-        path: the file.
-        memo: a JSON file keeping digests between runs (a checkpoint of hundreds of MB is
-            then hashed once, not at every fit); ``None`` keeps them for this process only.
-    """
-    path = Path(path).resolve()
-    if not path.is_file():
-        raise FileNotFoundError(f"file not found: {path}")
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key in _DIGESTS:
-        return _DIGESTS[key]
-    memo_key = f"{key[0]}|{key[1]}|{key[2]}"
-    table: dict[str, str] = {}
-    if memo is not None:
-        memo = Path(memo)
-        try:
-            table = json.loads(memo.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            table = {}
-        if memo_key in table:
-            _DIGESTS[key] = table[memo_key]
-            return table[memo_key]
-    digest = _sha256(path)
-    _DIGESTS[key] = digest
-    if memo is not None:
-        table[memo_key] = digest
-        try:
-            memo.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write_text(memo, json.dumps(table, indent=1, sort_keys=True))
-        except OSError as err:  # a read-only cache still works
-            logger.debug("could not write the digest memo %s: %s", memo, err)
-    return digest
-
-
-def fingerprint(settings: Mapping[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of ``settings`` (keys sorted, no whitespace)."""
-    text = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = _temp_name(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-# ------------------------------------------------------------------------------- backends
-class DetectorBackend(ABC):
-    """A detector: ``(image_id, path)`` pairs in, :class:`Detections` out.
-
-    Construction must be cheap: the model is built in :meth:`load`, which the cache calls
-    only when some image lacks detections (test and predict on a filled cache never load
-    it). Subclasses set :attr:`name` and implement :meth:`settings`, :meth:`load` and
-    :meth:`detect`.
-
-    Attributes:
-        name: the backend's name (the cache folder's prefix).
-        batch_size: images per :meth:`detect` call.
-    """
-
-    name: str = "detector"
-    batch_size: int = 1
-
-    @abstractmethod
-    def settings(self, digest: Callable[[Path], str] = file_digest) -> dict[str, Any]:
-        """Everything that changes the output, as JSON-able values (files by ``digest``)."""
-
-    @abstractmethod
-    def load(self, device: torch.device | str | None = None) -> None:
-        """Build the model on ``device`` (``None``: the backend's own default)."""
-
-    @abstractmethod
-    def detect(self, images: Sequence[tuple[str, Path]]) -> list[Detections]:
-        """Detections of each ``(image_id, path)``, in order; called after :meth:`load`."""
-
-    @property
-    def class_names(self) -> list[str] | None:
-        """The detector's vocabulary (known after :meth:`load`), or ``None``."""
-        return None
-
-    @property
-    def loaded(self) -> bool:
-        """Whether :meth:`load` has built the model."""
-        return getattr(self, "_loaded", False)
-
-    def unload(self) -> None:
-        """Free the model (GPU memory goes back to training).
-
-        The default drops ``self._model`` and empties the CUDA cache when ``self._device``
-        is a GPU: what a backend that keeps its network there needs.
-        """
-        self._model = None
-        self._loaded = False
-        device = getattr(self, "_device", None)
-        if device is not None and torch.device(device).type == "cuda":
-            torch.cuda.empty_cache()
-
-    def versions(self) -> dict[str, str]:
-        """Versions of the packages the backend uses, for the manifest."""
-        return {}
-
-
-def keep_top_boxes(
-    image_id: str,
-    boxes: torch.Tensor,
-    scores: torch.Tensor,
-    labels: torch.Tensor,
-    class_names: Sequence[str],
-    nms_iou: float | None,
-    max_boxes: int,
-    class_probs: torch.Tensor | None = None,
-) -> Detections:
-    """A detector's raw output for one image as :class:`Detections`, best boxes first.
-
-    A class-agnostic NMS at ``nms_iou`` (``None``: none) after the detector's own
-    per-class NMS, so that one object is not proposed twice under two names, then the
-    ``max_boxes`` highest-scoring boxes (ties kept in input order).
-
-    Args:
-        image_id: the image's id.
-        boxes: ``[N, 4]`` corner boxes.
-        scores: ``[N]`` detection scores.
-        labels: ``[N]`` class indices into ``class_names``.
-        class_names: the detector's vocabulary.
-        nms_iou: IoU of the class-agnostic NMS, or ``None``.
-        max_boxes: boxes kept.
-        class_probs: optional ``[N, C]`` class probabilities of each box.
-    """
-    from torchvision.ops import nms
-
-    order = torch.argsort(scores, descending=True, stable=True)
-    if nms_iou is not None and len(order):
-        order = nms(boxes, scores, nms_iou)  # sorted by score
-    order = order[:max_boxes]
-    return Detections(
-        image_id,
-        boxes[order],
-        [class_names[j] for j in labels[order].tolist()],
-        scores[order],
-        class_probs[order] if class_probs is not None else None,
-    )
-
-
-class PrecomputedBackend(DetectorBackend):
-    """Imports a precomputed detections file (JSON Lines or bottom-up TSV) into the cache.
-
-    Images the file lacks are cached with zero boxes (the datasets then skip their pairs
-    and log it), so a file is read once per image set, not at every run.
-
-    Args:
-        path: the file (see :func:`lightning_wsg.detection.open_detections`).
-        vocabulary: a TSV's class vocabulary (for example ``vg_objects_vocab.txt``).
-        max_boxes: keep at most this many boxes per image, the top-scored ones
-            (``None``: all).
-    """
-
-    name = "precomputed"
-
-    def __init__(self, path: str | Path, vocabulary: str | Path | None = None, max_boxes: int | None = None) -> None:
-        self.path = Path(path)
-        self.vocabulary = Path(vocabulary) if vocabulary is not None else None
-        self.max_boxes = max_boxes
-        self.batch_size = 256
-        self._store: DetectionStore | None = None
-
-    def settings(self, digest: Callable[[Path], str] = file_digest) -> dict[str, Any]:
-        return {
-            "backend": self.name,
-            "file_sha256": digest(self.path),
-            "format": self.path.suffix.lower(),
-            "vocabulary_sha256": digest(self.vocabulary) if self.vocabulary is not None else None,
-            "max_boxes": self.max_boxes,
-        }
-
-    def load(self, device: torch.device | str | None = None) -> None:
-        self._store = store = open_detections(self.path, self.vocabulary)
-        first = next(iter(store.values()), None)
-        self._has_labels = first is not None and first.labels is not None
-        self._probs_width = None
-        if first is not None and first.class_probs is not None:
-            self._probs_width = len(store.class_names) if store.class_names else int(first.class_probs.shape[1])
-        self._loaded = True
-
-    def unload(self) -> None:
-        self._store = None
-        self._loaded = False
-
-    @property
-    def class_names(self) -> list[str] | None:
-        if self._store is not None:
-            return self._store.class_names
-        return read_vocabulary(self.vocabulary) if self.vocabulary is not None else None
-
-    def detect(self, images: Sequence[tuple[str, Path]]) -> list[Detections]:
-        assert self._store is not None, "load() first"
-        out = []
-        for image_id, _ in images:
-            det = self._store.get(image_id)
-            if det is None:  # cached as "no boxes": the datasets skip it and say so
-                width = self._probs_width
-                det = Detections(
-                    image_id,
-                    torch.zeros(0, 4),
-                    [] if self._has_labels else None,
-                    torch.zeros(0),
-                    torch.zeros(0, width) if width is not None else None,
-                )
-            elif self.max_boxes is not None and len(det) > self.max_boxes:
-                keep = torch.argsort(det.scores, descending=True, stable=True)[: self.max_boxes].sort().values
-                det = Detections(
-                    det.image_id,
-                    det.boxes[keep],
-                    [det.labels[i] for i in keep.tolist()] if det.labels is not None else None,
-                    det.scores[keep],
-                    det.class_probs[keep] if det.class_probs is not None else None,
-                )
-            out.append(det)
-        return out
-
-
-# --------------------------------------------------------------------------------- shards
-def pack_shard(detections: Sequence[Detections], class_names: Sequence[str] | None = None) -> dict[str, Any]:
-    """Flatten detections into one shard dict (see the module docstring).
-
-    ``class_names`` (the detector's vocabulary) seeds ``label_names`` so that label indices
-    are the detector's class indices; labels outside it are appended.
-    """
-    if not detections:
-        raise ValueError("a shard holds at least one image")
-    if any(not str(det.image_id) for det in detections):
-        raise ValueError("an image id is empty")
-    label_names: list[str] = list(class_names) if class_names is not None else []
-    label_index = {name: i for i, name in enumerate(label_names)}
-    offsets = [0]
-    labels: list[int] = []
-    has_labels = []
-    probs_width = None
-    for det in detections:
-        det.validate(f"detections of image {det.image_id}")
-        offsets.append(offsets[-1] + len(det))
-        has_labels.append(det.labels is not None)
-        if det.labels is None:
-            labels.extend([-1] * len(det))
-        else:
-            for name in det.labels:
-                if name not in label_index:
-                    label_index[name] = len(label_names)
-                    label_names.append(name)
-                labels.append(label_index[name])
-        if det.class_probs is not None and len(det):
-            width = int(det.class_probs.shape[1])
-            if probs_width is not None and width != probs_width:
-                raise ValueError(f"image {det.image_id}: class_probs of width {width}, others {probs_width}")
-            probs_width = width
-    with_probs = [det.class_probs is not None for det in detections]
-    if any(with_probs) and not all(with_probs):
-        raise ValueError("class_probs must be given for every image of a shard or for none")
-    total = offsets[-1]
-    boxes = [det.boxes.detach().reshape(-1, 4).float().cpu() for det in detections]
-    scores = [det.scores.detach().reshape(-1).float().cpu() for det in detections]
-    shard: dict[str, Any] = {
-        "format": CACHE_FORMAT,
-        "image_ids": _join([str(det.image_id) for det in detections], "image id"),
-        "offsets": torch.tensor(offsets, dtype=torch.int64),
-        "boxes": torch.cat(boxes) if total else torch.zeros(0, 4),
-        "scores": torch.cat(scores) if total else torch.zeros(0),
-        "labels": torch.tensor(labels, dtype=torch.int32),
-        "label_names": _join(label_names, "label"),
-        "has_labels": torch.tensor(has_labels, dtype=torch.bool),
-        "class_names": _join(class_names, "class name") if class_names is not None else None,
-        "class_probs": None,
-    }
-    if all(with_probs):
-        width = probs_width if probs_width is not None else (len(class_names) if class_names is not None else 0)
-        rows = [det.class_probs.detach().float().cpu().reshape(-1, width) for det in detections]
-        shard["class_probs"] = (
-            torch.cat(rows).to(torch.float16) if total else torch.zeros(0, width, dtype=torch.float16)
-        )
-    return shard
-
-
-def _join(names: Sequence[str], what: str) -> str:
-    """Names as one newline-joined string: one pickle opcode instead of one per name."""
-    bad = [n for n in names if "\n" in n]
-    if bad:
-        raise ValueError(f"a {what} contains a newline: {bad[0]!r}")
-    return "\n".join(names)
-
-
-def _split(text: str | None) -> list[str] | None:
-    if text is None:
-        return None
-    return text.split("\n") if text else []
-
-
-class _Shard:
-    """A loaded shard: memory-mapped arrays and per-image offsets."""
-
-    __slots__ = (
-        "boxes",
-        "class_names",
-        "class_probs",
-        "has_labels",
-        "image_ids",
-        "labels",
-        "offsets",
-        "path",
-        "scores",
-    )
-
-    def __init__(self, path: Path) -> None:
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
-                raise ValueError(f"not a format-{CACHE_FORMAT} shard")
-            self.image_ids: list[str] = _split(data["image_ids"])
-            self.offsets: list[int] = data["offsets"].tolist()
-            self.boxes: torch.Tensor = data["boxes"]
-            self.scores: torch.Tensor = data["scores"]
-            # one object array of names for the whole shard (-1, "no label", picks the final "");
-            # an image's labels are a slice of it
-            names = np.array([*_split(data["label_names"]), ""], dtype=object)
-            self.labels: np.ndarray = names[data["labels"].numpy()]
-            self.has_labels: list[bool] = data["has_labels"].tolist()
-            self.class_probs: torch.Tensor | None = data["class_probs"]
-            self.class_names: list[str] | None = _split(data["class_names"])
-            if len(self.offsets) != len(self.image_ids) + 1 or self.offsets[-1] != self.boxes.shape[0]:
-                raise ValueError("offsets disagree with the arrays")
-        except Exception as err:  # noqa: BLE001 - any unreadable shard is the same error
-            raise DetectionFormatError(
-                f"{path}: unreadable detection-cache shard ({type(err).__name__}: {err}); delete it and the "
-                "next run detects its images again"
-            ) from None
-        self.path = path
-
-    def get(self, row: int) -> Detections:
-        a, b = self.offsets[row], self.offsets[row + 1]
-        probs = self.class_probs[a:b].float() if self.class_probs is not None else None
-        return Detections(
-            self.image_ids[row],
-            self.boxes[a:b],
-            self.labels[a:b].tolist() if self.has_labels[row] else None,
-            self.scores[a:b],
-            probs,
-        )
-
-
-class CachedDetections(DetectionStore):
-    """A read-only :class:`DetectionStore` over one cache folder (see the module docstring).
-
-    Opening lists the complete shards and maps them into memory; ``store[image_id]``
-    slices the shard's arrays (no copy). Shards renamed into place after opening are seen
-    after :meth:`refresh`. Pickling (DataLoader workers with ``spawn``) carries the index
-    only; each process maps the shards again on first use.
-
-    Args:
-        path: the cache folder (the one holding ``manifest.json``).
-        only: restrict the store to these image ids (a dataset's view of a cache shared
-            with other datasets of the same images, e.g. RefCOCO and RefCOCOg on COCO).
-    """
-
-    def __init__(self, path: str | Path, only: Iterable[str] | None = None) -> None:
-        path = Path(path)
-        manifest_path = path / MANIFEST
-        if not manifest_path.is_file():
-            raise FileNotFoundError(f"not a detection-cache folder (no {MANIFEST}): {path}")
-        self.manifest: dict[str, Any] = _check_manifest(_read_manifest(manifest_path), manifest_path)
-        super().__init__(path, {}, self.manifest.get("class_names"))
-        self._shards: dict[str, _Shard] = {}
-        self._index: dict[str, tuple[str, int]] = {}
-        self._only = {str(i) for i in only} if only is not None else None
-        self.refresh()
-
-    def refresh(self) -> None:
-        """Pick up shards written since opening (complete shards only)."""
-        for shard_path in _shard_files(self.path / SHARDS):
-            if shard_path.name in self._shards:
-                continue
-            name = shard_path.name
-            shard = self._shards[name] = _Shard(shard_path)
-            index, only = self._index, self._only
-            for row, image_id in enumerate(shard.image_ids):
-                if image_id not in index and (
-                    only is None or image_id in only
-                ):  # an image in two shards (two jobs filling at once): first name wins
-                    index[image_id] = (name, row)
-            if self.class_names is None and shard.class_names is not None:
-                self.class_names = list(shard.class_names)
-
-    def _shard(self, name: str) -> _Shard:
-        shard = self._shards.get(name)
-        if shard is None:
-            shard = self._shards[name] = _Shard(self.path / SHARDS / name)
-        return shard
-
-    def __getitem__(self, image_id: str) -> Detections:
-        name, row = self._index[str(image_id)]
-        return self._shard(name).get(row)
-
-    def __contains__(self, image_id: object) -> bool:
-        return str(image_id) in self._index
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._index)
-
-    def __len__(self) -> int:
-        return len(self._index)
-
-    @property
-    def num_shards(self) -> int:
-        return len({name for name, _ in self._index.values()})
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_shards"] = {}  # mapped again in the receiving process
-        return state
-
-
-_REDO = "delete the folder {folder} and the next run with the DetectionCache callback detects its images again"
-
-
-def _parse_manifest(path: Path) -> dict[str, Any] | str:
-    """A cache folder's manifest, or what makes it unreadable."""
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:  # a half-written or hand-edited file
-        return f"not valid JSON: {err}"
-    return manifest if isinstance(manifest, dict) else f"a JSON {type(manifest).__name__}, not an object"
-
-
-def _read_manifest(path: Path) -> dict[str, Any]:
-    """A cache folder's manifest; :class:`DetectionFormatError` naming it when unreadable."""
-    manifest = _parse_manifest(path)
-    if isinstance(manifest, str):
-        raise DetectionFormatError(
-            f"{path}: unreadable detection-cache manifest ({manifest}); the next run with the DetectionCache "
-            f"callback of this detector setting writes it again from its shards, or delete the folder {path.parent}"
-        )
-    return manifest
-
-
-def _check_manifest(manifest: dict[str, Any], path: Path) -> dict[str, Any]:
-    """Refuse a manifest whose recorded settings do not hash to its fingerprint.
-
-    The shards were made by the settings the fingerprint names; settings edited afterwards
-    would describe a detector that never produced them.
-    """
-    settings, recorded = manifest.get("settings"), manifest.get("fingerprint")
-    if isinstance(settings, dict) and recorded is not None and fingerprint(settings) != recorded:
-        raise DetectionFormatError(
-            f"{path}: the recorded settings hash to {fingerprint(settings)[:16]}, not to the manifest's fingerprint "
-            f"{str(recorded)[:16]}: the manifest was edited by hand, so nothing says which detector made these "
-            "shards; " + _REDO.format(folder=path.parent)
-        )
-    return manifest
-
-
-def _shard_files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.suffix == ".pt" and not p.name.startswith("."))
-
-
-def plan_shards(image_ids: Sequence[str], shard_size: int, world_size: int = 1) -> list[list[str]]:
-    """Split ``image_ids`` into shards of at most ``shard_size`` images, at least one per rank.
-
-    Rank ``r`` takes shards ``r::world_size``; shards are smaller than ``shard_size`` when
-    that spreads a few missing images over every rank.
-    """
-    if shard_size < 1 or world_size < 1:
-        raise ValueError(f"shard_size and world_size must be >= 1, got {shard_size}, {world_size}")
-    ids = list(image_ids)
-    if not ids:
-        return []
-    size = min(shard_size, max(1, -(-len(ids) // world_size)))
-    return [ids[i : i + size] for i in range(0, len(ids), size)]
-
-
-# ---------------------------------------------------------------------------------- cache
 def _versions() -> dict[str, str]:
     import numpy
     import torchvision
@@ -686,7 +196,7 @@ class ShardedCache:
                 "updated": _now(),
                 "counts": {"images": 0, "boxes": 0, "shards": 0},
             }
-            _atomic_write_text(self.manifest_path, json.dumps(manifest, indent=1))
+            atomic_write_text(self.manifest_path, json.dumps(manifest, indent=1))
             if rebuilt:  # counts and class names from the shards already there
                 manifest = self.update_manifest()
         elif manifest.get("fingerprint") != self.fingerprint:
@@ -714,7 +224,7 @@ class ShardedCache:
         )
         if versions:
             manifest["versions"] = {**manifest.get("versions", {}), **dict(versions)}
-        _atomic_write_text(self.manifest_path, json.dumps(manifest, indent=1))
+        atomic_write_text(self.manifest_path, json.dumps(manifest, indent=1))
         store.class_names = names
         return manifest
 
@@ -746,7 +256,7 @@ class ShardedCache:
         shard = pack_shard(detections, class_names)
         path = self.shard_path(_split(shard["image_ids"]))
         self.shard_dir.mkdir(parents=True, exist_ok=True)
-        tmp = _temp_name(path)
+        tmp = temp_name(path)
         try:
             with tmp.open("wb") as fh:
                 torch.save(shard, fh)

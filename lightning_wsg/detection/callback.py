@@ -36,7 +36,10 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
-from .cache import CachedDetections, DetectorBackend, ShardedCache, file_digest, plan_shards
+from .backend import DetectorBackend
+from .cache import ShardedCache
+from .digests import file_digest
+from .store import CachedDetections, plan_shards
 
 __all__ = ["DetectionCache"]
 

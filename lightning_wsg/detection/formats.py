@@ -367,13 +367,13 @@ def open_detections(path: str | Path, vocabulary: str | Path | None = None) -> D
     ``*.h5`` / ``*.hdf5``, or a folder of them ->
     :class:`~lightning_wsg.detection.hdf5.Hdf5Detections`; a detection-cache folder (one
     holding ``manifest.json``, written by :class:`~lightning_wsg.detection.DetectionCache`) ->
-    :class:`~lightning_wsg.detection.cache.CachedDetections`.
+    :class:`~lightning_wsg.detection.store.CachedDetections`.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"detections not found: {path}")
     if path.is_dir():
-        from .cache import MANIFEST, CachedDetections  # cache.py imports this module
+        from .store import MANIFEST, CachedDetections  # store.py imports this module
 
         if (path / MANIFEST).is_file():
             return CachedDetections(path)

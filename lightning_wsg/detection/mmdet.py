@@ -40,7 +40,8 @@ from typing import Any
 
 import torch
 
-from .cache import DetectorBackend, file_digest, keep_top_boxes
+from .backend import DetectorBackend, keep_top_boxes
+from .digests import file_digest
 from .formats import Detections, read_vocabulary
 
 __all__ = ["MMDetectionBackend", "mmdet_config_path"]

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from .cache import DetectorBackend, file_digest, keep_top_boxes
+from .backend import DetectorBackend, keep_top_boxes
+from .digests import file_digest
 from .formats import Detections, read_vocabulary
 
 __all__ = ["TorchvisionBackend"]

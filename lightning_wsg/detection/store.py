@@ -1,0 +1,289 @@
+"""The detection cache's on-disk store: shard packing, the manifest, and the reader.
+
+:func:`pack_shard` turns detections into one shard's flat arrays, :class:`CachedDetections`
+reads a cache folder (memory-mapped shards) as a
+:class:`~lightning_wsg.detection.formats.DetectionStore`, and the manifest helpers check a
+folder against its fingerprint. The writer is :class:`~lightning_wsg.detection.cache.ShardedCache`
+(its module docstring describes the layout).
+
+Example:
+    >>> store = CachedDetections("cache/images-1a2b3c4d/torchvision-0123456789abcdef")  # doctest: +SKIP
+    >>> store["1000092795"].boxes.shape  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .digests import fingerprint
+from .formats import DetectionFormatError, Detections, DetectionStore
+
+__all__ = ["CACHE_FORMAT", "MANIFEST", "SHARDS", "CachedDetections", "pack_shard", "plan_shards"]
+
+#: bumped when the shard layout changes (part of every fingerprint)
+CACHE_FORMAT = 1
+MANIFEST = "manifest.json"
+SHARDS = "shards"
+
+
+def pack_shard(detections: Sequence[Detections], class_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Flatten detections into one shard dict (see the module docstring).
+
+    ``class_names`` (the detector's vocabulary) seeds ``label_names`` so that label indices
+    are the detector's class indices; labels outside it are appended.
+    """
+    if not detections:
+        raise ValueError("a shard holds at least one image")
+    if any(not str(det.image_id) for det in detections):
+        raise ValueError("an image id is empty")
+    label_names: list[str] = list(class_names) if class_names is not None else []
+    label_index = {name: i for i, name in enumerate(label_names)}
+    offsets = [0]
+    labels: list[int] = []
+    has_labels = []
+    probs_width = None
+    for det in detections:
+        det.validate(f"detections of image {det.image_id}")
+        offsets.append(offsets[-1] + len(det))
+        has_labels.append(det.labels is not None)
+        if det.labels is None:
+            labels.extend([-1] * len(det))
+        else:
+            for name in det.labels:
+                if name not in label_index:
+                    label_index[name] = len(label_names)
+                    label_names.append(name)
+                labels.append(label_index[name])
+        if det.class_probs is not None and len(det):
+            width = int(det.class_probs.shape[1])
+            if probs_width is not None and width != probs_width:
+                raise ValueError(f"image {det.image_id}: class_probs of width {width}, others {probs_width}")
+            probs_width = width
+    with_probs = [det.class_probs is not None for det in detections]
+    if any(with_probs) and not all(with_probs):
+        raise ValueError("class_probs must be given for every image of a shard or for none")
+    total = offsets[-1]
+    boxes = [det.boxes.detach().reshape(-1, 4).float().cpu() for det in detections]
+    scores = [det.scores.detach().reshape(-1).float().cpu() for det in detections]
+    shard: dict[str, Any] = {
+        "format": CACHE_FORMAT,
+        "image_ids": _join([str(det.image_id) for det in detections], "image id"),
+        "offsets": torch.tensor(offsets, dtype=torch.int64),
+        "boxes": torch.cat(boxes) if total else torch.zeros(0, 4),
+        "scores": torch.cat(scores) if total else torch.zeros(0),
+        "labels": torch.tensor(labels, dtype=torch.int32),
+        "label_names": _join(label_names, "label"),
+        "has_labels": torch.tensor(has_labels, dtype=torch.bool),
+        "class_names": _join(class_names, "class name") if class_names is not None else None,
+        "class_probs": None,
+    }
+    if all(with_probs):
+        width = probs_width if probs_width is not None else (len(class_names) if class_names is not None else 0)
+        rows = [det.class_probs.detach().float().cpu().reshape(-1, width) for det in detections]
+        shard["class_probs"] = (
+            torch.cat(rows).to(torch.float16) if total else torch.zeros(0, width, dtype=torch.float16)
+        )
+    return shard
+
+
+def _join(names: Sequence[str], what: str) -> str:
+    """Names as one newline-joined string: one pickle opcode instead of one per name."""
+    bad = [n for n in names if "\n" in n]
+    if bad:
+        raise ValueError(f"a {what} contains a newline: {bad[0]!r}")
+    return "\n".join(names)
+
+
+def _split(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    return text.split("\n") if text else []
+
+
+class _Shard:
+    """A loaded shard: memory-mapped arrays and per-image offsets."""
+
+    __slots__ = (
+        "boxes",
+        "class_names",
+        "class_probs",
+        "has_labels",
+        "image_ids",
+        "labels",
+        "offsets",
+        "path",
+        "scores",
+    )
+
+    def __init__(self, path: Path) -> None:
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
+                raise ValueError(f"not a format-{CACHE_FORMAT} shard")
+            self.image_ids: list[str] = _split(data["image_ids"])
+            self.offsets: list[int] = data["offsets"].tolist()
+            self.boxes: torch.Tensor = data["boxes"]
+            self.scores: torch.Tensor = data["scores"]
+            # one object array of names for the whole shard (-1, "no label", picks the final "");
+            # an image's labels are a slice of it
+            names = np.array([*_split(data["label_names"]), ""], dtype=object)
+            self.labels: np.ndarray = names[data["labels"].numpy()]
+            self.has_labels: list[bool] = data["has_labels"].tolist()
+            self.class_probs: torch.Tensor | None = data["class_probs"]
+            self.class_names: list[str] | None = _split(data["class_names"])
+            if len(self.offsets) != len(self.image_ids) + 1 or self.offsets[-1] != self.boxes.shape[0]:
+                raise ValueError("offsets disagree with the arrays")
+        except Exception as err:  # noqa: BLE001 - any unreadable shard is the same error
+            raise DetectionFormatError(
+                f"{path}: unreadable detection-cache shard ({type(err).__name__}: {err}); delete it and the "
+                "next run detects its images again"
+            ) from None
+        self.path = path
+
+    def get(self, row: int) -> Detections:
+        a, b = self.offsets[row], self.offsets[row + 1]
+        probs = self.class_probs[a:b].float() if self.class_probs is not None else None
+        return Detections(
+            self.image_ids[row],
+            self.boxes[a:b],
+            self.labels[a:b].tolist() if self.has_labels[row] else None,
+            self.scores[a:b],
+            probs,
+        )
+
+
+class CachedDetections(DetectionStore):
+    """A read-only :class:`DetectionStore` over one cache folder (see the module docstring).
+
+    Opening lists the complete shards and maps them into memory; ``store[image_id]``
+    slices the shard's arrays (no copy). Shards renamed into place after opening are seen
+    after :meth:`refresh`. Pickling (DataLoader workers with ``spawn``) carries the index
+    only; each process maps the shards again on first use.
+
+    Args:
+        path: the cache folder (the one holding ``manifest.json``).
+        only: restrict the store to these image ids (a dataset's view of a cache shared
+            with other datasets of the same images, e.g. RefCOCO and RefCOCOg on COCO).
+    """
+
+    def __init__(self, path: str | Path, only: Iterable[str] | None = None) -> None:
+        path = Path(path)
+        manifest_path = path / MANIFEST
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"not a detection-cache folder (no {MANIFEST}): {path}")
+        self.manifest: dict[str, Any] = _check_manifest(_read_manifest(manifest_path), manifest_path)
+        super().__init__(path, {}, self.manifest.get("class_names"))
+        self._shards: dict[str, _Shard] = {}
+        self._index: dict[str, tuple[str, int]] = {}
+        self._only = {str(i) for i in only} if only is not None else None
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Pick up shards written since opening (complete shards only)."""
+        for shard_path in _shard_files(self.path / SHARDS):
+            if shard_path.name in self._shards:
+                continue
+            name = shard_path.name
+            shard = self._shards[name] = _Shard(shard_path)
+            index, only = self._index, self._only
+            for row, image_id in enumerate(shard.image_ids):
+                if image_id not in index and (
+                    only is None or image_id in only
+                ):  # an image in two shards (two jobs filling at once): first name wins
+                    index[image_id] = (name, row)
+            if self.class_names is None and shard.class_names is not None:
+                self.class_names = list(shard.class_names)
+
+    def _shard(self, name: str) -> _Shard:
+        shard = self._shards.get(name)
+        if shard is None:
+            shard = self._shards[name] = _Shard(self.path / SHARDS / name)
+        return shard
+
+    def __getitem__(self, image_id: str) -> Detections:
+        name, row = self._index[str(image_id)]
+        return self._shard(name).get(row)
+
+    def __contains__(self, image_id: object) -> bool:
+        return str(image_id) in self._index
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    @property
+    def num_shards(self) -> int:
+        return len({name for name, _ in self._index.values()})
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_shards"] = {}  # mapped again in the receiving process
+        return state
+
+
+_REDO = "delete the folder {folder} and the next run with the DetectionCache callback detects its images again"
+
+
+def _parse_manifest(path: Path) -> dict[str, Any] | str:
+    """A cache folder's manifest, or what makes it unreadable."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:  # a half-written or hand-edited file
+        return f"not valid JSON: {err}"
+    return manifest if isinstance(manifest, dict) else f"a JSON {type(manifest).__name__}, not an object"
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """A cache folder's manifest; :class:`DetectionFormatError` naming it when unreadable."""
+    manifest = _parse_manifest(path)
+    if isinstance(manifest, str):
+        raise DetectionFormatError(
+            f"{path}: unreadable detection-cache manifest ({manifest}); the next run with the DetectionCache "
+            f"callback of this detector setting writes it again from its shards, or delete the folder {path.parent}"
+        )
+    return manifest
+
+
+def _check_manifest(manifest: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Refuse a manifest whose recorded settings do not hash to its fingerprint.
+
+    The shards were made by the settings the fingerprint names; settings edited afterwards
+    would describe a detector that never produced them.
+    """
+    settings, recorded = manifest.get("settings"), manifest.get("fingerprint")
+    if isinstance(settings, dict) and recorded is not None and fingerprint(settings) != recorded:
+        raise DetectionFormatError(
+            f"{path}: the recorded settings hash to {fingerprint(settings)[:16]}, not to the manifest's fingerprint "
+            f"{str(recorded)[:16]}: the manifest was edited by hand, so nothing says which detector made these "
+            "shards; " + _REDO.format(folder=path.parent)
+        )
+    return manifest
+
+
+def _shard_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix == ".pt" and not p.name.startswith("."))
+
+
+def plan_shards(image_ids: Sequence[str], shard_size: int, world_size: int = 1) -> list[list[str]]:
+    """Split ``image_ids`` into shards of at most ``shard_size`` images, at least one per rank.
+
+    Rank ``r`` takes shards ``r::world_size``; shards are smaller than ``shard_size`` when
+    that spreads a few missing images over every rank.
+    """
+    if shard_size < 1 or world_size < 1:
+        raise ValueError(f"shard_size and world_size must be >= 1, got {shard_size}, {world_size}")
+    ids = list(image_ids)
+    if not ids:
+        return []
+    size = min(shard_size, max(1, -(-len(ids) // world_size)))
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
