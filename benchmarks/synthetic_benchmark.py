@@ -1,17 +1,18 @@
-"""What distillation adds, measured on the built-in synthetic world (issue 5).
+"""What distillation adds, measured on the built-in synthetic world.
 
-On one world (the demo's, ``cli_configs/demo.yaml``) this trains and tests, through the
-``lightning`` CLI's own objects (``lightning_wsg.cli.main(..., run=False)``, then
-``trainer.fit`` and ``trainer.test`` on the best validation checkpoint):
+On one world (the demo's, ``cli_configs/demo.yaml``: captions say "toddler" and "puppy", the
+simulated detector "person" and "dog") this trains and tests, through the ``lightning`` CLI's
+own objects (``lightning_wsg.cli.main(..., run=False)``, then ``trainer.fit`` and
+``trainer.test`` on the best validation checkpoint), once per seed:
 
-(a) the full method (InfoNCE + distillation), (b) InfoNCE only (``model.use_kd=false``),
-(c) distillation only (``model.use_nce=false``), and (a') the full method distilling towards
-the teacher's own distribution (``model.kd_target=teacher``, METHOD.md's KL target) where the
-config distils towards teacher x student;
+(a) the full method as the paper has it (the config: InfoNCE + KL towards the teacher, WordNet
+class matching, the paper's temperatures, top-K and ramp), (b) InfoNCE only, (c) the full method
+with the former class matching (GloVe on the phrase's last word), (d) the ``product`` variant
+(KL towards teacher x student, with the settings the demo used before), and on request
+(e) distillation only;
 
-and scores two baselines without training: (d) a random proposal (the mean of 20 draws) and
-(e) the teacher alone (argmax over proposals of the teacher score ``t(r, p)`` from the
-detector's labels and scores, the same :class:`~lightning_wsg.models.Teacher` as training).
+and scores baselines without training: a random proposal (the mean of 20 draws) and the
+teacher alone (argmax over proposals of the teacher score ``t(r, p)``), with either matching.
 
 Writes ``<out>/synthetic.md`` (a markdown table: accuracy with the union box, any-box
 accuracy, pointing, training time), ``<out>/synthetic_val_acc.png`` (validation accuracy
@@ -22,8 +23,14 @@ right, unreachable, another category's object, another object of the phrase's ca
 
 Usage::
 
-    python benchmarks/synthetic_benchmark.py                       # the demo world, demo settings
-    python benchmarks/synthetic_benchmark.py --epochs 1 --num-train 64 --runs full   # a quick try
+    python benchmarks/synthetic_benchmark.py                       # every row, seeds 0 1 2
+    python benchmarks/synthetic_benchmark.py --runs full nce_only &   # rows split over processes:
+    python benchmarks/synthetic_benchmark.py --runs old_matching product   # then once more, all rows
+    python benchmarks/synthetic_benchmark.py --epochs 1 --num-train 64 --runs full --seeds 0   # a quick try
+
+Each trained run keeps its result in ``<work-dir>/<row>-seed<k>/result.json`` and is not
+trained again (``--retrain`` forces it), so parallel processes with disjoint ``--runs`` and
+an interrupted benchmark both resume; a last call with every row writes the tables.
 
 The full default run writes into ``benchmarks/results``; any other (fewer runs, overrides,
 another world) into ``<work-dir>/results`` unless ``--out`` says otherwise.
@@ -58,6 +65,11 @@ RUNS = {
         "full method, former matching (GloVe on the last word)",
         ["--model.teacher.matching=glove"],
     ),
+    "no_top_k": ("full method without the top-K restriction", ["--model.kd_top_k=null"]),
+    "spread": (
+        "full method, teacher spread over every confident box of its class, no top-K",
+        ["--model.kd_top_k=null", "--model.teacher.full_score=0.5"],
+    ),
     "product": (
         "variant: KL towards teacher x student (former demo settings)",
         [
@@ -71,7 +83,7 @@ RUNS = {
     ),
     "kd_only": ("distillation only", ["--model.use_nce=false"]),
 }
-DEFAULT_RUNS = ["full", "nce_only", "old_matching", "product"]
+DEFAULT_RUNS = ["full", "nce_only", "old_matching", "no_top_k", "spread", "product"]
 METRICS = ("acc", "acc_any", "pointing")
 
 
@@ -156,18 +168,18 @@ def baselines(args: argparse.Namespace) -> tuple[dict, tuple]:
     """The untrained baselines on the test split of the same world, and that split's
     ``(batches, objects)`` for the trained runs' error analysis."""
     cli = cli_main(_cli_args(args, args.work_dir / "baselines"), run=False)
-    dm, hp = cli.datamodule, cli.model.hparams
+    dm = cli.datamodule
     dm.prepare_data()
     dm.setup("test")
     loader = dm.test_dataloader()
     loader = loader[0] if isinstance(loader, list) else loader
     batches = list(loader)
     objects = read_objects(dm.root)
-    teacher = Teacher(matching=hp.teacher_matching, min_match=hp.teacher_min_match)
+    teacher = cli.model.teacher  # the config's teacher, as the full method trains with it
     old = Teacher(matching="glove")
     out = {
         "teacher": {
-            "label": f"teacher alone (argmax of t(r, p), {hp.teacher_matching} matching)",
+            "label": f"teacher alone (argmax of t(r, p), {teacher.matching} matching)",
             "test": evaluate_scores(batches, lambda b: teacher_scores(teacher, b)),
             "errors": error_kinds(batches, lambda b: teacher_scores(teacher, b), objects),
         },
