@@ -365,7 +365,8 @@ def open_detections(path: str | Path, vocabulary: str | Path | None = None) -> D
 
     ``*.jsonl`` / ``*.json`` -> :class:`JsonlDetections`; ``*.tsv`` -> :class:`TsvDetections`;
     ``*.h5`` / ``*.hdf5``, or a folder of them ->
-    :class:`~lightning_wsg.detection.hdf5.Hdf5Detections`; a detection-cache folder (one
+    :class:`~lightning_wsg.detection.hdf5.Hdf5Detections`; a native feature store (a folder
+    holding ``features.json``) -> :class:`~lightning_wsg.detection.native.NativeDetections`; a detection-cache folder (one
     holding ``manifest.json``, written by :class:`~lightning_wsg.detection.DetectionCache`) ->
     :class:`~lightning_wsg.detection.store.CachedDetections`.
     """
@@ -377,6 +378,10 @@ def open_detections(path: str | Path, vocabulary: str | Path | None = None) -> D
 
         if (path / MANIFEST).is_file():
             return CachedDetections(path)
+        from .native import NATIVE_MANIFEST, NativeDetections
+
+        if (path / NATIVE_MANIFEST).is_file():
+            return NativeDetections(path)
         if any(p.suffix.lower() in (".h5", ".hdf5") for p in path.iterdir()):
             from .hdf5 import Hdf5Detections
 

@@ -18,6 +18,7 @@ from lightning_wsg.cli import main
 from lightning_wsg.data import Flickr30kEntitiesDataModule
 from lightning_wsg.detection.formats import DetectionFormatError, TsvDetections, open_detections
 from lightning_wsg.detection.hdf5 import Hdf5Detections
+from lightning_wsg.detection.native import convert
 from lightning_wsg.grounding_module import GroundingModule
 from lightning_wsg.models import FeatureRegionEncoder, PhraseEncoder
 
@@ -206,12 +207,17 @@ def _ckd_args(tiny, detections, tmp_path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize("source", ["tsv", "hdf5"])
+@pytest.mark.parametrize("source", ["tsv", "hdf5", "native"])
 def test_lightning_fit_then_test_on_precomputed_features(tmp_path, tiny, data, source):
     """``flickr.yaml`` + ``model/ckd_features.yaml`` end to end, no image folder, from each source."""
     if source == "tsv":
         detections = write_tsv(tmp_path / "vg.tsv", data)
         extra = [f"--data.vocabulary={write_vocabulary(tmp_path / 'vocab.txt', data)}"]
+    elif source == "native":  # the TSV converted once; its labels travel with it
+        detections = convert(
+            write_tsv(tmp_path / "vg.tsv", data), tmp_path / "vg.native", write_vocabulary(tmp_path / "vocab.txt", data)
+        )
+        extra = []
     else:  # the BAN / MAF layout: one file per split in a folder, no labels: InfoNCE only
         (tmp_path / "h5").mkdir()
         for split, ids in tiny.splits.items():
@@ -221,7 +227,7 @@ def test_lightning_fit_then_test_on_precomputed_features(tmp_path, tiny, data, s
     assert fit.datamodule.image_dir is None and fit.trainer.global_step > 0
     assert not fit.model.region_encoder.needs_preparation
     metrics = fit.trainer.callback_metrics
-    assert "val/acc" in metrics and ("train/kd" in metrics) == (source == "tsv")
+    assert "val/acc" in metrics and ("train/kd" in metrics) == (source != "hdf5")
     best = fit.trainer.checkpoint_callback.best_model_path
     tested = main(["test", *_ckd_args(tiny, detections, tmp_path, *extra), f"--ckpt_path={best}"])
     metrics = tested.trainer.callback_metrics

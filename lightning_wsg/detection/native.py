@@ -1,0 +1,287 @@
+"""The native feature store: memory-mapped float16 shards with an index, for fast random reads.
+
+A bottom-up TSV decodes base64 per image and an HDF5 file goes through h5py's chunk cache;
+both are slow to read in random order. :func:`convert` copies any detections source with
+features (:func:`~lightning_wsg.detection.formats.open_detections`) once into this layout::
+
+    <folder>/
+      features.json            manifest: format, feature width, shard size, image and shard
+                               counts, class names, the source (path, size, mtime), dates
+      shards/<k>.npy           [rows, dim] float16, the features of the shard's images in order
+      shards/<k>.pt            the shard's index: image ids, row offsets, boxes, scores,
+                               label ids, image sizes
+
+Shard ``k`` holds the source's images ``k * shard_size ...`` in sorted id order; each is
+written to a temporary name, checked against the source (features equal after the float16
+rounding, boxes equal) and renamed into place, the index last. A killed conversion resumes at
+the first missing shard; a folder made from another source (or another shard size) is refused.
+:class:`NativeDetections` maps the shards (``numpy.load(mmap_mode="r")``): DataLoader workers
+share the page cache, and reading an image's features is one slice and one float32 cast.
+
+Example:
+    >>> convert("flickr30k_vg.tsv", "flickr30k_vg.native", vocabulary="vg_objects_vocab.txt")  # doctest: +SKIP
+    >>> store = open_detections("flickr30k_vg.native")  # a NativeDetections  # doctest: +SKIP
+    >>> store.features("1000092795").shape  # doctest: +SKIP
+    torch.Size([100, 2048])
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .digests import atomic_write_text, temp_name
+from .formats import DetectionFormatError, Detections, DetectionStore, open_detections
+
+__all__ = ["NATIVE_FORMAT", "NATIVE_MANIFEST", "NativeDetections", "convert"]
+
+NATIVE_FORMAT = 1
+NATIVE_MANIFEST = "features.json"
+_SHARDS = "shards"
+
+
+def _source_identity(path: Path) -> dict[str, Any]:
+    """What names a source: its resolved path, size and modification time (folders: their files')."""
+    path = path.resolve()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return {
+        "path": str(path),
+        "size": sum(p.stat().st_size for p in files),
+        "mtime_ns": max(p.stat().st_mtime_ns for p in files),
+    }
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / NATIVE_MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise DetectionFormatError(
+            f"{path}: unreadable native-store manifest ({err}); convert the source again"
+        ) from None
+    if not isinstance(manifest, dict) or manifest.get("format") != NATIVE_FORMAT:
+        raise DetectionFormatError(f"{path}: not a format-{NATIVE_FORMAT} native feature store")
+    return manifest
+
+
+def _write_shard(folder: Path, k: int, store: DetectionStore, image_ids: list[str], label_names: list[str]) -> None:
+    """Write shard ``k`` (features, then its index), each under a temporary name, checked, renamed."""
+    blocks, offsets, boxes, scores, labels, sizes = [], [0], [], [], [], []
+    lookup = {name: i for i, name in enumerate(label_names)}
+    for image_id in image_ids:
+        det = store[image_id]
+        feats = store.features(image_id) if len(det) else torch.zeros(0, store.feature_dim)
+        if feats.shape != (len(det), store.feature_dim):
+            raise DetectionFormatError(
+                f"{store.path}: image {image_id}: features {tuple(feats.shape)} for {len(det)} boxes of width "
+                f"{store.feature_dim}"
+            )
+        blocks.append(feats.numpy().astype(np.float16))
+        offsets.append(offsets[-1] + len(det))
+        boxes.append(det.boxes.float())
+        scores.append(det.scores.float())
+        labels.append(torch.tensor([lookup[x] for x in det.labels] if det.labels is not None else [-1] * len(det)))
+        sizes.append(list(det.image_size) if det.image_size is not None else [0, 0])
+    features = np.concatenate(blocks) if blocks else np.zeros((0, store.feature_dim), np.float16)
+    if not np.isfinite(features).all():
+        raise DetectionFormatError(
+            f"{store.path}: features of shard {k} overflow float16 (|x| > 65504) or are not finite"
+        )
+    index = {
+        "image_ids": list(image_ids),
+        "offsets": torch.tensor(offsets, dtype=torch.int64),
+        "boxes": torch.cat(boxes) if boxes else torch.zeros(0, 4),
+        "scores": torch.cat(scores) if scores else torch.zeros(0),
+        "labels": torch.cat(labels).to(torch.int32) if labels else torch.zeros(0, dtype=torch.int32),
+        "has_labels": torch.tensor([store[i].labels is not None for i in image_ids]),
+        "image_sizes": torch.tensor(sizes, dtype=torch.int64).reshape(-1, 2),
+    }
+    shards = folder / _SHARDS
+    npy, pt = shards / f"{k:06d}.npy", shards / f"{k:06d}.pt"
+    tmp_npy, tmp_pt = temp_name(npy).with_suffix(".npy"), temp_name(pt)
+    try:
+        np.save(tmp_npy, features)
+        torch.save(index, tmp_pt)
+        _check_shard(tmp_npy, tmp_pt, features, index, store)
+        os.replace(tmp_npy, npy)
+        os.replace(tmp_pt, pt)  # the index last: a shard counts once its index is in place
+    finally:
+        tmp_npy.unlink(missing_ok=True)
+        tmp_pt.unlink(missing_ok=True)
+
+
+def _check_shard(npy: Path, pt: Path, features: np.ndarray, index: dict[str, Any], store: DetectionStore) -> None:
+    """The written files read back against what was read from the source."""
+    written = torch.load(pt, weights_only=True)
+    same = (
+        np.array_equal(np.load(npy, mmap_mode="r"), features)
+        and written["image_ids"] == index["image_ids"]
+        and all(torch.equal(written[k], index[k]) for k in ("offsets", "boxes", "scores", "labels", "image_sizes"))
+    )
+    if not same:
+        raise DetectionFormatError(
+            f"{store.path}: a written shard ({npy.name}) disagrees with the source when read back"
+        )
+
+
+def convert(
+    source: str | Path,
+    folder: str | Path,
+    vocabulary: str | Path | None = None,
+    shard_size: int = 1024,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Convert a detections source with features into a native store (resumable).
+
+    Args:
+        source: a bottom-up TSV, an HDF5 file or folder, or anything :func:`open_detections` reads
+            that has features.
+        folder: the native store to write (created; a finished or partial one is resumed).
+        vocabulary: names the TSV's ``objects_id`` (as ``data.vocabulary``).
+        shard_size: images per shard.
+        progress: called with ``(shards done, shards in all)`` after each shard.
+
+    Returns:
+        The folder.
+
+    Raises:
+        DetectionFormatError: the source has no features, or the folder holds a conversion of
+            another source or shard size.
+    """
+    source, folder = Path(source), Path(folder)
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    store = open_detections(source, vocabulary)
+    if store.feature_dim is None:
+        raise DetectionFormatError(f"{source}: no per-box features to convert")
+    image_ids = sorted(store)
+    label_names = sorted({x for i in image_ids for x in (store[i].labels or [])})
+    if store.class_names:
+        label_names = list(dict.fromkeys([*store.class_names, *label_names]))
+    plan = [image_ids[i : i + shard_size] for i in range(0, len(image_ids), shard_size)]
+    settings = {
+        "format": NATIVE_FORMAT,
+        "source": _source_identity(source),
+        "vocabulary": str(Path(vocabulary).resolve()) if vocabulary is not None else None,
+        "feature_dim": store.feature_dim,
+        "dtype": "float16",
+        "shard_size": shard_size,
+        "num_images": len(image_ids),
+        "num_shards": len(plan),
+        "label_names": label_names,
+        "class_names": store.class_names,
+    }
+    manifest_path = folder / NATIVE_MANIFEST
+    if manifest_path.is_file():
+        old = _read_manifest(folder)
+        changed = [k for k in settings if old.get(k) != settings[k]]
+        if changed:
+            raise DetectionFormatError(
+                f"{folder}: a native store of another source or setting ({', '.join(changed)} differ); "
+                "convert into a new folder or delete this one"
+            )
+        manifest = old
+    else:
+        manifest = {**settings, "created": _now(), "complete": False}
+    (folder / _SHARDS).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
+    for k, ids in enumerate(plan):
+        if not (folder / _SHARDS / f"{k:06d}.pt").is_file():
+            _write_shard(folder, k, store, ids, label_names)
+        if progress is not None:
+            progress(k + 1, len(plan))
+    manifest.update(complete=True, finished=_now())
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
+    return folder
+
+
+class NativeDetections(DetectionStore):
+    """A native feature store (see the module docstring), read through memory maps.
+
+    Args:
+        folder: the store's folder (holding ``features.json``).
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        manifest = _read_manifest(folder)
+        if not manifest.get("complete"):
+            raise DetectionFormatError(
+                f"{folder}: an unfinished conversion ({manifest.get('num_shards')} shards planned); run the "
+                "converter again to finish it"
+            )
+        super().__init__(folder, {}, manifest.get("class_names"))
+        self.manifest = manifest
+        self.feature_dim = int(manifest["feature_dim"])
+        names = list(manifest["label_names"])
+        self._where: dict[str, tuple[int, int]] = {}  # image id -> (shard, position in it)
+        self._indexes: list[dict[str, Any]] = []
+        self._features: dict[int, np.ndarray] = {}
+        for k in range(int(manifest["num_shards"])):
+            path = folder / _SHARDS / f"{k:06d}.pt"
+            try:
+                index = torch.load(path, weights_only=True)
+            except (OSError, RuntimeError, EOFError) as err:
+                raise DetectionFormatError(f"{path}: unreadable shard index (truncated or corrupt?): {err}") from None
+            self._indexes.append(index)
+            for n, image_id in enumerate(index["image_ids"]):
+                self._where[image_id] = (k, n)
+        self._names = np.array([*names, ""], dtype=object)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_features"] = {}  # each process maps the shards again
+        return state
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def __contains__(self, image_id: object) -> bool:
+        return str(image_id) in self._where
+
+    def __getitem__(self, image_id: str) -> Detections:
+        k, n = self._where[str(image_id)]
+        index = self._indexes[k]
+        start, end = int(index["offsets"][n]), int(index["offsets"][n + 1])
+        labels = None
+        if bool(index["has_labels"][n]):
+            labels = self._names[index["labels"][start:end].numpy()].tolist()
+        width, height = (int(v) for v in index["image_sizes"][n])
+        return Detections(
+            str(image_id),
+            index["boxes"][start:end],
+            labels,
+            index["scores"][start:end],
+            image_size=(width, height) if width > 0 else None,
+        )
+
+    def _shard_features(self, k: int) -> np.ndarray:
+        array = self._features.get(k)
+        if array is None:
+            path = self.path / _SHARDS / f"{k:06d}.npy"
+            try:
+                array = self._features[k] = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as err:
+                raise DetectionFormatError(f"{path}: unreadable features (truncated or corrupt?): {err}") from None
+        return array
+
+    def features(self, image_id: str) -> Tensor:
+        k, n = self._where[str(image_id)]
+        offsets = self._indexes[k]["offsets"]
+        start, end = int(offsets[n]), int(offsets[n + 1])
+        return torch.from_numpy(self._shard_features(k)[start:end].astype(np.float32))
