@@ -58,6 +58,10 @@ class SyntheticWorldDataModule(Flickr30kEntitiesDataModule):
         persistent_workers: keep workers between epochs.
         predict_file, predict_proposals, grid_scales, grid_aspect_ratios, grid_stride:
             prediction on new images, see :class:`~lightning_wsg.data.GroundingDataModule`.
+        detections: another source of the world's proposals than its ``detections.jsonl``,
+            for example per-box features extracted from the world's images
+            (``python -m lightning_wsg.features extract``) for the feature tower.
+        vocabulary: names the class ids of a TSV ``detections``.
     """
 
     def __init__(
@@ -84,12 +88,15 @@ class SyntheticWorldDataModule(Flickr30kEntitiesDataModule):
         grid_scales: tuple[float, ...] = DEFAULT_GRID_SCALES,
         grid_aspect_ratios: tuple[float, ...] = DEFAULT_GRID_ASPECT_RATIOS,
         grid_stride: float = DEFAULT_GRID_STRIDE,
+        detections: str | Path | None = None,
+        vocabulary: str | Path | None = None,
     ) -> None:
         root = Path(root)
         super().__init__(
             root,
             root / "images",
-            root / "detections.jsonl",
+            detections if detections is not None else root / "detections.jsonl",
+            vocabulary=vocabulary,
             batch_size=batch_size,
             num_workers=num_workers,
             image_size=image_size,

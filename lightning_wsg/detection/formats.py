@@ -58,6 +58,7 @@ __all__ = [
     "open_detections",
     "read_vocabulary",
     "write_jsonl",
+    "write_tsv",
 ]
 
 
@@ -366,9 +367,9 @@ def open_detections(path: str | Path, vocabulary: str | Path | None = None) -> D
     ``*.jsonl`` / ``*.json`` -> :class:`JsonlDetections`; ``*.tsv`` -> :class:`TsvDetections`;
     ``*.h5`` / ``*.hdf5``, or a folder of them ->
     :class:`~lightning_wsg.detection.hdf5.Hdf5Detections`; a native feature store (a folder
-    holding ``features.json``) -> :class:`~lightning_wsg.detection.native.NativeDetections`; a detection-cache folder (one
-    holding ``manifest.json``, written by :class:`~lightning_wsg.detection.DetectionCache`) ->
-    :class:`~lightning_wsg.detection.store.CachedDetections`.
+    holding ``features.json``) -> :class:`~lightning_wsg.detection.native.NativeDetections`; a
+    detection-cache folder (one holding ``manifest.json``, written by
+    :class:`~lightning_wsg.detection.DetectionCache`) -> :class:`~lightning_wsg.detection.store.CachedDetections`.
     """
     path = Path(path)
     if not path.exists():
@@ -430,4 +431,43 @@ def write_jsonl(path: str | Path, detections: Iterable[Detections], class_names:
             if det.class_probs is not None:
                 rec["class_probs"] = [[round(float(p), 5) for p in row] for row in det.class_probs.tolist()]
             fh.write(json.dumps(rec) + "\n")
+    tmp.replace(path)
+
+
+def write_tsv(
+    path: str | Path, records: Iterable[tuple[Detections, np.ndarray]], class_names: list[str] | None = None
+) -> None:
+    """Write detections with per-box features as a bottom-up-attention TSV (atomically).
+
+    ``records``: ``(detections, [N, dim] features)`` per image. With ``class_names`` the rows
+    carry ``objects_id`` (each label's index in ``class_names``) and ``objects_conf`` (the
+    scores) after the six fields, so :class:`TsvDetections` names them through a vocabulary
+    file of ``class_names``; otherwise the six fields only.
+    """
+    path = Path(path)
+    index = {name: i for i, name in enumerate(class_names or [])}
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="ascii") as fh:
+        for det, features in records:
+            features = np.ascontiguousarray(features, dtype=np.float32)
+            if features.shape[0] != len(det):
+                raise ValueError(f"image {det.image_id}: {features.shape[0]} feature rows for {len(det)} boxes")
+            width, height = det.image_size or (0, 0)
+            fields = [
+                str(det.image_id), str(int(width)), str(int(height)), str(len(det)),
+                base64.b64encode(det.boxes.numpy().astype(np.float32).tobytes()).decode("ascii"),
+                base64.b64encode(features.tobytes()).decode("ascii"),
+            ]  # fmt: skip
+            if class_names is not None:
+                if det.labels is None:
+                    raise ValueError(f"image {det.image_id}: no labels to write as objects_id")
+                ids = np.array([index[label] for label in det.labels], dtype=np.int64)
+                n = len(det)
+                fields += [
+                    base64.b64encode(ids.tobytes()).decode("ascii"),
+                    base64.b64encode(det.scores.numpy().astype(np.float32).tobytes()).decode("ascii"),
+                    base64.b64encode(np.zeros(n, np.int64).tobytes()).decode("ascii"),
+                    base64.b64encode(np.zeros(n, np.float32).tobytes()).decode("ascii"),
+                ]
+            fh.write("\t".join(fields) + "\n")
     tmp.replace(path)

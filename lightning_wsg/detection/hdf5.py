@@ -34,7 +34,7 @@ from torch import Tensor
 
 from .formats import DetectionFormatError, Detections, DetectionStore
 
-__all__ = ["HDF5_SUFFIXES", "Hdf5Detections", "index_path"]
+__all__ = ["HDF5_SUFFIXES", "Hdf5Detections", "index_path", "write_hdf5"]
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
 
@@ -190,3 +190,38 @@ def _size_from_spatial(boxes: np.ndarray, spatial: np.ndarray) -> tuple[int, int
         if rel[2] > 0 and rel[3] > 0:
             return round(float(box[2] / rel[2])), round(float(box[3] / rel[3]))
     return None
+
+
+def write_hdf5(path: str | Path, records: list[tuple[Detections, np.ndarray]]) -> Path:
+    """Write detections with per-box features in the BAN / MAF layout, and the index beside it.
+
+    ``records``: ``(detections, [N, dim] features)`` per image; ``spatial_features`` is written
+    when every image has its ``image_size``. Numeric image ids are pickled as integers, as the
+    pipelines do.
+    """
+    h5py = _h5py()
+    path = Path(path)
+    feats, boxes, spatial, pos, index, row = [], [], [], [], {}, 0
+    for number, (det, features) in enumerate(records):
+        features = np.asarray(features, dtype=np.float32).reshape(len(det), -1)
+        bb = det.boxes.numpy().astype(np.float32)
+        if det.image_size is not None:
+            w, h = det.image_size
+            rel = bb / np.array([w, h, w, h], np.float32)
+            spatial.append(np.concatenate([rel, rel[:, 2:] - rel[:, :2]], axis=1))
+        feats.append(features)
+        boxes.append(bb)
+        pos.append([row, row + len(bb)])
+        row += len(bb)
+        key = str(det.image_id)
+        index[int(key) if key.isdigit() else key] = number
+    dim = feats[0].shape[1] if feats else 0
+    with h5py.File(path, "w") as f:
+        f.create_dataset("image_features", data=np.concatenate(feats) if feats else np.zeros((0, dim), np.float32))
+        f.create_dataset("image_bb", data=np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32))
+        if spatial and len(spatial) == len(boxes):
+            f.create_dataset("spatial_features", data=np.concatenate(spatial))
+        f.create_dataset("pos_boxes", data=np.array(pos, np.int64).reshape(-1, 2))
+    with index_path(path).open("wb") as fh:
+        pickle.dump(index, fh)
+    return path

@@ -200,6 +200,25 @@ class RegionEncoder(RegionTower):
             self._cache.popitem(last=False)
         return out
 
+    def pooled_features(
+        self, images: Tensor, roi_boxes: Tensor, proposal_mask: Tensor, keys: Sequence[str] | None = None
+    ) -> Tensor:
+        """The real proposals' pooled backbone features ``[N, width]`` (the MLP's input, in
+        ``proposal_mask`` order): RoIAlign per stage, then the box geometry when asked."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        levels = self.backbone_features(images, keys)
+        proposal_mask = proposal_mask.to(torch.bool)
+        pooled = []
+        for feats, scale in zip(levels, self.spatial_scales):
+            boxes = [b[m].to(feats.dtype) for b, m in zip(roi_boxes, proposal_mask)]
+            grid = roi_align(feats, boxes, output_size=self.roi_size, spatial_scale=scale, aligned=True)  # [N, C, k, k]
+            pooled.append(grid.flatten(1) if self.roi_pooling == "flatten" else grid.mean(dim=(2, 3)))
+        if self.box_geometry:
+            side = levels[0].shape[-1] / self.spatial_scales[0], levels[0].shape[-2] / self.spatial_scales[0]
+            pooled.append(box_geometry(torch.cat([b[m] for b, m in zip(roi_boxes, proposal_mask)]), *side))
+        return torch.cat(pooled, dim=1)
+
     def forward(
         self, images: Tensor, roi_boxes: Tensor, proposal_mask: Tensor, keys: Sequence[str] | None = None
     ) -> Tensor:
@@ -214,19 +233,8 @@ class RegionEncoder(RegionTower):
         Returns:
             ``[B, R, D]`` unit-norm features, zero rows for padding.
         """
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        levels = self.backbone_features(images, keys)
         proposal_mask = proposal_mask.to(torch.bool)
-        pooled = []
-        for feats, scale in zip(levels, self.spatial_scales):
-            boxes = [b[m].to(feats.dtype) for b, m in zip(roi_boxes, proposal_mask)]
-            grid = roi_align(feats, boxes, output_size=self.roi_size, spatial_scale=scale, aligned=True)  # [N, C, k, k]
-            pooled.append(grid.flatten(1) if self.roi_pooling == "flatten" else grid.mean(dim=(2, 3)))
-        if self.box_geometry:
-            side = levels[0].shape[-1] / self.spatial_scales[0], levels[0].shape[-2] / self.spatial_scales[0]
-            pooled.append(box_geometry(torch.cat([b[m] for b, m in zip(roi_boxes, proposal_mask)]), *side))
-        emb = F.normalize(self.mlp(torch.cat(pooled, dim=1)), dim=-1)
+        emb = F.normalize(self.mlp(self.pooled_features(images, roi_boxes, proposal_mask, keys)), dim=-1)
         out = emb.new_zeros(*proposal_mask.shape, emb.shape[-1])
         out[proposal_mask] = emb
         return out
