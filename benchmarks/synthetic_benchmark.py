@@ -82,8 +82,12 @@ RUNS = {
         ],
     ),
     "kd_only": ("distillation only", ["--model.use_nce=false"]),
+    "small": ("`flickr.yaml` + `model/small.yaml` (the paper's distillation, CPU towers)", []),
 }
-DEFAULT_RUNS = ["full", "nce_only", "old_matching", "no_top_k", "spread", "product"]
+# Rows trained from other configs than --config: the Flickr30K Entities datamodule reads the
+# world's files (it is written in that layout), with the dataset config's own settings.
+FLICKR_ROWS = {"small": ["cli_configs/flickr.yaml", "cli_configs/model/small.yaml"]}
+DEFAULT_RUNS = ["full", "nce_only", "old_matching", "no_top_k", "spread", "product", "small"]
 METRICS = ("acc", "acc_any", "pointing")
 
 
@@ -101,7 +105,15 @@ class ValAccuracy(Callback):
             self.history.append(float(trainer.callback_metrics["val/acc"]))
 
 
-def _cli_args(args: argparse.Namespace, run_dir: Path) -> list[str]:
+def _cli_args(args: argparse.Namespace, run_dir: Path, name: str | None = None) -> list[str]:
+    if name in FLICKR_ROWS:
+        world = args.world or _config_world(args.config)
+        out = [a for config in FLICKR_ROWS[name] for a in ("--config", str(REPO / config))]
+        out += [f"--trainer.default_root_dir={run_dir}", f"--data.root={world}", f"--data.image_dir={world / 'images'}"]
+        out += [f"--data.detections={world / 'detections.jsonl'}"]
+        if args.epochs is not None:
+            out.append(f"--trainer.max_epochs={args.epochs}")
+        return out + [a for a in args.override if not a.startswith("--data.num_")]
     out = ["--config", str(args.config), f"--trainer.default_root_dir={run_dir}"]
     out.append(f"--trainer.callbacks.dirpath={run_dir / 'checkpoints'}")
     if args.world:
@@ -111,6 +123,14 @@ def _cli_args(args: argparse.Namespace, run_dir: Path) -> list[str]:
     if args.epochs is not None:
         out.append(f"--trainer.max_epochs={args.epochs}")
     return out + list(args.override)
+
+
+def _config_world(config: Path) -> Path:
+    """The world folder a synthetic-world config names (``data.init_args.root``)."""
+    import yaml
+
+    root = yaml.safe_load(Path(config).read_text(encoding="utf-8"))["data"]["init_args"]["root"]
+    return Path(root)
 
 
 def train_and_test(name: str, extra: list[str], args: argparse.Namespace, test_set: tuple, seed: int) -> dict:
@@ -123,7 +143,7 @@ def train_and_test(name: str, extra: list[str], args: argparse.Namespace, test_s
     done = run_dir / "result.json"
     if done.is_file() and not args.retrain:
         return json.loads(done.read_text(encoding="utf-8"))
-    cli = cli_main([*_cli_args(args, run_dir), *extra, f"--seed_everything={seed}"], run=False)
+    cli = cli_main([*_cli_args(args, run_dir, name), *extra, f"--seed_everything={seed}"], run=False)
     recorder = ValAccuracy()
     cli.trainer.callbacks.append(recorder)
     start = time.perf_counter()

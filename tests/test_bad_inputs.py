@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 import pytest
-from helpers.cli import FLICKR_YAML, SMALL_YAML, data_args, tiny_model_args, trainer_args
+from helpers.cli import FLICKR_YAML, TINY_MODEL_YAML, data_args, tiny_model_args, trainer_args
 from helpers.flickr import TinyFlickr, make_tiny_flickr
 from helpers.model import tiny_model
 from helpers.trainer import quiet_trainer
@@ -151,7 +151,7 @@ def test_a_predict_file_naming_missing_images_is_refused(tiny, tmp_path):
 def _cli_args(tiny: TinyFlickr, tmp_path: Path, detections: Path | None = None) -> list[str]:
     return [
         "--config", FLICKR_YAML,
-        "--config", SMALL_YAML,
+        "--config", TINY_MODEL_YAML,
         *data_args(tiny.root, tiny.image_dir, detections or tiny.detections),
         *tiny_model_args(),
         *trainer_args(tmp_path),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.cli import FLICKR_YAML, REPO, SMALL_YAML, data_args, tiny_model_args, trainer_args
+from helpers.cli import FLICKR_YAML, REPO, TINY_MODEL_YAML, data_args, tiny_model_args, trainer_args
 
 from lightning_wsg.cli import main
 
@@ -18,7 +18,7 @@ def _common(tiny_flickr, tmp_path: Path) -> list[str]:
         "--config",
         FLICKR_YAML,
         "--config",
-        SMALL_YAML,
+        TINY_MODEL_YAML,
         *data_args(tiny_flickr.root, tiny_flickr.image_dir, tiny_flickr.detections),
         *tiny_model_args(),
         *trainer_args(tmp_path),
@@ -68,7 +68,7 @@ def test_stacked_configs_merge_into_the_data_init_args() -> None:
             "--config",
             FLICKR_YAML,
             "--config",
-            SMALL_YAML,
+            TINY_MODEL_YAML,
             "--data.root=r",
             "--data.image_dir=i",
             "--data.detections=d.jsonl",
@@ -76,8 +76,8 @@ def test_stacked_configs_merge_into_the_data_init_args() -> None:
         run=False,
     )
     assert type(cli.datamodule).__name__ == "Flickr30kEntitiesDataModule"
-    assert cli.datamodule.batch_size == 8 and cli.datamodule.image_size == 128  # from small.yaml
-    # small.yaml changes the towers' init_args and keeps their class_path and the other arguments
+    assert cli.datamodule.batch_size == 8 and cli.datamodule.image_size == 128  # from tiny_model.yaml
+    # tiny_model.yaml changes the towers' init_args and keeps their class_path and the other arguments
     region = cli.model.hparams.region_encoder
     assert region["class_path"].endswith("RegionEncoder") and region["init_args"]["backbone"] == "resnet18"
     assert region["init_args"]["roi_size"] == 7 and cli.model.region_encoder.embed_dim == 128
@@ -92,3 +92,21 @@ def test_console_script_and_module_entry_points() -> None:
         assert out.returncode == 0, out.stderr
         for sub in ("fit", "validate", "test", "predict"):
             assert sub in out.stdout
+
+
+def test_small_yaml_is_the_demos_cpu_towers_with_the_dataset_configs_distillation() -> None:
+    small = str(REPO / "cli_configs" / "model" / "small.yaml")
+    cli = main(
+        ["--config", FLICKR_YAML, "--config", small, "--data.root=r", "--data.image_dir=i", "--data.detections=d.jsonl"],
+        run=False,
+    )
+    region = cli.model.hparams.region_encoder["init_args"]
+    assert region["backbone"] == "tf_efficientnet_lite0" and region["freeze_backbone"] is True
+    assert region["pretrained_path"] == "efficientnet-lite0-imagenet" and region["roi_pooling"] == "flatten"
+    assert not any(p.requires_grad for p in cli.model.region_encoder.backbone.parameters())
+    assert not any(p.requires_grad for p in cli.model.phrase_encoder.text_model.parameters())
+    # the paper's distillation, as flickr.yaml has it
+    hp = cli.model.hparams
+    assert (hp.tau_student, hp.tau_teacher, hp.kd_top_k, hp.kd_target) == (1.0, 2.0, 8, "teacher")
+    assert hp.kd_weight_every == 500 and cli.model.teacher.matching == "wordnet"
+    assert cli.datamodule.batch_size == 32 and cli.datamodule.image_size == 128

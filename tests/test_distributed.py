@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.cli import FLICKR_YAML, REPO, SMALL_YAML, TINY_TEXT, data_args, tiny_model_args, trainer_args
+from helpers.cli import FLICKR_YAML, REPO, TINY_MODEL_YAML, TINY_TEXT, data_args, tiny_model_args, trainer_args
 from helpers.ddp import CASES, SPLITS, B, hand_loss, loss_and_grads, run_two_ranks
 from helpers.flickr import make_tiny_flickr
 from helpers.model import tiny_model
@@ -273,7 +273,7 @@ def test_trainer_fragments_compose(fragment: str, monkeypatch: pytest.MonkeyPatc
                      "SLURM_LOCALID": "0", "SLURM_JOB_ID": "1", "SLURM_NTASKS_PER_NODE": "2"}.items():  # fmt: skip
             monkeypatch.setenv(k, v)
     fragment_yaml = str(REPO / "cli_configs" / "trainer" / f"{fragment}.yaml")
-    args = ["--config", FLICKR_YAML, "--config", SMALL_YAML, "--config", fragment_yaml]
+    args = ["--config", FLICKR_YAML, "--config", TINY_MODEL_YAML, "--config", fragment_yaml]
     args += ["--data.root=r", "--data.image_dir=i", "--data.detections=d.jsonl", *tiny_model_args()]
     if fragment != "ddp_sim":  # GPU fragments on this CPU machine
         args += ["--trainer.accelerator=cpu", "--trainer.devices=2"]
@@ -305,7 +305,7 @@ def test_ddp_sim_fit_and_test_count_each_phrase_once(tmp_path: Path) -> None:
     """``lightning fit`` / ``test`` with 2 CPU processes: metrics synced, each phrase counted once."""
     tiny = make_tiny_flickr(tmp_path / "data", n_images=12, seed=0, split_sizes=(3, 3))  # 15 val, 15 test pairs
     common = [
-        "--config", FLICKR_YAML, "--config", SMALL_YAML, "--config", DDP_SIM_YAML,
+        "--config", FLICKR_YAML, "--config", TINY_MODEL_YAML, "--config", DDP_SIM_YAML,
         *data_args(tiny.root, tiny.image_dir, tiny.detections), *tiny_model_args(),
         "--data.image_size=32", "--data.batch_size=4", "--data.max_proposals=8",
         "--model.region_encoder.hidden_dim=32", "--model.region_encoder.embed_dim=16",

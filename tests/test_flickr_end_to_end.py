@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers.cli import FLICKR_YAML, SMALL_YAML, data_args, tiny_model_args, trainer_args
+from helpers.cli import FLICKR_YAML, TINY_MODEL_YAML, data_args, tiny_model_args, trainer_args
 from helpers.flickr import annotation_sizes, make_placeholder_images, write_gt_proposals
 
 from lightning_wsg.cli import main
@@ -28,7 +28,7 @@ def test_lightning_test_on_real_flickr_test_annotations(flickr_root: Path, tmp_p
             "--config",
             FLICKR_YAML,
             "--config",
-            SMALL_YAML,
+            TINY_MODEL_YAML,
             *data_args(flickr_root, images, detections),
             *tiny_model_args(),
             *trainer_args(tmp_path),

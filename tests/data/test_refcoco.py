@@ -41,7 +41,7 @@ from lightning_wsg.data.refcoco import (
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "cli_configs" / "refcoco.yaml"
-SMALL = REPO / "cli_configs" / "model" / "small.yaml"
+SMALL = REPO / "tests" / "configs" / "tiny_model.yaml"
 
 # --- datasets, split authors and splits --------------------------------------------------------
 

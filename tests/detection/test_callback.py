@@ -301,7 +301,7 @@ def test_cli_configs_stack_a_detector_fragment(tiny, tmp_path, monkeypatch):
         [
             "fit",
             "--config", str(configs / "flickr.yaml"),
-            "--config", str(configs / "model" / "small.yaml"),
+            "--config", str(REPO / "tests" / "configs" / "tiny_model.yaml"),
             "--config", str(configs / "detector" / "precomputed.yaml"),
             f"--data.init_args.root={tiny.root}",
             f"--data.init_args.image_dir={tiny.image_dir}",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 FLICKR_YAML = str(REPO / "cli_configs" / "flickr.yaml")
-SMALL_YAML = str(REPO / "cli_configs" / "model" / "small.yaml")
+TINY_MODEL_YAML = str(REPO / "tests" / "configs" / "tiny_model.yaml")
 DEMO_YAML = str(REPO / "cli_configs" / "demo.yaml")
 
 #: a small random text encoder on the offline MiniLM tokenizer (fast on CPU)
@@ -15,7 +15,7 @@ TINY_TEXT = json.dumps({"num_hidden_layers": 1, "hidden_size": 64, "num_attentio
 
 
 def tiny_model_args() -> list[str]:
-    """CLI overrides that make the model of ``model/small.yaml`` even smaller for tests."""
+    """CLI overrides that make the model of ``tests/configs/tiny_model.yaml`` even smaller for tests."""
     return [
         "--model.phrase_encoder.pretrained=false",
         f"--model.phrase_encoder.config_overrides={TINY_TEXT}",
