@@ -42,7 +42,7 @@ from torch import Tensor
 from .digests import atomic_write_text, temp_name
 from .formats import DetectionFormatError, Detections, DetectionStore, open_detections
 
-__all__ = ["NATIVE_FORMAT", "NATIVE_MANIFEST", "NativeDetections", "convert"]
+__all__ = ["NATIVE_FORMAT", "NATIVE_MANIFEST", "NativeDetections", "convert", "write_native"]
 
 NATIVE_FORMAT = 1
 NATIVE_MANIFEST = "features.json"
@@ -161,12 +161,32 @@ def convert(
         DetectionFormatError: the source has no features, or the folder holds a conversion of
             another source or shard size.
     """
-    source, folder = Path(source), Path(folder)
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    source = Path(source)
     store = open_detections(source, vocabulary)
     if store.feature_dim is None:
         raise DetectionFormatError(f"{source}: no per-box features to convert")
+    identity = {
+        "source": _source_identity(source),
+        "vocabulary": str(Path(vocabulary).resolve()) if vocabulary is not None else None,
+    }
+    return write_native(store, folder, identity, shard_size, progress)
+
+
+def write_native(
+    store: DetectionStore,
+    folder: str | Path,
+    identity: dict[str, Any],
+    shard_size: int = 1024,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Write any store with features as a native store (the body of :func:`convert`).
+
+    ``identity`` names the source in the manifest (a folder written from another identity is
+    refused); the other arguments are :func:`convert`'s.
+    """
+    folder = Path(folder)
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     image_ids = sorted(store)
     label_names = sorted({x for i in image_ids for x in (store[i].labels or [])})
     if store.class_names:
@@ -174,8 +194,7 @@ def convert(
     plan = [image_ids[i : i + shard_size] for i in range(0, len(image_ids), shard_size)]
     settings = {
         "format": NATIVE_FORMAT,
-        "source": _source_identity(source),
-        "vocabulary": str(Path(vocabulary).resolve()) if vocabulary is not None else None,
+        **identity,
         "feature_dim": store.feature_dim,
         "dtype": "float16",
         "shard_size": shard_size,
