@@ -382,7 +382,7 @@ class GroundingDataModule(pl.LightningDataModule):
         """``data.predict_file``'s sentences, else the test splits."""
         return self._loaders(self._splits_for("predict"))
 
-    def _predict_dataset_for(self, detections: DetectionStore | None):
+    def _predict_dataset_for(self, detections: DetectionStore | None, read_features: bool = False):
         if self._predict_records is None:
             self._predict_records = read_predict_file(self.predict_file)
         try:
@@ -392,11 +392,19 @@ class GroundingDataModule(pl.LightningDataModule):
                 detections=detections,
                 max_proposals=self.max_proposals,
                 grid=self.grid,
+                read_features=read_features,
             )
         except FileNotFoundError as err:  # name the file that lists them
             raise FileNotFoundError(f"{self.predict_file} (data.predict_file): {err}") from None
 
     def _build_predict_dataset(self):
+        tower = self._region_tower()
+        features = tower is not None and not getattr(tower, "reads_images", True)
+        if features and self.predict_proposals == "grid":
+            raise ValueError(
+                "the model reads per-box features: ground with data.predict_proposals=detections and a "
+                "data.detections source holding the new images' boxes and features (not the box grid)"
+            )
         if self.predict_proposals == "grid":
             return self._predict_dataset_for(None)
         store = self._store  # supplied by DetectionCache, or opened for an earlier stage
@@ -405,4 +413,4 @@ class GroundingDataModule(pl.LightningDataModule):
             if source is None:
                 raise RuntimeError(_NO_DETECTIONS)
             store = open_detections(source, self.vocabulary)  # not checked against the dataset's ids
-        return self._predict_dataset_for(store)
+        return self._predict_dataset_for(store, read_features=features)

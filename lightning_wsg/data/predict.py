@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from ..detection.formats import DetectionStore
 from ..detection.grid import box_grid
@@ -40,6 +41,8 @@ class PredictDataset(GroundingDataset):
         max_proposals: with detections, the top-scored proposals kept per image.
         grid: keyword arguments of :func:`lightning_wsg.detection.grid.box_grid`.
         split: the split name carried by the samples.
+        read_features: attach the detections' per-box features (a model that reads them and
+            no image); every image then needs its boxes and features in ``detections``.
     """
 
     def __init__(
@@ -50,6 +53,7 @@ class PredictDataset(GroundingDataset):
         max_proposals: int = 100,
         grid: dict[str, Any] | None = None,
         split: str = PREDICT_SPLIT,
+        read_features: bool = False,
     ) -> None:
         if image_size < 1 or max_proposals < 1:
             raise ValueError(f"image_size and max_proposals must be >= 1, got {image_size}, {max_proposals}")
@@ -76,8 +80,19 @@ class PredictDataset(GroundingDataset):
         missing = sorted(str(p) for p in set(self.paths.values()) if not p.is_file())
         if missing:
             raise FileNotFoundError(f"{len(missing)} images to ground not found: {', '.join(missing[:5])}")
+        self.read_features = read_features
         self.grid_ids: list[str] = []
-        if detections is not None:
+        if read_features:
+            if detections is None or detections.feature_dim is None:
+                where = detections.path if detections is not None else "no detections source"
+                raise ValueError(f"{where}: no per-box features to ground the new images with")
+            lacking = [i for i in self.paths if detections.get(i) is None or len(detections[i]) == 0]
+            if lacking:
+                raise ValueError(
+                    f"{detections.path}: no boxes and features for {len(lacking)} images to ground "
+                    f"(e.g. {', '.join(lacking[:5])})"
+                )
+        elif detections is not None:
             self.grid_ids = [i for i in self.paths if detections.get(i) is None or len(detections[i]) == 0]
             if self.grid_ids:
                 logger.warning(
@@ -101,6 +116,19 @@ class PredictDataset(GroundingDataset):
 
     def __getitem__(self, index: int) -> GroundingSample:
         entry = self.entries[index]
+        if self.read_features:
+            dets = self.detections[entry.image_id]
+            keep = top_scored(dets.scores, self.max_proposals)
+            with Image.open(self.paths[entry.image_id]) as img:  # the header only: the size
+                size = img.size
+            return self.make_sample(
+                entry,
+                torch.zeros(3, 1, 1),
+                size,
+                dets.boxes[keep].float(),
+                proposal_scores=torch.zeros(len(keep)),
+                region_features=self.detections.features(entry.image_id)[keep],
+            )
         image, size = self.load_image(entry)
         proposals = self.proposals(entry.image_id, *size)
         return self.make_sample(entry, image, size, proposals, proposal_scores=torch.zeros(len(proposals)))

@@ -249,3 +249,34 @@ def test_lightning_fit_then_test_on_precomputed_features(tmp_path, tiny, data, s
         ValueError, match="reads per-box features, not pixels: give ground\\(\\) the proposals and their features"
     ):
         model.ground(d["size"], "a man")
+
+
+def test_lightning_predict_with_the_feature_tower_reads_boxes_and_features(tmp_path, tiny, data):
+    import json
+
+    tsv = write_tsv(tmp_path / "f.tsv", data)
+    model = _feature_model(16)
+    store = open_detections(tsv)
+    model.region_encoder.prepare(store.features(i) for i in store)
+    ids = tiny.splits["test"][:2]
+    inputs = tmp_path / "inputs.jsonl"
+    inputs.write_text(
+        "".join(
+            json.dumps({"image": str(tiny.image_dir / f"{i}.jpg"), "sentence": "[a man] and [a dog]"}) + "\n"
+            for i in ids
+        )
+    )
+    dm = Flickr30kEntitiesDataModule(
+        tiny.root, None, str(tsv), predict_file=str(inputs), predict_proposals="detections", batch_size=2, num_workers=0
+    )
+    (out,) = quiet_trainer(tmp_path).predict(model, datamodule=dm)
+    assert [r["image_id"] for r in out] == ids
+    for record, image_id in zip(out, ids):
+        assert record["image_size"] == list(tiny.sizes[image_id])  # read from the image's header
+        boxes = [[round(v, 2) for v in b] for b in data["images"][image_id]["boxes"].tolist()]
+        assert len(record["phrases"]) == 2 and all(p["box"] in boxes for p in record["phrases"])
+    dm = Flickr30kEntitiesDataModule(tiny.root, None, str(tsv), predict_file=str(inputs), batch_size=2, num_workers=0)
+    with pytest.raises(
+        ValueError, match="the model reads per-box features: ground with data.predict_proposals=detections"
+    ):
+        quiet_trainer(tmp_path).predict(model, datamodule=dm)
