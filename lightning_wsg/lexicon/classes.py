@@ -83,9 +83,11 @@ class WordNetMatcher:
 
     * ``downward``: a class that is a kind of the noun ("an animal", "the vehicle" -> the
       dog or car boxes the detector saw);
-    * ``siblings > 0``: a class that shares a hypernym with the noun at most ``siblings``
-      steps up from both ("a donkey" -> horse, "a goat" -> sheep): the detector's nearest
-      name for an object its vocabulary lacks.
+    * ``siblings > 0``: a class one step below a hypernym of the noun at most ``siblings``
+      steps up ("a donkey" -> horse, "a goat" -> sheep, "a cart" -> bicycle: wheeled
+      vehicles), when that hypernym is specific (at least ``MIN_HUB_ANCESTORS`` hypernyms
+      above it, which keeps "organism" or "artifact" from joining a game to a person): the
+      detector's nearest name for an object its vocabulary lacks.
 
     Args:
         senses: how many of the head noun's most frequent senses are followed (1: only the
@@ -93,13 +95,15 @@ class WordNetMatcher:
         max_distance: classes further than this many hypernym steps are not reached
             (``None``: no limit; the nearest reachable class wins anyway).
         downward: also name classes that are kinds of the noun.
-        siblings: also name classes sharing a hypernym within this many steps (0: off).
+        siblings: steps up from the noun to a shared hypernym with a class one step below
+            it (0: off).
     """
 
     DOWN = 100.0
     SIBLING = 200.0
+    MIN_HUB_ANCESTORS = 7
 
-    def __init__(self, senses: int = 1, max_distance: int | None = None, downward: bool = True, siblings: int = 0) -> None:
+    def __init__(self, senses: int = 1, max_distance: int | None = None, downward: bool = True, siblings: int = 2) -> None:
         if senses < 1:
             raise ValueError(f"senses must be >= 1, got {senses}")
         if siblings < 0:
@@ -214,9 +218,9 @@ class WordNetMatcher:
                         out[c] = min(out[c], self.DOWN + steps)
         if self.siblings and all(d == INF for d in out):
             for synset, d in up.items():
-                if 0 < d <= self.siblings:
+                if 0 < d <= self.siblings and wn.ancestor_count(synset) >= self.MIN_HUB_ANCESTORS:
                     for c, steps in self._below.get(synset, []):
-                        if 0 < steps <= self.siblings:
+                        if steps == 1:
                             out[c] = min(out[c], self.SIBLING + d + steps)
 
 

@@ -147,6 +147,10 @@ class WordNetNouns:
             physical = sorted(untagged, key=lambda s: self._person in self._reach(s))[:1]
         return (physical or common)[:senses]
 
+    def ancestor_count(self, synset: int) -> int:
+        """How many hypernyms lie above a sense, on every path up to the root."""
+        return len(self._reach(synset)) - 1
+
     def is_generic(self, name: str) -> bool:
         """Whether a noun's main sense has at most 4 hypernyms above it ("object", "artifact")."""
         return any(len(self._reach(s)) <= 5 for lemma in self.base_forms(name) for s in self.main_senses(lemma))

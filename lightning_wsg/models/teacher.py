@@ -147,8 +147,8 @@ class Teacher(RecordsInitArgs, nn.Module):
             ``mapping_file`` is checked against; required with ``"mapping"``.
         wordnet_senses: how many of a head noun's main senses the ``"wordnet"`` matching follows.
         wordnet_siblings: when no class is the noun, a hypernym or a kind of it, the
-            ``"wordnet"`` matching names a class sharing a hypernym at most this many steps up
-            from both ("donkey" -> horse); 0: off.
+            ``"wordnet"`` matching names a class one step below a specific hypernym at most
+            this many steps above the noun ("donkey" -> horse, "cart" -> bicycle); 0: off.
     """
 
     def __init__(
@@ -164,7 +164,7 @@ class Teacher(RecordsInitArgs, nn.Module):
         mapping_file: str | None = None,
         vocabulary: list[str] | str | None = None,
         wordnet_senses: int = 1,
-        wordnet_siblings: int = 1,
+        wordnet_siblings: int = 2,
     ) -> None:
         super().__init__()
         if matching not in DEFAULT_MIN_MATCH:
