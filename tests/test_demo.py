@@ -4,27 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from helpers.cli import DEMO_YAML, TINY_TEXT
+from helpers.cli import TINY_TEXT, demo_args
 
 from lightning_wsg.cli import main
 
 
 def _args(tmp_path: Path) -> list[str]:
     return [
-        "--config",
-        DEMO_YAML,
-        f"--trainer.default_root_dir={tmp_path}",
-        f"--trainer.callbacks.dirpath={tmp_path / 'checkpoints'}",
-        "--trainer.enable_model_summary=false",
-        "--trainer.max_epochs=1",
-        f"--data.root={tmp_path / 'world'}",
-        "--data.num_train=24",
-        "--data.num_val=8",
-        "--data.num_test=8",
+        *demo_args(tmp_path, epochs=1, num_train=24, num_val=8, num_test=8),
         "--data.world_image_size=64",
         "--data.image_size=64",
         "--data.batch_size=8",
-        "--data.num_workers=0",
         f"--model.phrase_encoder.config_overrides={TINY_TEXT}",
         "--model.phrase_encoder.hidden_dim=32",
         "--model.phrase_encoder.embed_dim=16",

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from helpers.cli import DEMO_YAML
+from helpers.cli import demo_args
 
 from lightning_wsg.baselines import evaluate_scores, random_scores, teacher_scores
 from lightning_wsg.cli import main
@@ -26,19 +26,7 @@ MARGIN_OVER_RANDOM = 0.40
 
 
 def _args(tmp_path: Path) -> list[str]:
-    return [
-        "--config",
-        DEMO_YAML,
-        f"--trainer.default_root_dir={tmp_path}",
-        f"--trainer.callbacks.dirpath={tmp_path / 'checkpoints'}",
-        "--trainer.enable_model_summary=false",
-        "--trainer.max_epochs=3",
-        f"--data.root={tmp_path / 'world'}",
-        "--data.num_train=480",
-        "--data.num_val=40",
-        "--data.num_test=60",
-        "--data.num_workers=0",
-    ]
+    return demo_args(tmp_path, epochs=3, num_train=480, num_val=40, num_test=60)
 
 
 def test_a_short_fit_beats_the_teacher_alone_and_random_boxes(tmp_path: Path) -> None:

@@ -37,3 +37,20 @@ def trainer_args(tmp: Path) -> list[str]:
         "--trainer.enable_model_summary=false",
         "--trainer.num_sanity_val_steps=0",
     ]
+
+
+def demo_args(tmp: Path, epochs: int, num_train: int, num_val: int, num_test: int) -> list[str]:
+    """The demo config on a small world of its own in ``tmp``, checkpoints beside it."""
+    return [
+        "--config",
+        DEMO_YAML,
+        f"--trainer.default_root_dir={tmp}",
+        f"--trainer.callbacks.dirpath={tmp / 'checkpoints'}",
+        "--trainer.enable_model_summary=false",
+        f"--trainer.max_epochs={epochs}",
+        f"--data.root={tmp / 'world'}",
+        f"--data.num_train={num_train}",
+        f"--data.num_val={num_val}",
+        f"--data.num_test={num_test}",
+        "--data.num_workers=0",
+    ]
