@@ -96,7 +96,9 @@ def flickr_phrases(root: str | Path, split: str) -> list[tuple[str, list[str]]]:
                     texts[wanted[member.name]] = io.TextIOWrapper(tar.extractfile(member), encoding="utf-8").read()
         missing = sorted(set(ids) - texts.keys())
         if missing:
-            raise FileNotFoundError(f"{root / 'annotations.tar.gz'} has no Sentences/{missing[0]}.txt ({len(missing)} missing)")
+            raise FileNotFoundError(
+                f"{root / 'annotations.tar.gz'} has no Sentences/{missing[0]}.txt ({len(missing)} missing)"
+            )
     else:
         raise FileNotFoundError(f"{root} has neither Sentences/ nor annotations.tar.gz")
     out = []
@@ -120,7 +122,7 @@ class TypeCoverage:
     wrong_examples: Counter = field(default_factory=Counter)
 
     def as_dict(self, top: int = 5) -> dict:
-        share = lambda n: n / self.phrases if self.phrases else 0.0  # noqa: E731
+        share = lambda n: n / self.phrases if self.phrases else 0.0
         return {
             "phrases": self.phrases,
             "with_class": share(self.with_class),
@@ -172,7 +174,9 @@ def category_agreement(expressions: list[tuple[str, str]], class_names: list[str
     """How often the teacher's class is the referred object's own category (COCO names)."""
     unique = sorted({text for text, _ in expressions})
     nearest = teacher.nearest_classes(class_names, unique)
-    mapped = {text: {class_names[c] for c in torch.nonzero(nearest[:, u]).flatten().tolist()} for u, text in enumerate(unique)}
+    mapped = {
+        text: {class_names[c] for c in torch.nonzero(nearest[:, u]).flatten().tolist()} for u, text in enumerate(unique)
+    }
     with_class = sum(1 for text, _ in expressions if mapped[text])
     right = sum(1 for text, cat in expressions if cat in mapped[text])
     n = max(len(expressions), 1)
@@ -209,11 +213,16 @@ def _vocabulary(spec: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m lightning_wsg.teacher_coverage", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m lightning_wsg.teacher_coverage", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--flickr", default=None, help="Flickr30K Entities folder (Sentences/ or annotations.tar.gz)")
     parser.add_argument(
-        "--refcoco", nargs="*", default=[], help="phraseloceval RefCOCO-family .json.gz files: agreement with the "
-        "referred object's COCO category (with --vocabulary coco80)"
+        "--refcoco",
+        nargs="*",
+        default=[],
+        help="phraseloceval RefCOCO-family .json.gz files: agreement with the "
+        "referred object's COCO category (with --vocabulary coco80)",
     )
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
     parser.add_argument("--vocabulary", default="coco80", help="'coco80' or a class name file (one a line)")

@@ -121,7 +121,16 @@ def read_counts(root: Path) -> dict[tuple[str, str], int]:
 def verb_bases(word: str, verb_exc: dict[str, list[str]], verbs: set[str]) -> set[str]:
     """Base forms of a verb form (WordNet's morphy rules for verbs)."""
     bases = set(verb_exc.get(word, []))
-    for suffix, ending in (("s", ""), ("ies", "y"), ("es", "e"), ("es", ""), ("ed", "e"), ("ed", ""), ("ing", "e"), ("ing", "")):
+    for suffix, ending in (
+        ("s", ""),
+        ("ies", "y"),
+        ("es", "e"),
+        ("es", ""),
+        ("ed", "e"),
+        ("ed", ""),
+        ("ing", "e"),
+        ("ing", ""),
+    ):
         if word.endswith(suffix):
             bases.add(word[: len(word) - len(suffix)] + ending)
     for suffix in ("ing", "ed"):  # doubled consonant: sitting -> sit, stopped -> stop
@@ -176,8 +185,10 @@ def main(argv: list[str] | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with gzip.open(out, "wt", encoding="utf-8", compresslevel=9) as f:
         json.dump(table, f, separators=(",", ":"))
-    print(f"wrote {out}: {len(synsets)} synsets, {len(senses)} nouns, {len(non_noun)} mostly non-noun words, "
-          f"{out.stat().st_size / 1e6:.2f} MB")
+    print(
+        f"wrote {out}: {len(synsets)} synsets, {len(senses)} nouns, {len(non_noun)} mostly non-noun words, "
+        f"{out.stat().st_size / 1e6:.2f} MB"
+    )
 
 
 if __name__ == "__main__":

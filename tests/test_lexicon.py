@@ -37,7 +37,9 @@ def test_head_noun_of_real_phrases(phrase, head):
     assert head_noun(phrase) == head
 
 
-@pytest.mark.parametrize("phrase", ["bottom left", "the one on the right", "second from left", "it", "white", "the top of the hill"])
+@pytest.mark.parametrize(
+    "phrase", ["bottom left", "the one on the right", "second from left", "it", "white", "the top of the hill"]
+)
 def test_no_head_where_the_expression_names_no_object(phrase):
     assert head_noun(phrase) is None
 

@@ -1,9 +1,9 @@
 """The teacher on real captions: coverage of the Flickr30K Entities test phrases (../shared/data)."""
 
 import pytest
-
 from helpers.flickr import SHARED_DATA
 from helpers.shared import require_shared
+
 from lightning_wsg.lexicon.classes import COCO80
 from lightning_wsg.models import Teacher
 from lightning_wsg.teacher_coverage import class_kinds, coverage, flickr_phrases, format_report, main
@@ -70,7 +70,10 @@ def test_command_prints_the_table(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| people | 5,863 |" in out and "wrong kind" in out
     assert result["people"]["right_kind"] >= 0.95 and (tmp_path / "r.json").is_file()
-    assert format_report(coverage([("a dog", ["animals"])], ["dog"], Teacher("wordnet")), "t").count("| animals | 1 |") == 1
+    assert (
+        format_report(coverage([("a dog", ["animals"])], ["dog"], Teacher("wordnet")), "t").count("| animals | 1 |")
+        == 1
+    )
 
 
 def test_referring_expressions_name_the_referred_objects_category():

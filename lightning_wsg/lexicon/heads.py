@@ -81,7 +81,29 @@ def _first_noun_phrase(words: list[str], wn: WordNetNouns) -> list[str]:
         has_noun = any(_is_candidate(w, wn) for w in chunk)
         if word == "of":
             head = _last_noun(chunk, wn)
-            if head is None and chunk and chunk[-1] in _NO_OBJECT and chunk[-1] not in ("one", "ones", "some", "all", "both", "each", "few", "several", "many", "most", "lot", "lots", "half", "none", "any"):
+            if (
+                head is None
+                and chunk
+                and chunk[-1] in _NO_OBJECT
+                and chunk[-1]
+                not in (
+                    "one",
+                    "ones",
+                    "some",
+                    "all",
+                    "both",
+                    "each",
+                    "few",
+                    "several",
+                    "many",
+                    "most",
+                    "lot",
+                    "lots",
+                    "half",
+                    "none",
+                    "any",
+                )
+            ):
                 return chunk  # "the top of the hill": a place, not the hill
             if head is None or wn.is_collective(head):
                 chunk = []  # "a group of people", "one of the men": about what follows

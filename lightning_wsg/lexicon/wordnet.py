@@ -33,7 +33,16 @@ __all__ = ["TABLE", "WordNetNouns"]
 TABLE = Path(__file__).with_name("wordnet_nouns.json.gz")
 
 # Suffix rules of WordNet's morphy for nouns (irregular plurals come from noun.exc).
-_NOUN_SUFFIXES = (("s", ""), ("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"), ("men", "man"), ("ies", "y"))
+_NOUN_SUFFIXES = (
+    ("s", ""),
+    ("ses", "s"),
+    ("xes", "x"),
+    ("zes", "z"),
+    ("ches", "ch"),
+    ("shes", "sh"),
+    ("men", "man"),
+    ("ies", "y"),
+)
 
 
 class WordNetNouns:
@@ -138,7 +147,8 @@ class WordNetNouns:
         # speech ("a target", "a hard hat", "a trailer" as people)
         ranked = sorted((-n, i, s) for i, (s, n) in enumerate(zip(all_senses, counts)))
         physical = [
-            s for n, i, s in ranked
+            s
+            for n, i, s in ranked
             if n < 0 and s in common and self.physical(s) and (i == 0 or self._person not in self._reach(s))
         ]
         if not physical and not any(counts):
