@@ -251,15 +251,17 @@ DDP_SCRIPT = textwrap.dedent(
             callbacks=[DetectionCache(LoggingBackend(), {cache!r}, shard_size=4, progress_bar=False, poll_seconds=0.2)],
         )
         trainer.fit(tiny_model(), datamodule=datamodule(tiny))
-        print("RANK", trainer.global_rank, "DONE", flush=True)
+        # one file a rank: two processes printing to one pipe can interleave their lines
+        Path({done!r}, f"rank{{trainer.global_rank}}").touch()
     """
 )
 
 
 @pytest.mark.slow
 def test_ddp_two_processes_fill_the_cache_with_each_image_detected_once(tiny, tmp_path):
-    log = tmp_path / "log"
+    log, done = tmp_path / "log", tmp_path / "done"
     log.mkdir()
+    done.mkdir()
     script = tmp_path / "ddp_fill.py"
     script.write_text(
         DDP_SCRIPT.format(
@@ -269,6 +271,7 @@ def test_ddp_two_processes_fill_the_cache_with_each_image_detected_once(tiny, tm
             images=str(tiny.image_dir),
             out=str(tmp_path / "out"),
             cache=str(tmp_path / "cache"),
+            done=str(done),
         )
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "detection"), str(REPO / "tests")])}
@@ -277,7 +280,7 @@ def test_ddp_two_processes_fill_the_cache_with_each_image_detected_once(tiny, tm
         [sys.executable, str(script)], check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    assert "RANK 0 DONE" in proc.stdout and "RANK 1 DONE" in proc.stdout
+    assert sorted(p.name for p in done.iterdir()) == ["rank0", "rank1"], proc.stdout[-3000:]
     per_process = {p.name: p.read_text().split() for p in log.iterdir()}
     assert len(per_process) == 2  # both ranks detected a share
     detected = [i for ids in per_process.values() for i in ids]
