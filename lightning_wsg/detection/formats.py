@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -315,7 +316,7 @@ class TsvDetections(DetectionStore):
                     self._feature_at[det.image_id] = (start + before, len(fields["features"]), lineno)
         super().__init__(path, records, vocab)
         self.feature_dim = next(iter(dims), None)
-        self._fh = None
+        self._fh, self._pid = None, os.getpid()
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -328,10 +329,11 @@ class TsvDetections(DetectionStore):
         if len(det) == 0:
             return torch.zeros(0, self.feature_dim or 0)
         offset, length, lineno = self._feature_at[image_id]
-        if self._fh is None:
-            self._fh = self.path.open("rb")
-        self._fh.seek(offset)
-        text = self._fh.read(length)
+        if self._fh is None or self._pid != os.getpid():
+            # a DataLoader worker forked after the parent had read holds a copy of the parent's
+            # descriptor, whose file position the two share: its own, and positional reads
+            self._fh, self._pid = self.path.open("rb"), os.getpid()
+        text = os.pread(self._fh.fileno(), length, offset)
         where = f"{self.path}:{lineno} (image {image_id})"
         if len(text) != length:
             raise DetectionFormatError(f"{where}: the file ended inside the features (changed since it was opened?)")

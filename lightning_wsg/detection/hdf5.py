@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,7 @@ class Hdf5Detections(DetectionStore):
         super().__init__(path, records, None)
         self.feature_dim = next(iter(dims))
         self._handles: dict[int, Any] = {}
+        self._pid = os.getpid()
 
     def _read(self, number: int, file: Path, records: dict[str, Detections]) -> int:
         h5py = _h5py()
@@ -172,6 +174,8 @@ class Hdf5Detections(DetectionStore):
 
     def features(self, image_id: str) -> Tensor:
         number, start, end = self._rows[str(image_id)]
+        if self._pid != os.getpid():  # forked (a DataLoader worker): HDF5 handles do not survive a fork
+            self._handles, self._pid = {}, os.getpid()
         handle = self._handles.get(number)
         if handle is None:
             handle = self._handles[number] = _h5py().File(self._files[number], "r")
