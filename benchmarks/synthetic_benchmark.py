@@ -91,12 +91,23 @@ RUNS = {
     ),
     "kd_only": ("distillation only", ["--model.use_nce=false"]),
     "small": ("`flickr.yaml` + `model/small.yaml` (the paper's distillation, CPU towers)", []),
+    "features": (
+        "full method on precomputed region features (feature tower, 112-d RoI features of the world)",
+        [
+            "--model.region_encoder.class_path=lightning_wsg.models.FeatureRegionEncoder",
+            "--model.region_encoder.init_args.feature_dim=112",
+            "--model.region_encoder.init_args.box_geometry=true",
+            "--model.region_encoder.init_args.hidden_dim=256",
+            "--model.region_encoder.init_args.embed_dim=128",
+        ],
+    ),
 }
 # Rows trained from other configs than --config: the Flickr30K Entities datamodule reads the
 # world's files (it is written in that layout), with the dataset config's own settings.
 FLICKR_ROWS = {"small": ["cli_configs/flickr.yaml", "cli_configs/model/small.yaml"]}
 DEFAULT_RUNS = [
-    "full", "nce_only", "old_matching", "no_top_k", "spread", "sharp_teacher", "sharper_teacher", "product", "small"
+    "full", "nce_only", "old_matching", "no_top_k", "spread", "sharp_teacher", "sharper_teacher", "product", "small",
+    "features",
 ]
 METRICS = ("acc", "acc_any", "pointing")
 
@@ -143,6 +154,20 @@ def _config_world(config: Path) -> Path:
     return Path(root)
 
 
+def world_features(world: Path) -> list[str]:
+    """Data overrides that read the world's region features, extracted once beside it (the
+    demo's backbone, EfficientNet-Lite0's stride-16 stage pooled over each proposal)."""
+    from lightning_wsg.features import main as features_main
+
+    out = world.parent / f"{world.name}-features.tsv"
+    if not out.is_file():
+        features_main(
+            ["extract", "--images", str(world / "images"), "--detections", str(world / "detections.jsonl"),
+             "--out", str(out), "--image-size", "128"]
+        )  # fmt: skip
+    return [f"--data.detections={out}", f"--data.vocabulary={out.with_name(out.stem + '_vocab.txt')}"]
+
+
 def train_and_test(name: str, extra: list[str], args: argparse.Namespace, test_set: tuple, seed: int) -> dict:
     """Fit one run, test its best validation checkpoint; return metrics, errors, history and timing.
 
@@ -153,6 +178,8 @@ def train_and_test(name: str, extra: list[str], args: argparse.Namespace, test_s
     done = run_dir / "result.json"
     if done.is_file() and not args.retrain:
         return json.loads(done.read_text(encoding="utf-8"))
+    if name == "features":
+        extra = [*extra, *world_features(args.world or _config_world(args.config))]
     cli = cli_main([*_cli_args(args, run_dir, name), *extra, f"--seed_everything={seed}"], run=False)
     recorder = ValAccuracy()
     cli.trainer.callbacks.append(recorder)
@@ -165,6 +192,9 @@ def train_and_test(name: str, extra: list[str], args: argparse.Namespace, test_s
     test = {k.split("/", 1)[1]: float(v) for k, v in results.items() if k.startswith("test/")}
     model = cli.model.eval()  # trainer.test loaded the best checkpoint into it
     batches, objects = test_set
+    if name == "features":  # the shared batches carry no region features: this run's own
+        loader = cli.datamodule.test_dataloader()
+        batches = list(loader[0] if isinstance(loader, list) else loader)
     result = {
         "label": RUNS[name][0],
         "seed": seed,
