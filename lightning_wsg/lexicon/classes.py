@@ -151,25 +151,21 @@ class WordNetMatcher:
             self._names_key, self._forms, self._below, self._cache = key, forms, below, OrderedDict()
         return self._forms
 
-    def reached(self, phrase: str, class_forms: dict[str, list[int]] | None = None) -> dict[str, int]:
-        return self._read(phrase, class_forms)[1]
-
-    def _read(self, phrase: str, class_forms: dict[str, list[int]] | None = None) -> tuple[str | None, dict[str, int]]:
-        """Noun names the phrase's head reaches -> distance.
+    def _read(self, words: list[str], class_forms: dict[str, list[int]]) -> tuple[str | None, dict[str, int]]:
+        """The noun read from a phrase's head words, and the noun names it reaches -> distance.
 
         A multi-word noun ending in the head ("teddy bear", "fishing boat") is read as one
         noun. When it reaches none of ``class_forms`` but is a kind of its last word ("a
         fishing boat" is a boat), the shorter noun is read instead; a "teddy bear" is no bear.
         """
         wn = self.wordnet
-        words = head_with_modifiers(phrase, wn)
         for k in range(len(words), 0, -1):
             name = " ".join(words[-k:])
             if k > 1 and not wn.is_noun(name):
                 continue
             reached = wn.ancestors(name, self.senses)
             reached.update({form: 0 for form in _alias_forms(name, wn)})
-            if k > 1 and class_forms is not None and not any(n in class_forms for n in reached):
+            if k > 1 and not any(n in class_forms for n in reached):
                 shorter = " ".join(words[-k + 1 :])
                 if any(form in reached for form in _alias_forms(shorter, wn)):
                     continue
@@ -190,7 +186,7 @@ class WordNetMatcher:
             for c in forms.get(" ".join(words[-k:]), []):
                 out[c] = 0.0
         if not any(d == 0.0 for d in out):
-            head, reached = self._read(phrase, forms)
+            head, reached = self._read(words, forms)
             for name, d in reached.items():
                 if self.max_distance is not None and d > self.max_distance or d > 0 and name in self._generic:
                     continue
@@ -203,14 +199,13 @@ class WordNetMatcher:
             self._cache.popitem(last=False)
         return out
 
-
     def _related(self, head: str, out: list[float]) -> None:
         """Fill ``out`` with classes below the noun, else with its close relatives."""
         wn = self.wordnet
         up: dict[int, int] = {}
         for lemma in wn.base_forms(head):
             for synset, d in wn.synset_distances(lemma, self.senses).items():
-                up[synset] = min(d, up.get(synset, d))
+                up[synset] = min(d, up.get(synset, d))  # a fresh dict: the memoised ones stay as they are
         if self.downward:
             for synset, d in up.items():
                 if d == 0:
@@ -259,8 +254,8 @@ class MappingMatcher:
                 self.mapping[form] = known[cls]
 
     def distances(self, phrase: str, class_names: list[str]) -> list[float]:
-        words = head_with_modifiers(phrase)
-        wn = WordNetMatcher().wordnet
+        wn = WordNetNouns.load()
+        words = head_with_modifiers(phrase, wn)
         target = None
         for k in range(len(words), 0, -1):
             name = " ".join(words[-k:])

@@ -57,13 +57,16 @@ class WordNetNouns:
         self._senses = table["senses"]
         self._sense_counts = table["sense_counts"]
         self._exceptions = table["exceptions"]
-        self._non_noun = table["non_noun"]
-        self._verbs = set(table["verbs"])  # word -> its usual part of speech: "v", "a" or "r"
+        self._non_noun = table["non_noun"]  # word -> its usual part of speech: "v", "a" or "r"
+        self._verbs = set(table["verbs"])
         self._person = self._senses["person"][0]
         self._social_group = self._senses["social group"][0]
         self._group_like = {self._senses[w][0] for w in ("group", "measure", "representation")}
         self._physical = self._senses["physical entity"][0]
-        self._is_physical: dict[int, bool] = {}
+        # memos: every phrase walks the same few thousand senses (results are read, never changed)
+        self._reached: dict[int, dict[int, int]] = {}
+        self._main: dict[tuple[str, int], list[int]] = {}
+        self._distances: dict[tuple[str, int], dict[int, int]] = {}
 
     @classmethod
     @lru_cache(maxsize=1)
@@ -124,11 +127,7 @@ class WordNetNouns:
 
     def physical(self, synset: int) -> bool:
         """Whether a sense is a physical entity (a thing one can see), not an abstraction."""
-        if synset not in self._is_physical:
-            reached: dict[int, int] = {}
-            self._closure(synset, 0, reached)
-            self._is_physical[synset] = self._physical in reached
-        return self._is_physical[synset]
+        return self._physical in self._reach(synset)
 
     def main_senses(self, lemma: str, senses: int = 1) -> list[int]:
         """The senses a noun is read in: its first ``senses`` physical senses that annotators
@@ -139,6 +138,11 @@ class WordNetNouns:
         trick" keeps its first (the physical "john" sense was never tagged); "crane" is never
         Stephen Crane.
         """
+        if (lemma, senses) not in self._main:
+            self._main[(lemma, senses)] = self._choose_senses(lemma, senses)
+        return self._main[(lemma, senses)]
+
+    def _choose_senses(self, lemma: str, senses: int) -> list[int]:
         all_senses = self._senses.get(lemma, [])
         counts = self._sense_counts.get(lemma, [0] * len(all_senses))
         common = [s for s in all_senses if not self._synsets[s][3]] or all_senses
@@ -166,12 +170,20 @@ class WordNetNouns:
         return any(len(self._reach(s)) <= 5 for lemma in self.base_forms(name) for s in self.main_senses(lemma))
 
     def _reach(self, synset: int) -> dict[int, int]:
-        reached: dict[int, int] = {}
-        self._closure(synset, 0, reached)
-        return reached
+        """A sense and every hypernym above it -> steps up (memoised)."""
+        if synset not in self._reached:
+            reached: dict[int, int] = {}
+            self._closure(synset, 0, reached)
+            self._reached[synset] = reached
+        return self._reached[synset]
 
     def synset_distances(self, lemma: str, senses: int = 1) -> dict[int, int]:
-        """Synsets a noun lemma reaches -> distance (0: its own sense, 1: its hypernym ...)."""
+        """Synsets a noun lemma reaches -> distance (0: its own sense, 1: its hypernym ...).
+
+        The dict is memoised and shared: read it, do not change it.
+        """
+        if (lemma, senses) in self._distances:
+            return self._distances[(lemma, senses)]
         out: dict[int, int] = {}
         for synset in self.main_senses(lemma, senses):
             self._closure(synset, 0, out)
@@ -180,6 +192,7 @@ class WordNetNouns:
                 members = [self._person]  # a crowd, a team, a couple: made of persons
             for member in members:
                 self._closure(member, 1, out)
+        self._distances[(lemma, senses)] = out
         return out
 
     def ancestors(self, word: str, senses: int = 1) -> dict[str, int]:
@@ -214,8 +227,6 @@ class WordNetNouns:
         X" and "a picture of X" are about X."""
         for lemma in self.base_forms(word):
             for synset in {*self.main_senses(lemma), *self._senses.get(lemma, [])[:1]}:
-                reached: dict[int, int] = {}
-                self._closure(synset, 0, reached)
-                if self._group_like & reached.keys():
+                if self._group_like & self._reach(synset).keys():
                     return True
         return False

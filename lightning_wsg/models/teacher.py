@@ -187,7 +187,6 @@ class Teacher(RecordsInitArgs, nn.Module):
         self._cache: OrderedDict[str, Tensor] = OrderedDict()
         self._forms_key: tuple[str, ...] | None = None
         self._forms: dict[str, list[int]] = {}
-        self.mapping_file = mapping_file
         self._matcher: WordNetMatcher | MappingMatcher | None = None
         if matching == "wordnet":
             self._matcher = WordNetMatcher(senses=wordnet_senses, siblings=wordnet_siblings)
