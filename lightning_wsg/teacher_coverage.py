@@ -133,12 +133,17 @@ class TypeCoverage:
         }
 
 
+def _mapped(texts: list[tuple[str, object]], class_names: list[str], teacher: Teacher) -> dict[str, list[int]]:
+    """Each distinct text -> the indices of the classes the teacher maps it to (nearest first)."""
+    unique = sorted({text for text, _ in texts})
+    nearest = teacher.nearest_classes(class_names, unique)  # [C, U] bool
+    return {text: torch.nonzero(nearest[:, u]).flatten().tolist() for u, text in enumerate(unique)}
+
+
 def coverage(phrases: list[tuple[str, list[str]]], class_names: list[str], teacher: Teacher) -> dict[str, TypeCoverage]:
     """Per phrase type (and ``"all"``): who gets a class, which, and which of the wrong kind."""
     kinds = class_kinds(class_names)
-    unique = sorted({text for text, _ in phrases})
-    nearest = teacher.nearest_classes(class_names, unique)  # [C, U] bool
-    mapped = {text: torch.nonzero(nearest[:, u]).flatten().tolist() for u, text in enumerate(unique)}
+    mapped = _mapped(phrases, class_names, teacher)
     report: dict[str, TypeCoverage] = {}
     for text, types in phrases:
         classes = mapped[text]
@@ -172,11 +177,7 @@ def refcoco_expressions(path: str | Path) -> list[tuple[str, str]]:
 
 def category_agreement(expressions: list[tuple[str, str]], class_names: list[str], teacher: Teacher) -> dict:
     """How often the teacher's class is the referred object's own category (COCO names)."""
-    unique = sorted({text for text, _ in expressions})
-    nearest = teacher.nearest_classes(class_names, unique)
-    mapped = {
-        text: {class_names[c] for c in torch.nonzero(nearest[:, u]).flatten().tolist()} for u, text in enumerate(unique)
-    }
+    mapped = {text: {class_names[c] for c in cs} for text, cs in _mapped(expressions, class_names, teacher).items()}
     with_class = sum(1 for text, _ in expressions if mapped[text])
     right = sum(1 for text, cat in expressions if cat in mapped[text])
     n = max(len(expressions), 1)
