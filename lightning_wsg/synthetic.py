@@ -565,8 +565,7 @@ def _normalise_args(args: dict) -> dict:
     a = _ARGS | args
     if a["caption_nouns"] not in CAPTION_NOUNS:
         raise ValueError(f"caption_nouns must be one of {CAPTION_NOUNS}, got {a['caption_nouns']!r}")
-    cast = {float: float, int: int, str: str}
-    return {k: cast[type(_ARGS[k])](v) for k, v in a.items()}
+    return {k: type(_ARGS[k])(v) for k, v in a.items()}  # each argument as its default's type
 
 
 def world_is_complete(out_dir: str | Path, **args) -> bool:
