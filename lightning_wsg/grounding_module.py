@@ -318,15 +318,18 @@ class GroundingModule(LightningModule):
         return getattr(store, "class_names", None)
 
     # -------------------------------------------------------------- evaluation
-    def _evaluation_step(self, batch: GroundingBatch) -> None:
+    def _evaluation_step(self, batch: GroundingBatch) -> Tensor:
         batch.require_ground_truth()  # before the forward pass
-        self._metrics_for(batch.split).update_batch(self(batch), batch)
+        scores = self(batch)
+        self._metrics_for(batch.split).update_batch(scores, batch)
+        return scores
 
     def validation_step(self, batch: GroundingBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._evaluation_step(batch)
 
-    def test_step(self, batch: GroundingBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._evaluation_step(batch)
+    def test_step(self, batch: GroundingBatch, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        """Update the split's metrics; the ``[B, P, R]`` scores go to callbacks (the test report)."""
+        return self._evaluation_step(batch)
 
     def _log_metrics(self) -> None:
         for split, metric in self.metrics.items():

@@ -1,0 +1,239 @@
+"""The HTML test report: its content from a real ``lightning test`` run, and the page in a real browser.
+
+The browser test renders the report with headless Chromium (Debian's ``chromium-headless-shell``
+or ``chromium``): a screenshot that must not be blank, and the DOM the browser built, which must
+hold the phrases, metric rows and gallery items of the run. Without a browser it skips and says
+how to get one (``make test`` installs it with apt as root on Debian); under ``CI=true`` a
+missing browser is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from helpers.cli import FLICKR_YAML, REPO, TINY_MODEL_YAML, data_args, tiny_model_args, trainer_args
+from helpers.flickr import make_tiny_flickr
+from helpers.shared import in_ci
+from PIL import Image
+
+from lightning_wsg.cli import main
+from lightning_wsg.report import PhraseRecord, TestReport, proposal_rows, render_report, size_rows, type_rows
+
+REPORT_YAML = str(REPO / "cli_configs" / "report.yaml")
+DDP_SIM_YAML = str(REPO / "cli_configs" / "trainer" / "ddp_sim.yaml")
+BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome", "chrome-headless-shell")
+#: flags for a browser that must not reach the network or keep state
+BROWSER_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+)  # fmt: skip
+NUM_GALLERY = 3
+
+
+class Page(HTMLParser):
+    """What a test checks in a report: counts of phrases, metric rows, gallery items, chart bars, URLs."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.num_phrases: int | None = None
+        self.metric_rows: list[str] = []
+        self.gallery: dict[str, list[float]] = defaultdict(list)
+        self.bars: dict[str, list[int]] = defaultdict(list)
+        self.sources: list[str] = []
+        self.tags: Counter[str] = Counter()
+        self._chart: str | None = None
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        self.tags[tag] += 1
+        classes = a.get("class", "").split()
+        if a.get("id") == "num-phrases":
+            self.num_phrases = int(a["data-count"])
+        if tag == "tr" and "metric" in classes:
+            self.metric_rows.append(a["data-metric"])
+        if tag == "figure" and "item" in classes:
+            self.gallery[a["data-kind"]].append(float(a["data-iou"]))
+        if tag == "figure" and "chart" in classes:
+            self._chart = a["data-chart"]
+        if tag == "rect" and "bar" in classes:
+            self.bars[self._chart].append(int(a["data-n"]))
+        for name in ("src", "href"):
+            if name in a:
+                self.sources.append(a[name])
+
+
+# ---------------------------------------------------------------- a real `lightning test` run
+@pytest.fixture(scope="module")
+def tested(tiny_flickr, tmp_path_factory: pytest.TempPathFactory):
+    """``lightning test`` (weights as initialised) with ``cli_configs/report.yaml`` on the tiny dataset."""
+    tmp = tmp_path_factory.mktemp("report")
+    args = [
+        "test",
+        "--config", FLICKR_YAML, "--config", TINY_MODEL_YAML, "--config", REPORT_YAML,
+        *data_args(tiny_flickr.root, tiny_flickr.image_dir, tiny_flickr.detections),
+        *tiny_model_args(), *trainer_args(tmp),
+        "--data.image_size=64", "--data.batch_size=4", "--data.num_workers=0",
+        f"--trainer.callbacks.output_dir={tmp / 'out'}", f"--trainer.callbacks.num_gallery={NUM_GALLERY}",
+    ]  # fmt: skip
+    cli = main(args)
+    report = next(c for c in cli.trainer.callbacks if isinstance(c, TestReport))
+    entries = cli.datamodule.datasets["test"].entries
+    return {
+        "path": tmp / "out" / "report.html",
+        "callback": report,
+        "metrics": {k: float(v) for k, v in cli.trainer.callback_metrics.items()},
+        "num_phrases": sum(len(e.phrase_spans) for e in entries),
+    }
+
+
+def test_report_holds_the_runs_phrases_metrics_charts_and_gallery(tested) -> None:
+    path, metrics = tested["path"], tested["metrics"]
+    assert tested["callback"].path == path and path.is_file()
+    text = path.read_text(encoding="utf-8")
+    page = Page(text)
+    n = tested["num_phrases"]
+    assert page.num_phrases == n == metrics["test/num_phrases"] > 2 * NUM_GALLERY
+    # its records are the metrics' phrases: the same accuracy and upper bound
+    records = tested["callback"].records
+    assert sum(r.correct for r in records) / n == pytest.approx(metrics["test/acc"], abs=1e-6)
+    assert sum(r.reachable for r in records) / n == pytest.approx(metrics["test/upper_bound"], abs=1e-6)
+    # one table row per logged metric but the per-type accuracies (charted instead)
+    logged = {k[5:] for k in metrics if k.startswith("test/") and (k == "test/acc_any" or "/acc_" not in k)}
+    assert sorted(page.metric_rows) == sorted(logged) and "acc" in page.metric_rows
+    # the size and proposal charts each share out every phrase once; a typed phrase counts once per type
+    assert sum(page.bars["size"]) == sum(page.bars["proposals"]) == n
+    assert sum(page.bars["type"]) == sum(max(1, len(r.types)) for r in records)
+    # the worst and best galleries: full, disjoint by IoU order
+    assert len(page.gallery["worst"]) == len(page.gallery["best"]) == NUM_GALLERY
+    assert page.gallery["worst"] == sorted(page.gallery["worst"])
+    assert max(page.gallery["worst"]) <= min(page.gallery["best"])
+    # self-contained: no script, stylesheet link or frame, every picture inlined, no web address at all
+    assert page.tags["script"] == page.tags["link"] == page.tags["iframe"] == 0
+    assert page.tags["img"] == 2 * NUM_GALLERY and all(s.startswith("data:image/") for s in page.sources)
+    outside_pictures = re.sub(r'"data:image/[^"]*"', '""', text)
+    assert not re.search(r"https?:|//[a-z0-9]|@import|url\(", outside_pictures, re.IGNORECASE)
+
+
+def test_charts_and_gallery_order_on_hand_records() -> None:
+    def record(k: int, correct: bool, types: list[str], area: float, proposals: int) -> PhraseRecord:
+        return PhraseRecord(
+            "test", f"s{k}", f"i{k}", "a dog and a cat", (0, 2), "a dog", types, correct,
+            0.9 if correct else 0.1, 0.5, area, proposals, True,
+        )  # fmt: skip
+
+    records = [
+        record(0, True, ["animals"], 0.004, 10),
+        record(1, False, ["animals", "people"], 0.25, 10),
+        record(2, True, [], 0.6, 30),
+        record(3, True, ["people"], 0.04, 30),
+    ]
+    assert type_rows(records, known=("people", "animals")) == [
+        ("people", 2, 1, 2),
+        ("animals", 2, 1, 2),
+        ("(no type)", 1, 1, 1),
+    ]
+    assert size_rows(records) == [
+        ("< 0.5%", 1, 1, 1),
+        ("3%\u20135%", 1, 1, 1),
+        ("20%\u201330%", 1, 0, 1),
+        ("\u2265 50%", 1, 1, 1),
+    ]
+    assert proposal_rows(records) == [("10", 2, 1, 2), ("30", 2, 2, 2)]
+    many = [record(k, k % 2 == 0, [], 0.1, 5 + k) for k in range(60)]
+    rows = proposal_rows(many)
+    assert len(rows) <= 6 and sum(r[1] for r in rows) == 60 and rows[0][0].startswith("5\u2013")
+    page = Page(render_report(records, {"test/acc": 0.75, "test/num_phrases": 4.0}, [(records[1], "data:,")]))
+    assert page.num_phrases == 4 and page.metric_rows == ["acc", "num_phrases"]
+    assert page.gallery == {"worst": [0.1]}
+
+
+# ------------------------------------------------------------------------- a real browser
+def find_browser() -> str:
+    """A headless-capable Chromium on PATH; skip (fail under CI) without one."""
+    for name in BROWSERS:
+        path = shutil.which(name)
+        if path:
+            return path
+    message = (
+        f"no headless Chromium on PATH (looked for {', '.join(BROWSERS)}): `make test` installs "
+        "chromium-headless-shell with apt when it runs as root on Debian; elsewhere install one"
+    )
+    if in_ci():
+        pytest.fail(f"{message}; CI=true, so a missing browser is a failure, not a skip", pytrace=False)
+    pytest.skip(message)
+
+
+def browse(browser: str, page: Path, tmp: Path, *args: str) -> str:
+    """Run the browser on ``page`` with ``args``; its stdout."""
+    out = subprocess.run(
+        [browser, *BROWSER_FLAGS, f"--user-data-dir={tmp / 'profile'}", *args, page.resolve().as_uri()],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HOME": str(tmp)},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def screenshot_is_not_blank(path: Path) -> None:
+    image = Image.open(path).convert("RGB")
+    assert image.size == (1200, 1600)
+    colours = image.getcolors(maxcolors=1 << 24)
+    dominant = max(count for count, _ in colours)
+    assert len(colours) > 200, f"{len(colours)} colours: the page did not render"
+    assert dominant < 0.9 * image.width * image.height, "one colour covers most of the page"
+
+
+def test_report_renders_in_a_headless_browser(tested, tmp_path: Path) -> None:
+    browser = find_browser()
+    shot = tmp_path / "report.png"
+    browse(browser, tested["path"], tmp_path, f"--screenshot={shot}", "--window-size=1200,1600")
+    screenshot_is_not_blank(shot)
+    # the DOM as the browser built it: the same phrases, metric rows and gallery items
+    dom = Page(browse(browser, tested["path"], tmp_path, "--dump-dom"))
+    expected = Page(tested["path"].read_text(encoding="utf-8"))
+    assert dom.num_phrases == tested["num_phrases"]
+    assert dom.metric_rows == expected.metric_rows and len(dom.metric_rows) >= 8
+    assert {k: len(v) for k, v in dom.gallery.items()} == {"worst": NUM_GALLERY, "best": NUM_GALLERY}
+    assert dom.bars == expected.bars
+
+
+# ----------------------------------------------------------------------------------- DDP
+@pytest.mark.slow
+def test_two_processes_write_one_report_of_every_phrase(tmp_path: Path) -> None:
+    """``lightning test`` on 2 CPU processes: rank 0 writes the report of both processes' phrases."""
+    tiny = make_tiny_flickr(tmp_path / "data", n_images=12, seed=0, split_sizes=(3, 3))
+    out = tmp_path / "out"
+    args = [
+        "test", "--config", FLICKR_YAML, "--config", TINY_MODEL_YAML, "--config", DDP_SIM_YAML,
+        "--config", REPORT_YAML, *data_args(tiny.root, tiny.image_dir, tiny.detections), *tiny_model_args(),
+        *trainer_args(tmp_path / "run"), "--data.image_size=32", "--data.batch_size=4", "--data.num_workers=0",
+        f"--trainer.callbacks.output_dir={out}", "--trainer.callbacks.num_gallery=2",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")}
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    lightning = str(Path(sys.executable).parent / "lightning")
+    run = subprocess.run(
+        [lightning, *args], check=False, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
+    from lightning_wsg.data import Flickr30kEntitiesDataModule
+
+    dm = Flickr30kEntitiesDataModule(tiny.root, tiny.image_dir, tiny.detections, num_workers=0)
+    dm.setup()
+    expected = sum(len(e.phrase_spans) for e in dm.datasets["test"].entries)
+    assert [p.name for p in out.iterdir()] == ["report.html"]
+    page = Page((out / "report.html").read_text(encoding="utf-8"))
+    assert page.num_phrases == expected > 0 and sum(page.bars["size"]) == expected
+    assert len(page.gallery["worst"]) == len(page.gallery["best"]) == 2
