@@ -31,6 +31,7 @@ from torchvision.ops import box_iou as _tv_box_iou
 __all__ = [
     "xml_to_corners",
     "coco_to_corners",
+    "corners_to_coco",
     "phraseloceval_to_corners",
     "corners_to_xywh1",
     "union_box",
@@ -54,6 +55,14 @@ def coco_to_corners(boxes: Tensor) -> Tensor:
     boxes = torch.as_tensor(boxes, dtype=torch.float32)
     out = boxes.clone()
     out[..., 2:4] = boxes[..., 0:2] + boxes[..., 2:4]
+    return out
+
+
+def corners_to_coco(boxes: Tensor) -> Tensor:
+    """Inverse of :func:`coco_to_corners`: COCO ``x, y, w, h`` (0-based)."""
+    boxes = torch.as_tensor(boxes, dtype=torch.float32)
+    out = boxes.clone()
+    out[..., 2:4] = boxes[..., 2:4] - boxes[..., 0:2]
     return out
 
 

@@ -34,7 +34,15 @@ from .boxes import box_centers, box_iou, points_in_boxes
 if TYPE_CHECKING:  # metrics read a batch's fields only; no import of the data package at run time
     from .data.batch import GroundingBatch
 
-__all__ = ["FLICKR_PHRASE_TYPES", "TopK", "rank_proposals", "predict_boxes", "phrase_results", "GroundingMetrics"]
+__all__ = [
+    "FLICKR_PHRASE_TYPES",
+    "PhraseOutcomes",
+    "TopK",
+    "rank_proposals",
+    "predict_boxes",
+    "phrase_results",
+    "GroundingMetrics",
+]
 
 FLICKR_PHRASE_TYPES: tuple[str, ...] = (
     "people", "clothing", "bodyparts", "animals", "vehicles", "instruments", "scene", "other",
@@ -138,6 +146,49 @@ def phrase_results(
     return out
 
 
+class PhraseOutcomes(NamedTuple):
+    """What each phrase contributes to :class:`GroundingMetrics` (from :meth:`GroundingMetrics.outcomes`).
+
+    Every field is a bool tensor over the phrases, ``[B, P]`` (or flattened ``[N]``), False
+    for phrases that do not count (padding, no ground-truth box).
+
+    Attributes:
+        counted: the phrase counts (a real phrase with at least one ground-truth box).
+        correct: the top proposal reaches the IoU threshold with the union box.
+        correct_any: ... with any one ground-truth box.
+        pointing: the top proposal's centre lies in a ground-truth box.
+        upper_bound: some proposal reaches the threshold with the union box.
+        recall: ``[..., len(ks)]``: one of the top k does, per k of the metric.
+        types: ``[..., T]``: the phrase has type t of the metric's ``phrase_types``.
+    """
+
+    counted: Tensor
+    correct: Tensor
+    correct_any: Tensor
+    pointing: Tensor
+    upper_bound: Tensor
+    recall: Tensor
+    types: Tensor
+
+    def flatten(self) -> PhraseOutcomes:
+        """One row per phrase slot: ``[N]`` (``[N, k]``, ``[N, T]``), padding included (uncounted)."""
+        n = self.counted.numel()
+        return PhraseOutcomes(*(t.reshape(n) for t in self[:5]), self.recall.reshape(n, -1), self.types.reshape(n, -1))
+
+    def select(self, keep: Tensor) -> PhraseOutcomes:
+        """Only the phrases where ``keep`` (shaped like ``counted``) is True count."""
+        keep = keep.bool().to(self.counted.device)
+        return PhraseOutcomes(
+            *(t & keep for t in self[:5]), self.recall & keep[..., None], self.types & keep[..., None]
+        )
+
+    @staticmethod
+    def cat(parts: Sequence[PhraseOutcomes]) -> PhraseOutcomes:
+        """Flattened outcomes of several batches, one after another."""
+        flat = [p.flatten() for p in parts]
+        return PhraseOutcomes(*(torch.cat(field) for field in zip(*flat)))
+
+
 class GroundingMetrics(Metric):
     """Grounding accuracy, any-box accuracy, pointing, recall@k, upper bound, per-type accuracy.
 
@@ -205,7 +256,16 @@ class GroundingMetrics(Metric):
             batch.phrase_types,
         )
 
-    def update(
+    def update(self, *args: Any, outcomes: PhraseOutcomes | None = None, **kwargs: Any) -> None:
+        """Accumulate one batch: the arguments of :meth:`outcomes`, or ``outcomes`` computed
+        before (phrases selected after their batches were scored, see :meth:`PhraseOutcomes.select`)."""
+        if outcomes is None:
+            outcomes = self.outcomes(*args, **kwargs)
+        elif args or kwargs:
+            raise TypeError("update() takes either the batch's tensors or outcomes=, not both")
+        self._accumulate(outcomes)
+
+    def outcomes(
         self,
         scores: Tensor,
         proposals: Tensor,
@@ -215,8 +275,8 @@ class GroundingMetrics(Metric):
         gt_boxes: Tensor,
         gt_box_mask: Tensor,
         phrase_types: list[list[list[str]]] | None = None,
-    ) -> None:
-        """Accumulate one batch.
+    ) -> PhraseOutcomes:
+        """Each phrase's contribution to the metrics, without accumulating it.
 
         Args:
             scores: ``[B, P, R]`` region-phrase scores, higher is better.
@@ -263,17 +323,30 @@ class GroundingMetrics(Metric):
             [points_in_boxes(centres[b], gt_boxes[b].reshape(P * K, 4)).reshape(P, P, K).diagonal().T for b in range(B)]
         )  # [B, P, K]
         pointing = (inside & gt_box_mask).any(-1) & top_ok
-
-        self.total += counted.sum()
-        self.correct += correct.sum()
-        self.correct_any += correct_any.sum()
-        self.pointing += pointing.sum()
-        self.upper_bound += (hits.any(-1) & counted).sum()
-        self.recall += torch.stack([(hits[..., :k].any(-1) & counted).sum() for k in self.ks])
+        types = torch.zeros(B, P, len(self.phrase_types), dtype=torch.bool, device=counted.device)
         if phrase_types is not None and self.phrase_types:
             types = self._type_matrix(phrase_types, B, P).to(counted.device) & counted[..., None]  # [B, P, T]
-            self.type_total += types.sum((0, 1))
-            self.type_correct += (types & correct[..., None]).sum((0, 1))
+        return PhraseOutcomes(
+            counted=counted,
+            correct=correct,
+            correct_any=correct_any,
+            pointing=pointing,
+            upper_bound=hits.any(-1) & counted,
+            recall=torch.stack([hits[..., :k].any(-1) & counted for k in self.ks], dim=-1),
+            types=types,
+        )
+
+    def _accumulate(self, o: PhraseOutcomes) -> None:
+        self.total += o.counted.sum()
+        self.correct += o.correct.sum()
+        self.correct_any += o.correct_any.sum()
+        self.pointing += o.pointing.sum()
+        self.upper_bound += o.upper_bound.sum()
+        self.recall += o.recall.reshape(-1, len(self.ks)).sum(0)
+        if o.types.shape[-1] == len(self.phrase_types) and self.phrase_types:
+            types = o.types.reshape(-1, len(self.phrase_types))
+            self.type_total += types.sum(0)
+            self.type_correct += (types & o.correct.reshape(-1, 1)).sum(0)
 
     def compute(self) -> dict[str, Tensor]:
         """Return the metrics; rates are 0 (never NaN) when no phrase was seen.

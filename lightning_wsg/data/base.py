@@ -81,6 +81,11 @@ class GroundingDataModule(pl.LightningDataModule):
         predict_file: sentences to ground in new images (JSON Lines, see
             :mod:`lightning_wsg.data.predict_file`); ``lightning predict`` then uses the ``"predict"``
             split instead of the test splits.
+        predict_split: a split of the dataset for ``lightning predict`` to ground instead of
+            the test splits, the training split included (pseudo-labels,
+            :mod:`lightning_wsg.pseudo_labels`): every phrase a sentence marks, in file order,
+            with its ground-truth boxes where the annotations have them
+            (:meth:`load_labelled_split`). Proposals come from ``detections`` as for testing.
         predict_proposals: proposals at prediction: ``"grid"`` (a dense multi-scale box
             grid, no detector) or ``"detections"`` (``detections`` or the detection cache;
             images it lacks fall back to the grid).
@@ -116,6 +121,7 @@ class GroundingDataModule(pl.LightningDataModule):
         grid_aspect_ratios: Sequence[float] = DEFAULT_GRID_ASPECT_RATIOS,
         grid_stride: float = DEFAULT_GRID_STRIDE,
         verify_images: bool = False,
+        predict_split: str | None = None,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -151,6 +157,12 @@ class GroundingDataModule(pl.LightningDataModule):
         if predict_proposals not in ("grid", "detections"):
             raise ValueError(f"predict_proposals must be 'grid' or 'detections', got {predict_proposals!r}")
         self.predict_file = Path(predict_file) if predict_file is not None else None
+        if predict_file is not None and predict_split is not None:
+            raise ValueError(
+                f"data.predict_file and data.predict_split are both set ({predict_file}, {predict_split!r}): "
+                "lightning predict grounds either new images or a split of the dataset"
+            )
+        self.predict_split = predict_split
         self.predict_proposals = predict_proposals
         self.grid = {"scales": tuple(grid_scales), "aspect_ratios": tuple(grid_aspect_ratios), "stride": float(grid_stride)}
         self._predict_records: list | None = None
@@ -168,6 +180,11 @@ class GroundingDataModule(pl.LightningDataModule):
     def known_image_ids(self) -> set[str]:
         """Every image id the root knows (detections for any other id are an error)."""
         raise NotImplementedError
+
+    def load_labelled_split(self, split: str) -> list[GroundingEntry]:
+        """Parse ``split`` for ``data.predict_split``: every phrase, with its ground-truth boxes
+        (``[0, 4]`` where it has none) where the annotations have them, the training split too."""
+        raise NotImplementedError(f"{type(self).__name__} cannot ground a dataset split (data.predict_split)")
 
     # -- shared machinery -------------------------------------------------------------
     @property
@@ -235,7 +252,7 @@ class GroundingDataModule(pl.LightningDataModule):
             return [self.train_split, *self.val_splits]
         if stage == "validate":
             return list(self.val_splits)
-        if stage == "predict" and self.predict_file is not None:
+        if stage == "predict" and (self.predict_file is not None or self.predict_split is not None):
             return [PREDICT_SPLIT]
         if stage in ("test", "predict"):
             return list(self.test_splits)
@@ -245,6 +262,8 @@ class GroundingDataModule(pl.LightningDataModule):
         """Parse ``split``, drop pairs without proposals, check that the images exist."""
         if split == PREDICT_SPLIT and self.predict_file is not None:
             return self._build_predict_dataset()
+        train = split == self.train_split
+        name = self.predict_split if split == PREDICT_SPLIT else split  # samples carry the dataset's split name
         # a plain mapping, not this datamodule's bound method: workers that are spawned
         # (not forked) then receive the paths instead of a pickled datamodule and trainer
         reads_images = self.reads_images()
@@ -253,25 +272,25 @@ class GroundingDataModule(pl.LightningDataModule):
             self.entries(split),
             paths.__getitem__,
             self.store,
-            split,
+            name,
             image_size=self.image_size,
             max_proposals=self.max_proposals,
-            train=split == self.train_split,
+            train=train,
             read_images=reads_images,
             read_features=not reads_images and self.store.feature_dim is not None,
         )
         if len(dataset) == 0:
-            raise ValueError(f"split {split}: no image-sentence pair left: no image has proposals in {self.store.path}")
+            raise ValueError(f"split {name}: no image-sentence pair left: no image has proposals in {self.store.path}")
         if not reads_images:
             self._check_features(dataset, split)
         used = {e.image_id for e in dataset.entries} if reads_images else set()
         missing = sorted(str(paths[i]) for i in used if not paths[i].is_file())
         if missing:
-            raise FileNotFoundError(f"split {split}: {len(missing)} images not found: {examples(missing)}")
-        if split == self.train_split:
+            raise FileNotFoundError(f"split {name}: {len(missing)} images not found: {examples(missing)}")
+        if train:
             self._check_labels_for_distillation(dataset)
         if self.verify_images and reads_images:  # each rank reads its datasets' images; one bar is enough
-            check_images(dataset, split, progress=self.trainer is None or self.trainer.is_global_zero)
+            check_images(dataset, name, progress=self.trainer is None or self.trainer.is_global_zero)
         return dataset
 
     def _check_labels_for_distillation(self, dataset: GroundingDataset) -> None:
@@ -311,7 +330,10 @@ class GroundingDataModule(pl.LightningDataModule):
         if split == PREDICT_SPLIT and self.predict_file is not None:
             return self._predict_dataset_for(None).entries
         if split not in self._entries:
-            self._entries[split] = self.load_split(split)
+            if split == PREDICT_SPLIT and self.predict_split is not None:
+                self._entries[split] = self.load_labelled_split(self.predict_split)
+            else:
+                self._entries[split] = self.load_split(split)
         return self._entries[split]
 
     def image_paths(self, split: str) -> dict[str, Path]:
@@ -379,7 +401,7 @@ class GroundingDataModule(pl.LightningDataModule):
 
     # -- prediction on new images ------------------------------------------------------
     def predict_dataloader(self) -> DataLoader | list[DataLoader]:
-        """``data.predict_file``'s sentences, else the test splits."""
+        """``data.predict_file``'s sentences, else ``data.predict_split``, else the test splits."""
         return self._loaders(self._splits_for("predict"))
 
     def _predict_dataset_for(self, detections: DetectionStore | None, read_features: bool = False):

@@ -44,7 +44,8 @@ class GroundingSample:
         proposal_labels: ``R`` detector class names, or ``None``.
         class_probs: optional ``[R, C]`` class probabilities.
         region_features: optional ``[R, F]`` precomputed per-box features (the feature tower's input).
-        gt_boxes: evaluation only: per phrase a ``[K, 4]`` tensor (``K >= 1``).
+        gt_boxes: evaluation only: per phrase a ``[K, 4]`` tensor (``K >= 1``; ``K = 0`` for a
+            phrase without a box in a split labelled for pseudo-labels, which no metric counts).
         phrase_types: evaluation only: per phrase its types (``["people"]``).
         phrase_ids: per phrase an id (Flickr chain id, RefCOCO sent id).
     """
@@ -152,12 +153,16 @@ def collate(samples: list[GroundingSample]) -> GroundingBatch:
 
     gt_union = gt_boxes = gt_box_mask = types = None
     if all(s.gt_boxes is not None for s in samples):
-        K = max(b.shape[0] for s in samples for b in s.gt_boxes)
+        # a phrase may have no box ([0, 4]: a split labelled for pseudo-labels, where some
+        # chains have none); it is padding to the metrics, which count only phrases with one
+        K = max(1, *(b.shape[0] for s in samples for b in s.gt_boxes))
         gt_union = torch.zeros(B, P, 4)
         gt_boxes = torch.zeros(B, P, K, 4)
         gt_box_mask = torch.zeros(B, P, K, dtype=torch.bool)
         for i, s in enumerate(samples):
             for j, boxes in enumerate(s.gt_boxes):
+                if boxes.shape[0] == 0:
+                    continue
                 gt_union[i, j] = union_box(boxes)
                 gt_boxes[i, j, : boxes.shape[0]] = boxes
                 gt_box_mask[i, j, : boxes.shape[0]] = True

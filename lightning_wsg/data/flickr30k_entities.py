@@ -283,6 +283,7 @@ def load_entries(
     max_phrases: int | None = None,
     exclude: Iterable[str] = (),
     split: str = "?",
+    labelled: bool = False,
 ) -> list[GroundingEntry]:
     """Turn a split's images into one :class:`GroundingEntry` per sentence.
 
@@ -295,25 +296,31 @@ def load_entries(
         max_phrases: training entries keep their first ``max_phrases`` phrases.
         exclude: sentence ids to leave out (``"<image_id>#<index>"``), e.g. unrelated captions.
         split: the split name, for the log.
+        labelled: every marked phrase (as training entries, ``max_phrases`` aside) with its
+            chain's boxes, types and the image size where ``Annotations/<id>.xml`` exists: a
+            phrase whose chain has no box (or whose image has no annotation file) has a
+            ``[0, 4]`` box tensor, which no metric counts. Overrides ``evaluation``.
 
     Sentences left without a phrase are skipped; the count is logged.
     """
     root = Path(root)
     image_ids = list(image_ids)
-    _require_files(root, image_ids, evaluation, split)
+    _require_files(root, image_ids, evaluation and not labelled, split)
     exclude = set(exclude)
     entries: list[GroundingEntry] = []
     skipped: list[str] = []
     excluded = 0
     for image_id in image_ids:
         sentences = read_sentences(root / "Sentences" / f"{image_id}.txt")
-        ann = parse_annotation(root / "Annotations" / f"{image_id}.xml") if evaluation else None
+        xml = root / "Annotations" / f"{image_id}.xml"
+        read = xml.is_file() if labelled else evaluation
+        ann = parse_annotation(xml) if read else None
         for index, (words, phrases) in enumerate(sentences):
             sentence_id = f"{image_id}#{index}"
             if sentence_id in exclude:
                 excluded += 1
                 continue
-            if ann is not None:
+            if ann is not None and not labelled:
                 phrases = [p for p in phrases if p.chain_id in ann.boxes]
             elif max_phrases is not None:
                 phrases = phrases[:max_phrases]
@@ -328,14 +335,14 @@ def load_entries(
                     phrase_spans=[(p.start, p.end) for p in phrases],
                     phrase_ids=[p.chain_id for p in phrases],
                     phrase_types=[p.types for p in phrases],
-                    gt_boxes=[ann.boxes[p.chain_id] for p in phrases] if ann is not None else None,
+                    gt_boxes=_gt_boxes(ann, phrases, labelled),
                     image_size=(ann.width, ann.height) if ann is not None else None,
                 )
             )
     if excluded:
         logger.info("split %s: left out %d unrelated captions", split, excluded)
     if skipped:
-        what = "an evaluable phrase (a chain with a box)" if evaluation else "a marked phrase"
+        what = "an evaluable phrase (a chain with a box)" if evaluation and not labelled else "a marked phrase"
         logger.warning(
             "split %s: skipped %d sentences without %s (e.g. %s)",
             split,
@@ -344,6 +351,13 @@ def load_entries(
             ", ".join(skipped[:_EXAMPLES]) + (", ..." if len(skipped) > _EXAMPLES else ""),
         )
     return entries
+
+
+def _gt_boxes(ann: FlickrAnnotation | None, phrases: Sequence[Phrase], labelled: bool) -> list[Tensor] | None:
+    if labelled:
+        none = torch.zeros(0, 4)
+        return [ann.boxes.get(p.chain_id, none) if ann is not None else none for p in phrases]
+    return [ann.boxes[p.chain_id] for p in phrases] if ann is not None else None
 
 
 class Flickr30kEntitiesDataModule(GroundingDataModule):
@@ -380,6 +394,7 @@ class Flickr30kEntitiesDataModule(GroundingDataModule):
         grid_stride: float = DEFAULT_GRID_STRIDE,
         verify_images: bool = False,
         unrelated_captions: str | Path | None = None,
+        predict_split: str | None = None,
     ) -> None:
         super().__init__(
             root,
@@ -399,6 +414,7 @@ class Flickr30kEntitiesDataModule(GroundingDataModule):
             grid_aspect_ratios=grid_aspect_ratios,
             grid_stride=grid_stride,
             verify_images=verify_images,
+            predict_split=predict_split,
         )
         self.unrelated_captions = Path(unrelated_captions) if unrelated_captions is not None else None
 
@@ -423,6 +439,12 @@ class Flickr30kEntitiesDataModule(GroundingDataModule):
                 split=split,
             )
         return load_entries(self.root, image_ids, evaluation=True, split=split)
+
+    def load_labelled_split(self, split: str) -> list[GroundingEntry]:
+        """Every marked phrase of ``split`` (no ``max_phrases`` cut), with its chain's boxes where
+        it has some; the training split leaves out the unrelated captions, as in training."""
+        exclude = self.unrelated_sentence_ids() if split == self.train_split else ()
+        return load_entries(self.root, read_split(self.root, split), True, exclude=exclude, split=split, labelled=True)
 
     def image_path(self, image_id: str) -> Path:
         return self.image_dir / f"{image_id}.jpg"

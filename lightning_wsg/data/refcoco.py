@@ -375,6 +375,7 @@ class RefCOCODataModule(GroundingDataModule):
         grid_aspect_ratios: tuple[float, ...] = DEFAULT_GRID_ASPECT_RATIOS,
         grid_stride: float = DEFAULT_GRID_STRIDE,
         verify_images: bool = False,
+        predict_split: str | None = None,
     ) -> None:
         super().__init__(
             root,
@@ -394,6 +395,7 @@ class RefCOCODataModule(GroundingDataModule):
             grid_aspect_ratios=grid_aspect_ratios,
             grid_stride=grid_stride,
             verify_images=verify_images,
+            predict_split=predict_split,
         )
         splits = available_splits(dataset, split_by)
         if isinstance(eval_splits, str):
@@ -410,6 +412,11 @@ class RefCOCODataModule(GroundingDataModule):
                 )
             if split == _TRAIN:
                 raise ValueError(f"{what}: {split!r} cannot be evaluated (training entries never carry a box)")
+        if predict_split is not None and predict_split not in splits:
+            raise ValueError(
+                f"{dataset} ({split_by}) has no split {predict_split!r} (predict_split): its splits are "
+                f"{', '.join(splits)}"
+            )
         self.dataset = dataset
         self.split_by = split_by
         self.val_splits = [val_split]
@@ -426,6 +433,11 @@ class RefCOCODataModule(GroundingDataModule):
     def instances_file(self) -> Path:
         """``root/<dataset>/instances.json``."""
         return instances_path(self.root, self.dataset)
+
+    def load_refer(self) -> tuple[list[dict], ReferIndex]:
+        """The refs and the instances index (of the referred annotations), read once; the
+        refs' split labels are checked."""
+        return self._load()
 
     def _load(self) -> tuple[list[dict], ReferIndex]:
         """Read the refs and instances once; check the refs' split labels."""
@@ -465,6 +477,14 @@ class RefCOCODataModule(GroundingDataModule):
         if not any(r.get("split") == split for r in refs):
             raise ReferFormatError(f"{self.refs_file}: no ref of split {split!r}")
         return load_entries(refs, index, split, evaluation=split != self.train_split, where=self.refs_file)
+
+    def load_labelled_split(self, split: str) -> list[GroundingEntry]:
+        """``split``'s expressions with the referred box, the training split too (its refs name
+        their annotation as every split's do)."""
+        refs, index = self._load()
+        if not any(r.get("split") == split for r in refs):
+            raise ReferFormatError(f"{self.refs_file}: no ref of split {split!r}")
+        return load_entries(refs, index, split, evaluation=True, where=self.refs_file)
 
     def image_path(self, image_id: str) -> Path:
         _, index = self._load()

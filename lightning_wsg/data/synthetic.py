@@ -58,6 +58,8 @@ class SyntheticWorldDataModule(Flickr30kEntitiesDataModule):
         persistent_workers: keep workers between epochs.
         predict_file, predict_proposals, grid_scales, grid_aspect_ratios, grid_stride:
             prediction on new images, see :class:`~lightning_wsg.data.GroundingDataModule`.
+        predict_split: a split of the world for ``lightning predict`` (pseudo-labels), see
+            :class:`~lightning_wsg.data.GroundingDataModule`.
         detections: another source of the world's proposals than its ``detections.jsonl``,
             for example per-box features extracted from the world's images
             (``python -m lightning_wsg.features extract``) for the feature tower.
@@ -90,6 +92,7 @@ class SyntheticWorldDataModule(Flickr30kEntitiesDataModule):
         grid_stride: float = DEFAULT_GRID_STRIDE,
         detections: str | Path | None = None,
         vocabulary: str | Path | None = None,
+        predict_split: str | None = None,
     ) -> None:
         root = Path(root)
         super().__init__(
@@ -109,6 +112,7 @@ class SyntheticWorldDataModule(Flickr30kEntitiesDataModule):
             grid_scales=grid_scales,
             grid_aspect_ratios=grid_aspect_ratios,
             grid_stride=grid_stride,
+            predict_split=predict_split,
         )
         self.world_args = dict(
             num_train=num_train,
