@@ -4,6 +4,10 @@ Usage::
 
     lightning fit  --config cli_configs/flickr.yaml
     lightning test --config cli_configs/flickr.yaml --ckpt_path path/to/best.ckpt
+    lightning test --config cli_configs/flickr.yaml --model path/to/model_folder
+
+``--model DIR`` with a model folder (:mod:`lightning_wsg.model_folder`) stands for
+``--config DIR/config.yaml --model.weights DIR``: its configuration and its weights.
 
 ``main(args)`` runs the same CLI in-process (tests call it with a list of arguments).
 """
@@ -11,14 +15,63 @@ Usage::
 from __future__ import annotations
 
 import os
+import shlex
+import sys
+from pathlib import Path
 from typing import Any
 
-from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning import LightningModule, Trainer
+from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 
 from .data import GroundingDataModule
 from .grounding_module import GroundingModule
+from .model_folder import CONFIG, read_config
 
-__all__ = ["main"]
+__all__ = ["RUN_KEY", "RecordRun", "expand_model_folders", "main"]
+
+#: the checkpoint key of the run's record (command, full config, metrics; see :class:`RecordRun`)
+RUN_KEY = "lightning_wsg_run"
+
+
+class RecordRun(SaveConfigCallback):
+    """Saves the run's config in its log folder, as LightningCLI does, and into every checkpoint.
+
+    Each checkpoint also gets the command line and the metrics logged so far, so that a model
+    card written from it (``lightning_wsg export``) can say how the model was made and how it did.
+    """
+
+    def __init__(self, *args: Any, command: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.command = command
+        self._dump: str | None = None
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self._dump is None:
+            self._dump = self.parser.dump(self.config, skip_none=False)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        checkpoint[RUN_KEY] = {"command": self.command, "config": self._dump, "metrics": metrics}
+
+
+def expand_model_folders(args: list[str]) -> list[str]:
+    """``--model DIR`` (or ``--model=DIR``) of a model folder -> ``--config DIR/config.yaml --model.weights DIR``.
+
+    Any other ``--model`` value (a YAML file, inline YAML) is left to LightningCLI.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg, value, step = args[i], None, 1
+        if arg == "--model" and i + 1 < len(args):
+            value, step = args[i + 1], 2
+        elif arg.startswith("--model="):
+            value = arg.split("=", 1)[1]
+        if value is not None and Path(value).is_dir():
+            read_config(value)  # a clear error when it is not a model folder
+            out += ["--config", str(Path(value) / CONFIG), f"--model.weights={value}"]
+        else:
+            out += args[i : i + step]
+        i += step
+    return out
 
 
 def main(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> LightningCLI | None:
@@ -30,13 +83,22 @@ def main(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> Li
     """
     # Tokenizers fork badly inside DataLoader workers; the encoders run in the main process.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    command = None
+    if args is None:
+        command = shlex.join(["lightning", *sys.argv[1:]])
+        # rewritten in place: LightningCLI warns when it gets args while sys.argv has some
+        sys.argv[1:] = expand_model_folders(sys.argv[1:])
+    elif isinstance(args, list):
+        command = shlex.join(["lightning", *args])
+        args = expand_model_folders(args)
     cli = LightningCLI(
         GroundingModule,
         GroundingDataModule,
         subclass_mode_data=True,
         seed_everything_default=0,
         auto_configure_optimizers=False,  # the optimizer is model.optimizer, one place only
-        save_config_kwargs={"overwrite": True},
+        save_config_callback=RecordRun,
+        save_config_kwargs={"overwrite": True, "command": command},
         args=args,
         run=run,
     )

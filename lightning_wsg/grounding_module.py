@@ -13,7 +13,9 @@ The towers are init arguments typed by their base classes, so a config picks the
 ``class_path`` (``model.region_encoder``, ``model.phrase_encoder``, ``model.teacher``,
 ``model.optimizer``). Their constructor arguments are stored in the checkpoint whether the
 module was built by the CLI or in Python, so ``GroundingModule.load_from_checkpoint(path)``
-rebuilds it without further arguments.
+rebuilds it without further arguments. A model folder to share (``config.yaml``,
+``model.safetensors``, a model card; :mod:`lightning_wsg.model_folder`) is written by
+``save_pretrained`` or ``lightning_wsg export`` and read by ``GroundingModule.from_pretrained``.
 
 Example:
     >>> from lightning_wsg.models import PhraseEncoder, RegionEncoder, Teacher
@@ -47,6 +49,15 @@ from .detection.grid import box_grid
 from .distributed import gathered_info_nce
 from .losses import distillation_kl, kd_weight, region_phrase_scores
 from .metrics import FLICKR_PHRASE_TYPES, GroundingMetrics, phrase_results
+from .model_folder import (
+    CONFIG,
+    folder_config,
+    load_weights,
+    read_config,
+    trained_image_size,
+    weights_file,
+    write_folder,
+)
 from .models import PhraseTower, RegionTower, Teacher, init_config
 from .models.towers import plain_values
 
@@ -113,6 +124,9 @@ class GroundingModule(LightningModule):
         phrase_types: phrase types reported as ``<split>/acc_<type>``.
         gather_negatives: under DDP, score each sentence against the images of every process
             (all-gathered with gradients; no effect on one process).
+        weights: a model folder (or its ``model.safetensors``) whose weights replace the built
+            ones, strictly (``--model DIR`` on the command line sets it). Not kept in
+            checkpoints, which hold the weights themselves.
     """
 
     #: ``predict_step`` also returns this many next-best boxes per phrase ("alternatives")
@@ -143,6 +157,7 @@ class GroundingModule(LightningModule):
         lr_schedule: Literal["constant", "cosine"] = "constant",
         phrase_types: Sequence[str] = FLICKR_PHRASE_TYPES,
         gather_negatives: bool = True,
+        weights: str | None = None,
     ) -> None:
         super().__init__()
         if not (use_nce or use_kd):
@@ -167,6 +182,8 @@ class GroundingModule(LightningModule):
         self.teacher = teacher if use_kd else None  # parameter-free; unused without distillation
         self.make_optimizer = optimizer
         self.metrics = nn.ModuleDict()
+        if weights is not None:
+            load_weights(self, weights)
 
     # ------------------------------------------------------------------ set-up
     def _save_hyperparameters(self, *towers: nn.Module | None) -> None:
@@ -186,6 +203,7 @@ class GroundingModule(LightningModule):
         if optimizer is not None and not isinstance(optimizer, (dict, str)):
             stored["optimizer"] = optimizer_config(optimizer)
         stored["_instantiator"] = _INSTANTIATOR
+        stored["weights"] = None  # a checkpoint holds the weights; the folder may be gone when it is loaded
         for hparams in (self._hparams, self._hparams_initial):
             hparams.update(stored)
 
@@ -451,6 +469,42 @@ class GroundingModule(LightningModule):
         finally:
             self.train(was_training)
         return phrase_results(scores, batch.proposals, batch.proposal_mask, batch.words, batch.phrase_spans, top_k)[0]
+
+    # ------------------------------------------------------------ model folder
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> GroundingModule:
+        """Build the module of a model folder (``config.yaml`` + ``model.safetensors``), in eval mode.
+
+        ``ground()`` then resizes images to the folder's training input size, as after
+        ``load_from_checkpoint``. Nothing is downloaded: the towers' own pretrained weights are
+        off in the folder's config.
+        """
+        from pytorch_lightning.cli import instantiate_module
+
+        doc = read_config(directory)
+        weights_file(directory)  # missing weights: said before the towers are built
+        config = {**doc["model"], "weights": str(directory)}
+        try:
+            module = instantiate_module(cls, config)
+        except (FileNotFoundError, ValueError):
+            raise  # the folder's own errors name their file
+        except Exception as err:  # jsonargparse's: say which file holds the configuration
+            raise ValueError(f"{Path(directory) / CONFIG}: cannot build the model: {err}") from err
+        module.predict_image_size = trained_image_size(doc)
+        return module.eval()
+
+    def save_pretrained(self, directory: str | Path, card: str | None = None) -> Path:
+        """Write this module as a model folder (see :mod:`lightning_wsg.model_folder`).
+
+        Args:
+            directory: the folder (created if missing; its three files are replaced).
+            card: the ``README.md`` model card (default: a short one;
+                ``lightning_wsg export`` writes one with the run's data and metrics).
+        """
+        config = folder_config(self.hparams, self.predict_image_size)
+        if card is None:
+            card = f"# {Path(directory).name}\n\nA lightning_wsg GroundingModule (`GroundingModule.from_pretrained`).\n"
+        return write_folder(self, directory, config, card)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # ground() resizes images as the training datamodule did

@@ -1,0 +1,170 @@
+"""Model folders: ``lightning_wsg export`` -> ``GroundingModule.from_pretrained`` / ``lightning test --model DIR``.
+
+The round trip must give the same predictions and the same test metrics as the checkpoint it
+came from; a damaged folder must fail with an error naming its file.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from helpers.cli import TINY_TEXT, demo_args
+from helpers.model import TINY_TEXT as TINY_TEXT_CONFIG
+
+from lightning_wsg.cli import RUN_KEY, expand_model_folders, main
+from lightning_wsg.export import main as lightning_wsg
+from lightning_wsg.grounding_module import GroundingModule
+from lightning_wsg.models import FeatureRegionEncoder, PhraseEncoder
+
+
+def _demo(tmp_path: Path) -> list[str]:
+    """The demo config (packaged EfficientNet-Lite0, feature cache) shrunk to a few seconds."""
+    return [
+        *demo_args(tmp_path, epochs=1, num_train=24, num_val=8, num_test=8),
+        "--data.world_image_size=64",
+        "--data.image_size=64",
+        "--data.batch_size=8",
+        f"--model.phrase_encoder.config_overrides={TINY_TEXT}",
+        "--model.phrase_encoder.hidden_dim=32",
+        "--model.phrase_encoder.embed_dim=16",
+        "--model.region_encoder.hidden_dim=32",
+        "--model.region_encoder.embed_dim=16",
+    ]
+
+
+def _metrics(cli) -> dict[str, float]:
+    return {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+
+
+def test_export_then_from_pretrained_and_lightning_test_match_the_checkpoint(tmp_path: Path, capsys) -> None:
+    args = _demo(tmp_path)
+    best = Path(main(["fit", *args]).trainer.checkpoint_callback.best_model_path)
+    assert torch.load(best, weights_only=True)[RUN_KEY]["command"].startswith("lightning fit --config")
+    folder = tmp_path / "model"
+    assert lightning_wsg(["export", "--ckpt_path", str(best), "--out", str(folder)]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.yaml", "model.safetensors"]
+
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    region = config["model"]["region_encoder"]["init_args"]
+    assert region["pretrained_path"] is None and region["pretrained"] is False  # the weights come from the folder
+    assert config["data"] == {"init_args": {"image_size": 64}}
+    card = (folder / "README.md").read_text()
+    for text in (
+        "lightning fit --config",
+        "SyntheticWorldDataModule",
+        "`val/acc`",
+        "lightning_wsg 0.1.0",
+        "--model model",
+    ):
+        assert text in card, text
+
+    # the same predictions: every box, every score
+    expected = main(["test", *args, f"--ckpt_path={best}"])
+    batch = next(iter(expected.datamodule.test_dataloader()))
+    from_ckpt = GroundingModule.load_from_checkpoint(best).eval()
+    loaded = GroundingModule.from_pretrained(folder)
+    assert not loaded.training and loaded.predict_image_size == from_ckpt.predict_image_size == 64
+    with torch.no_grad():
+        assert loaded.predict_step(batch, 0) == from_ckpt.predict_step(batch, 0)
+    image = torch.rand(3, 90, 120, generator=torch.Generator().manual_seed(0))
+    sentence = "a [small red car] next to [a blue fish]"
+    assert loaded.ground(image, sentence) == from_ckpt.ground(image, sentence)
+
+    # the same test metrics through the command line
+    metrics = _metrics(main(["test", *args, "--model", str(folder)]))
+    assert metrics == _metrics(expected) and metrics["test/num_phrases"] > 0
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        lightning_wsg(["export", "--ckpt_path", str(best), "--out", str(folder)])
+    assert exit_info.value.code == 1 and "give --overwrite" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def feature_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[GroundingModule, Path]:
+    """A feature-tower module (its normalisation statistics are buffers) and its model folder."""
+    torch.manual_seed(0)
+    region = FeatureRegionEncoder(feature_dim=6, hidden_dim=16, embed_dim=16, box_geometry=True)
+    phrase = PhraseEncoder(
+        "all-MiniLM-L6-v2", pretrained=False, config_overrides=TINY_TEXT_CONFIG, hidden_dim=32, embed_dim=16
+    )
+    model = GroundingModule(region, phrase, use_kd=False).eval()
+    model.region_encoder.prepare([torch.randn(40, 6) * 3 + 5])
+    folder = model.save_pretrained(tmp_path_factory.mktemp("folder") / "features")
+    return model, folder
+
+
+def test_feature_statistics_travel_in_the_folder(feature_folder) -> None:
+    model, folder = feature_folder
+    loaded = GroundingModule.from_pretrained(folder)
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+    assert not loaded.region_encoder.needs_preparation
+    boxes = torch.tensor([[0.0, 0.0, 40.0, 30.0], [20.0, 10.0, 90.0, 70.0], [5.0, 5.0, 15.0, 15.0]])
+    features = torch.randn(3, 6, generator=torch.Generator().manual_seed(1)) * 3 + 5
+    args = ((100, 80), "a [red ball] on [the mat]")
+    assert loaded.ground(*args, proposals=boxes, features=features) == model.ground(
+        *args, proposals=boxes, features=features
+    )
+
+
+def _damaged(folder: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "damaged"
+    shutil.copytree(folder, copy)
+    return copy
+
+
+def test_a_folder_without_weights_names_the_file(feature_folder, tmp_path: Path) -> None:
+    folder = _damaged(feature_folder[1], tmp_path)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"damaged/model\.safetensors: missing"):
+        GroundingModule.from_pretrained(folder)
+    (folder / "config.yaml").unlink()
+    with pytest.raises(FileNotFoundError, match=r"damaged/config\.yaml: missing"):
+        GroundingModule.from_pretrained(folder)
+    with pytest.raises(FileNotFoundError, match="no such model folder"):
+        GroundingModule.from_pretrained(tmp_path / "nowhere")
+
+
+def test_a_config_that_does_not_fit_the_weights_names_both_files(feature_folder, tmp_path: Path) -> None:
+    folder = _damaged(feature_folder[1], tmp_path)
+    config = folder / "config.yaml"
+    config.write_text(config.read_text().replace("hidden_dim: 16", "hidden_dim: 24"))
+    with pytest.raises(
+        ValueError, match=r"model\.safetensors: its weights do not fit the model built from .*config\.yaml"
+    ):
+        GroundingModule.from_pretrained(folder)
+    config.write_text(config.read_text().replace("tau_sentence:", "tau_sentense:"))
+    with pytest.raises(ValueError, match=r"config\.yaml: cannot build the model.*tau_sentense"):
+        GroundingModule.from_pretrained(folder)
+
+
+def test_export_refuses_what_is_not_a_grounding_checkpoint(tmp_path: Path, capsys) -> None:
+    torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
+    with pytest.raises(SystemExit):
+        lightning_wsg(["export", "--ckpt_path", str(tmp_path / "other.ckpt"), "--out", str(tmp_path / "m")])
+    assert "other.ckpt: not a checkpoint of lightning_wsg's GroundingModule" in capsys.readouterr().err
+    (tmp_path / "junk.ckpt").write_text("not a checkpoint")
+    with pytest.raises(SystemExit):
+        lightning_wsg(["export", "--ckpt_path", str(tmp_path / "junk.ckpt"), "--out", str(tmp_path / "m")])
+    assert "junk.ckpt: cannot be read as a checkpoint" in capsys.readouterr().err
+
+
+def test_model_option_expands_only_model_folders(feature_folder, tmp_path: Path) -> None:
+    folder = feature_folder[1]
+    assert expand_model_folders(["test", "--model", str(folder), "--trainer.max_epochs=1"]) == [
+        "test",
+        "--config",
+        str(folder / "config.yaml"),
+        f"--model.weights={folder}",
+        "--trainer.max_epochs=1",
+    ]
+    assert expand_model_folders([f"--model={folder}"])[0] == "--config"
+    assert expand_model_folders(["--model", "model.yaml"]) == ["--model", "model.yaml"]  # a config file: LightningCLI's
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty/config\.yaml: missing"):
+        expand_model_folders(["--model", str(tmp_path / "empty")])
