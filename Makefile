@@ -30,6 +30,12 @@ demo: $(STAMP)
 	OMP_NUM_THREADS=$(DEMO_THREADS) $(BIN)/lightning fit --config cli_configs/demo.yaml
 	OMP_NUM_THREADS=$(DEMO_THREADS) $(BIN)/lightning test --config cli_configs/demo.yaml --ckpt_path outputs/demo/checkpoints/best.ckpt \
 		--config cli_configs/report.yaml --trainer.callbacks.output_dir=outputs/demo
+	@echo
+	@echo "checkpoint:  outputs/demo/checkpoints/best.ckpt"
+	@if [ -f outputs/demo/report.html ]; then \
+		echo "report:      outputs/demo/report.html (metrics, accuracy charts, pictures of the best and worst groundings)"; fi
+	@echo "logs:        outputs/demo/lightning_logs (tensorboard --logdir outputs/demo/lightning_logs)"
+	@echo "to share it: $(BIN)/lightning_wsg export --ckpt_path outputs/demo/checkpoints/best.ckpt --out outputs/demo/model"
 
 test: $(MMDET_STAMP) browser
 	$(BIN)/python -m pytest -q tests
