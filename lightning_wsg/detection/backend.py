@@ -89,6 +89,7 @@ def keep_top_boxes(
     nms_iou: float | None,
     max_boxes: int,
     class_probs: torch.Tensor | None = None,
+    features: torch.Tensor | None = None,
 ) -> Detections:
     """A detector's raw output for one image as :class:`Detections`, best boxes first.
 
@@ -105,6 +106,7 @@ def keep_top_boxes(
         nms_iou: IoU of the class-agnostic NMS, or ``None``.
         max_boxes: boxes kept.
         class_probs: optional ``[N, C]`` class probabilities of each box.
+        features: optional ``[N, D]`` features of each box (kept rows follow their boxes).
     """
     from torchvision.ops import nms
 
@@ -118,6 +120,7 @@ def keep_top_boxes(
         [class_names[j] for j in labels[order].tolist()],
         scores[order],
         class_probs[order] if class_probs is not None else None,
+        features=features[order] if features is not None else None,
     )
 
 

@@ -28,16 +28,17 @@ A shard is a ``torch.save`` dict of flat arrays (see :func:`pack_shard`): ``imag
 ``offsets`` (``[n + 1]`` int64), ``boxes`` (``[T, 4]`` float32), ``scores`` (``[T]``
 float32), ``labels`` (``[T]`` int32 into ``label_names``, ``-1`` when the image has no
 labels), ``has_labels`` (``[n]`` bool), optional ``class_probs`` (``[T, C]`` float16 over
-``class_names``, returned as float32). Shards are written to a temporary file, flushed to
-disk and renamed into place (:func:`os.replace`), so a reader sees a shard whole or not at
-all; a killed run leaves only complete shards, and the next run detects only the images no
-shard holds. Readers map shards into memory (``torch.load(mmap=True)``): DataLoader
+``class_names``, returned as float32), optional ``features`` (``[T, D]`` float16: each box's
+detector feature, with ``box_features``; the manifest records ``feature_dim``). Shards are
+written to a temporary file, flushed to disk and renamed into place (:func:`os.replace`), so
+a reader sees a shard whole or not at all; a killed run leaves only complete shards, and the
+next run detects only the images no shard holds. Readers map shards into memory (``torch.load(mmap=True)``): DataLoader
 workers and ranks share the page cache, and nothing is written after a rename.
 
 The fingerprint is the SHA-256 of the canonical JSON of everything that changes the
 output (:meth:`DetectorBackend.settings`: backend, resolved config, checkpoint contents
-hash, thresholds, maximum boxes, input size, class-probability flag...): change any of
-them and a new folder is used; stale detections are never reused. Package versions are
+hash, thresholds, maximum boxes, input size, class-probability and box-feature flags...):
+change any of them and a new folder is used; stale detections are never reused. Package versions are
 recorded in the manifest but are not part of the fingerprint.
 
 Example:
@@ -219,6 +220,7 @@ class ShardedCache:
         names = list(class_names) if class_names is not None else (manifest.get("class_names") or store.class_names)
         manifest.update(
             class_names=names,
+            feature_dim=store.feature_dim,
             updated=_now(),
             counts={"images": len(store), "boxes": int(boxes), "shards": len(store._shards)},
         )

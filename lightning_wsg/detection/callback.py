@@ -15,6 +15,10 @@ not break a collective barrier), then all meet at ``trainer.strategy.barrier`` a
 that every needed image is in a complete shard. The cache folder must therefore be on a
 file system every rank sees.
 
+With ``box_features: true`` on the backend the shards also hold each box's RoI-head feature,
+and a model whose region tower reads features (``FeatureRegionEncoder``) trains on them; such
+a model with a backend that stores none is refused before anything is detected.
+
 Example (Python)::
 
     trainer = Trainer(callbacks=[DetectionCache(TorchvisionBackend(), cache_dir="cache")])
@@ -139,8 +143,23 @@ class DetectionCache(Callback):
             time.sleep(self.poll_seconds)
 
     # -------------------------------------------------------------------------- hooks
+    def _check_box_features(self, pl_module: pl.LightningModule) -> None:
+        """Refuse, before detecting, a detector without box features for a model that reads them."""
+        tower = getattr(pl_module, "region_encoder", None)
+        if (
+            tower is not None
+            and not getattr(tower, "reads_images", True)
+            and getattr(self.backend, "box_features", None) is False
+        ):
+            raise ValueError(
+                f"the model's {type(tower).__name__} reads per-box features, but the {self.backend.name} detector "
+                "does not store them: set box_features: true on the DetectionCache's backend "
+                "(--trainer.callbacks.backend.init_args.box_features true)"
+            )
+
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         dm = self._datamodule(trainer)
+        self._check_box_features(pl_module)
         if getattr(dm, "detections", None) is not None:
             rank_zero_warn(
                 f"data.detections={dm.detections} is ignored: the DetectionCache callback supplies the detections "

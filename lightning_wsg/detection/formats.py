@@ -79,6 +79,8 @@ class Detections:
         class_probs: optional ``[N, C]`` class-probability vectors over the store's
             ``class_names``.
         image_size: the image's ``(width, height)`` when the source gives it.
+        features: optional ``[N, D]`` per-box features a detector returns for the cache
+            (stores give theirs by :meth:`DetectionStore.features`, not here).
     """
 
     image_id: str
@@ -87,6 +89,7 @@ class Detections:
     scores: Tensor
     class_probs: Tensor | None = None
     image_size: tuple[int, int] | None = None
+    features: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
@@ -95,7 +98,9 @@ class Detections:
         """Raise :class:`DetectionFormatError` naming ``where`` if fields disagree."""
         n = len(self)
         if self.boxes.ndim != 2 or self.boxes.shape[1] != 4:
-            raise DetectionFormatError(f"{where}: image {self.image_id}: boxes must be [N, 4], got {tuple(self.boxes.shape)}")
+            raise DetectionFormatError(
+                f"{where}: image {self.image_id}: boxes must be [N, 4], got {tuple(self.boxes.shape)}"
+            )
         if self.labels is not None and len(self.labels) != n:
             raise DetectionFormatError(f"{where}: image {self.image_id}: {n} boxes but {len(self.labels)} labels")
         if self.scores.shape != (n,):
@@ -103,6 +108,10 @@ class Detections:
         if self.class_probs is not None and (self.class_probs.ndim != 2 or self.class_probs.shape[0] != n):
             raise DetectionFormatError(
                 f"{where}: image {self.image_id}: {n} boxes but class_probs of shape {tuple(self.class_probs.shape)}"
+            )
+        if self.features is not None and (self.features.ndim != 2 or self.features.shape[0] != n):
+            raise DetectionFormatError(
+                f"{where}: image {self.image_id}: {n} boxes but features of shape {tuple(self.features.shape)}"
             )
         if n and not torch.isfinite(self.boxes).all():
             raise DetectionFormatError(f"{where}: image {self.image_id}: non-finite box coordinates")
@@ -277,7 +286,9 @@ class TsvDetections(DetectionStore):
                 try:
                     n = int(fields["num_boxes"])
                 except ValueError:
-                    raise DetectionFormatError(f"{where}: num_boxes is not an integer: {fields['num_boxes']!r}") from None
+                    raise DetectionFormatError(
+                        f"{where}: num_boxes is not an integer: {fields['num_boxes']!r}"
+                    ) from None
                 boxes = _b64_array(fields["boxes"], np.float32, where, "boxes")
                 if boxes.size != 4 * n:
                     raise DetectionFormatError(f"{where}: num_boxes={n} but boxes hold {boxes.size} floats")

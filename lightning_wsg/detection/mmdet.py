@@ -21,6 +21,13 @@ What a box carries:
   softmax row of the proposal it was regressed from, without the background column:
   ``class_probs[i, c] = P(class c | proposal of box i)`` over ``class_names`` (rows sum
   to ``1 - P(background)``). The box's own ``scores[i]`` equals ``class_probs[i, label]``.
+* ``features`` (``box_features=True``, a ``StandardRoIHead`` whose bbox head has shared
+  layers, ``ConvFCBBoxHead``: Faster R-CNN's ``Shared2FCBBoxHead`` gives 1024-d): the RoI
+  head's shared feature of each final box. The roi head's ``predict`` is wrapped: its final
+  boxes, mapped back from original-image pixels to the network input's (times the resize's
+  ``scale_factor``), are pooled from the neck's maps by ``bbox_roi_extractor`` and passed
+  through the head's shared convs and fcs, the layers before the class and box branches
+  split. The cache stores them for the feature tower (``FeatureRegionEncoder``).
 
 Example:
     >>> backend = MMDetectionBackend(  # doctest: +SKIP
@@ -115,6 +122,39 @@ def _predict_single_with_probs(self, roi, cls_score, bbox_pred, img_meta, rescal
     return results
 
 
+def _predict_with_box_features(self, x, rpn_results_list, batch_data_samples, rescale: bool = False):
+    """``StandardRoIHead.predict`` that also gives each final box its RoI-head feature."""
+    from mmdet.structures.bbox import bbox2roi, get_box_tensor
+
+    results = self._wsg_original_predict(x, rpn_results_list, batch_data_samples, rescale=rescale)
+    boxes = []
+    for result, sample in zip(results, batch_data_samples):
+        bboxes = get_box_tensor(result.bboxes)
+        if rescale:  # MMDetection divided them by the resize's scale factor: back to the input's pixels
+            bboxes = bboxes * bboxes.new_tensor(sample.metainfo["scale_factor"]).repeat(2)
+        boxes.append(bboxes)
+    pooled = self.bbox_roi_extractor(x[: self.bbox_roi_extractor.num_inputs], bbox2roi(boxes))
+    if self.with_shared_head:
+        pooled = self.shared_head(pooled)
+    features = _shared_head_features(self.bbox_head, pooled)
+    for result, block in zip(results, features.split([len(b) for b in boxes])):
+        result.box_features = block
+    return results
+
+
+def _shared_head_features(head, x: torch.Tensor) -> torch.Tensor:
+    """``ConvFCBBoxHead.forward`` up to where the class and box branches split."""
+    for conv in head.shared_convs:
+        x = conv(x)
+    if head.num_shared_fcs > 0:
+        if head.with_avg_pool:
+            x = head.avg_pool(x)
+        x = x.flatten(1)
+        for fc in head.shared_fcs:
+            x = head.relu(fc(x))
+    return x.flatten(1)
+
+
 class MMDetectionBackend(DetectorBackend):
     """An MMDetection 3.x detector (``init_detector(config, checkpoint)``).
 
@@ -131,6 +171,8 @@ class MMDetectionBackend(DetectorBackend):
         image_scale: ``(long, short)`` of the test pipeline's ``Resize`` (``None``: the
             config's, usually ``(1333, 800)``).
         class_probs: also return each box's class-probability vector (see module docstring).
+        box_features: also return each box's RoI-head feature, for the feature tower (see
+            module docstring).
         cfg_options: extra config overrides (``{"model.test_cfg.rcnn.nms.iou_threshold": 0.3}``).
         seed: the seed of random weights (``checkpoint=None``).
     """
@@ -147,6 +189,7 @@ class MMDetectionBackend(DetectorBackend):
         nms_iou: float | None = 0.5,
         image_scale: tuple[int, int] | None = None,
         class_probs: bool = False,
+        box_features: bool = False,
         cfg_options: dict[str, Any] | None = None,
         seed: int = 0,
     ) -> None:
@@ -160,6 +203,7 @@ class MMDetectionBackend(DetectorBackend):
         self.nms_iou = float(nms_iou) if nms_iou is not None else None
         self.image_scale = tuple(int(v) for v in image_scale) if image_scale is not None else None
         self.class_probs = bool(class_probs)
+        self.box_features = bool(box_features)
         self.cfg_options = dict(cfg_options or {})
         self.seed = int(seed)
         self.batch_size = 1
@@ -228,6 +272,8 @@ class MMDetectionBackend(DetectorBackend):
             "nms_iou": self.nms_iou,
             "image_scale": list(self.image_scale) if self.image_scale is not None else None,
             "class_probs": self.class_probs,
+            # only when on: a cache made before the option existed keeps its folder
+            **({"box_features": True} if self.box_features else {}),
         }
 
     def versions(self) -> dict[str, str]:
@@ -272,6 +318,18 @@ class MMDetectionBackend(DetectorBackend):
                 )
             head._wsg_original_predict_single = head._predict_by_feat_single
             head._predict_by_feat_single = MethodType(_predict_single_with_probs, head)
+        if self.box_features:
+            roi_head = getattr(model, "roi_head", None)
+            extractor = getattr(roi_head, "bbox_roi_extractor", None)
+            head = getattr(roi_head, "bbox_head", None)
+            if isinstance(extractor, (torch.nn.ModuleList, type(None))) or not hasattr(head, "shared_fcs"):
+                raise ValueError(
+                    f"box_features=True needs a two-stage detector with one RoI stage whose bbox head has shared "
+                    f"layers (StandardRoIHead + ConvFCBBoxHead, as Faster R-CNN); {type(model).__name__} from "
+                    f"{self.config} has {type(roi_head).__name__} with {type(head).__name__}"
+                )
+            roi_head._wsg_original_predict = roi_head.predict
+            roi_head.predict = MethodType(_predict_with_box_features, roi_head)
         num_classes = _num_classes(model)
         if num_classes is not None and num_classes != len(names):
             raise ValueError(f"the detector has {num_classes} classes but {len(names)} class names")
@@ -288,6 +346,7 @@ class MMDetectionBackend(DetectorBackend):
         for (image_id, _), sample in zip(images, samples):
             pred = sample.pred_instances
             probs = pred.class_probs.detach().float().cpu() if self.class_probs else None
+            feats = pred.box_features.detach().float().cpu() if self.box_features else None
             results.append(
                 keep_top_boxes(
                     image_id,
@@ -298,6 +357,7 @@ class MMDetectionBackend(DetectorBackend):
                     self.nms_iou,
                     self.max_boxes,
                     probs,
+                    feats,
                 )
             )
         return results

@@ -6,9 +6,14 @@ reads a cache folder (memory-mapped shards) as a
 folder against its fingerprint. The writer is :class:`~lightning_wsg.detection.cache.ShardedCache`
 (its module docstring describes the layout).
 
+A detector asked for its boxes' features (``box_features: true``) adds them to each shard as
+one ``[T, D]`` float16 array, memory-mapped like the native store's; the folder is then a
+feature source (``store.feature_dim``, ``store.features(image_id)``) for the feature tower.
+
 Example:
     >>> store = CachedDetections("cache/images-1a2b3c4d/torchvision-0123456789abcdef")  # doctest: +SKIP
     >>> store["1000092795"].boxes.shape  # doctest: +SKIP
+    >>> store.features("1000092795").shape  # with box_features: [boxes, D]  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ def pack_shard(detections: Sequence[Detections], class_names: Sequence[str] | No
     """Flatten detections into one shard dict (see the module docstring).
 
     ``class_names`` (the detector's vocabulary) seeds ``label_names`` so that label indices
-    are the detector's class indices; labels outside it are appended.
+    are the detector's class indices; labels outside it are appended. Per-box ``features``
+    (all images or none) are stored as float16; a value float16 cannot hold is an error.
     """
     if not detections:
         raise ValueError("a shard holds at least one image")
@@ -68,6 +74,9 @@ def pack_shard(detections: Sequence[Detections], class_names: Sequence[str] | No
     with_probs = [det.class_probs is not None for det in detections]
     if any(with_probs) and not all(with_probs):
         raise ValueError("class_probs must be given for every image of a shard or for none")
+    with_features = [det.features is not None for det in detections]
+    if any(with_features) and not all(with_features):
+        raise ValueError("features must be given for every image of a shard or for none")
     total = offsets[-1]
     boxes = [det.boxes.detach().reshape(-1, 4).float().cpu() for det in detections]
     scores = [det.scores.detach().reshape(-1).float().cpu() for det in detections]
@@ -82,6 +91,7 @@ def pack_shard(detections: Sequence[Detections], class_names: Sequence[str] | No
         "has_labels": torch.tensor(has_labels, dtype=torch.bool),
         "class_names": _join(class_names, "class name") if class_names is not None else None,
         "class_probs": None,
+        "features": _pack_features(detections) if all(with_features) else None,
     }
     if all(with_probs):
         width = probs_width if probs_width is not None else (len(class_names) if class_names is not None else 0)
@@ -90,6 +100,25 @@ def pack_shard(detections: Sequence[Detections], class_names: Sequence[str] | No
             torch.cat(rows).to(torch.float16) if total else torch.zeros(0, width, dtype=torch.float16)
         )
     return shard
+
+
+def _pack_features(detections: Sequence[Detections]) -> torch.Tensor:
+    """The images' ``[N, D]`` features as one ``[T, D]`` float16 array (one width for all)."""
+    width = int(detections[0].features.shape[1])
+    blocks = []
+    for det in detections:
+        block = det.features.detach().float().cpu()
+        if block.shape[1] != width:
+            raise ValueError(
+                f"image {det.image_id}: features of width {block.shape[1]}, image {detections[0].image_id}: {width}"
+            )
+        half = block.to(torch.float16)
+        if not torch.isfinite(half).all():
+            raise ValueError(
+                f"image {det.image_id}: features that float16 cannot hold (|x| > 65504) or that are not finite"
+            )
+        blocks.append(half)
+    return torch.cat(blocks)
 
 
 def _join(names: Sequence[str], what: str) -> str:
@@ -113,6 +142,7 @@ class _Shard:
         "boxes",
         "class_names",
         "class_probs",
+        "features",
         "has_labels",
         "image_ids",
         "labels",
@@ -137,8 +167,11 @@ class _Shard:
             self.has_labels: list[bool] = data["has_labels"].tolist()
             self.class_probs: torch.Tensor | None = data["class_probs"]
             self.class_names: list[str] | None = _split(data["class_names"])
+            self.features: torch.Tensor | None = data.get("features")  # shards of before box_features lack it
             if len(self.offsets) != len(self.image_ids) + 1 or self.offsets[-1] != self.boxes.shape[0]:
                 raise ValueError("offsets disagree with the arrays")
+            if self.features is not None and (self.features.ndim != 2 or len(self.features) != len(self.boxes)):
+                raise ValueError(f"features {tuple(self.features.shape)} for {len(self.boxes)} boxes")
         except Exception as err:  # noqa: BLE001 - any unreadable shard is the same error
             raise DetectionFormatError(
                 f"{path}: unreadable detection-cache shard ({type(err).__name__}: {err}); delete it and the "
@@ -170,6 +203,10 @@ class CachedDetections(DetectionStore):
         path: the cache folder (the one holding ``manifest.json``).
         only: restrict the store to these image ids (a dataset's view of a cache shared
             with other datasets of the same images, e.g. RefCOCO and RefCOCOg on COCO).
+
+    Attributes:
+        feature_dim: the width of the shards' per-box features (``box_features``), ``None``
+            when they have none.
     """
 
     def __init__(self, path: str | Path, only: Iterable[str] | None = None) -> None:
@@ -182,6 +219,7 @@ class CachedDetections(DetectionStore):
         self._shards: dict[str, _Shard] = {}
         self._index: dict[str, tuple[str, int]] = {}
         self._only = {str(i) for i in only} if only is not None else None
+        self._width_from: tuple[Path, str] | None = None  # the shard (and an image) the width was read from
         self.refresh()
 
     def refresh(self) -> None:
@@ -191,6 +229,7 @@ class CachedDetections(DetectionStore):
                 continue
             name = shard_path.name
             shard = self._shards[name] = _Shard(shard_path)
+            self._check_feature_width(shard)
             index, only = self._index, self._only
             for row, image_id in enumerate(shard.image_ids):
                 if image_id not in index and (
@@ -199,6 +238,23 @@ class CachedDetections(DetectionStore):
                     index[image_id] = (name, row)
             if self.class_names is None and shard.class_names is not None:
                 self.class_names = list(shard.class_names)
+
+    def _check_feature_width(self, shard: _Shard) -> None:
+        """One feature width across the folder's shards, or no features in any."""
+        width = int(shard.features.shape[1]) if shard.features is not None else None
+        if self._width_from is None:
+            self.feature_dim, self._width_from = width, (shard.path, shard.image_ids[0])
+        elif width != self.feature_dim:
+            path, image_id = self._width_from
+
+            def what(w: int | None) -> str:
+                return f"features of width {w}" if w is not None else "no features"
+
+            raise DetectionFormatError(
+                f"{shard.path}: {what(width)} (image {shard.image_ids[0]}), but {path} holds "
+                f"{what(self.feature_dim)} (image {image_id}): shards of two detector settings in one folder; "
+                + _REDO.format(folder=self.path)
+            )
 
     def _shard(self, name: str) -> _Shard:
         shard = self._shards.get(name)
@@ -212,6 +268,18 @@ class CachedDetections(DetectionStore):
 
     def __contains__(self, image_id: object) -> bool:
         return str(image_id) in self._index
+
+    def features(self, image_id: str) -> torch.Tensor:
+        """The ``[N, feature_dim]`` float32 features of an image's boxes (row ``i``: box ``i``)."""
+        name, row = self._index[str(image_id)]
+        shard = self._shard(name)
+        if shard.features is None:
+            raise DetectionFormatError(
+                f"{self.path}: this detection cache holds no per-box features (image {image_id}): set "
+                "box_features: true on the DetectionCache's detector backend (a new cache folder) to store them"
+            )
+        a, b = shard.offsets[row], shard.offsets[row + 1]
+        return shard.features[a:b].float()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._index)

@@ -11,7 +11,11 @@ Output per image: boxes in original-image pixels, the label's category name, its
 after the model's per-class NMS, an optional class-agnostic NMS and the ``max_boxes``
 top-scored. With ``class_probs=True`` each box also carries the softmax over the
 foreground categories (``class_names`` = categories without ``__background__``; the
-background probability is ``1 - sum``) of the proposal it was regressed from.
+background probability is ``1 - sum``) of the proposal it was regressed from. With
+``box_features=True`` each box also carries its RoI-head feature: ``roi_heads.box_roi_pool``
+over the backbone's feature maps at the final box (in the resized input's pixels, where the
+model computed it), then ``roi_heads.box_head`` (``TwoMLPHead``: 1024-d); the cache stores
+them for the feature tower (``FeatureRegionEncoder``).
 
 Example:
     >>> backend = TorchvisionBackend("fasterrcnn_resnet50_fpn_v2", weights="DEFAULT")  # doctest: +SKIP
@@ -80,6 +84,19 @@ def _postprocess_with_probs(self, class_logits, box_regression, proposals, image
     return all_boxes, all_scores, all_labels
 
 
+def _keep_box_features(roi_heads, args, output) -> None:
+    """A forward hook of ``RoIHeads``: each final box's ``box_head`` feature, in ``_wsg_box_features``.
+
+    ``roi_heads(features, proposals, image_shapes)`` returns boxes in the resized input's
+    pixels (the model maps them to the original image afterwards), so they pool the same
+    feature maps the detector's own proposals did.
+    """
+    features, _, image_shapes = args[:3]
+    boxes = [det["boxes"] for det in output[0]]
+    pooled = roi_heads.box_head(roi_heads.box_roi_pool(features, boxes, image_shapes))
+    roi_heads._wsg_box_features = list(pooled.flatten(1).split([len(b) for b in boxes]))
+
+
 class TorchvisionBackend(DetectorBackend):
     """A torchvision Faster R-CNN (family) detector.
 
@@ -100,6 +117,8 @@ class TorchvisionBackend(DetectorBackend):
         min_size: the shorter image side at the detector's input.
         max_size: the longer side's cap at the detector's input.
         class_probs: also return each box's softmax over the foreground categories.
+        box_features: also return each box's RoI-head feature (the ``box_head`` output), for
+            the feature tower (see the module docstring).
         batch_size: images per forward pass. torchvision pads a batch's images to one size,
             which changes the output slightly (not part of the fingerprint); 1 is exact.
         seed: the seed of random weights (``weights`` and ``checkpoint`` both ``None``).
@@ -120,6 +139,7 @@ class TorchvisionBackend(DetectorBackend):
         min_size: int = 800,
         max_size: int = 1333,
         class_probs: bool = False,
+        box_features: bool = False,
         batch_size: int = 1,
         seed: int = 0,
     ) -> None:
@@ -142,6 +162,7 @@ class TorchvisionBackend(DetectorBackend):
         self.min_size = int(min_size)
         self.max_size = int(max_size)
         self.class_probs = bool(class_probs)
+        self.box_features = bool(box_features)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self._model: torch.nn.Module | None = None
@@ -183,6 +204,8 @@ class TorchvisionBackend(DetectorBackend):
             "min_size": self.min_size,
             "max_size": self.max_size,
             "class_probs": self.class_probs,
+            # only when on: a cache made before the option existed keeps its folder
+            **({"box_features": True} if self.box_features else {}),
         }
 
     @property
@@ -220,6 +243,8 @@ class TorchvisionBackend(DetectorBackend):
                 model.load_state_dict(state)
         if self.class_probs:
             model.roi_heads.postprocess_detections = MethodType(_postprocess_with_probs, model.roi_heads)
+        if self.box_features:
+            model.roi_heads.register_forward_hook(_keep_box_features)
         self._device = torch.device(device) if device is not None else torch.device("cpu")
         self._model = model.eval().to(self._device)
         self._names = self._categories()
@@ -238,11 +263,13 @@ class TorchvisionBackend(DetectorBackend):
         batch = [self._read(path).to(self._device) for _, path in images]
         outputs = self._model(batch)
         probs_list = getattr(self._model.roi_heads, "_wsg_class_probs", None) if self.class_probs else None
+        feats_list = getattr(self._model.roi_heads, "_wsg_box_features", None) if self.box_features else None
         results = []
         for i, ((image_id, _), out) in enumerate(zip(images, outputs)):
             probs = probs_list[i].float().cpu() if probs_list is not None else None
+            feats = feats_list[i].float().cpu() if feats_list is not None else None
             boxes, scores, labels = out["boxes"].float().cpu(), out["scores"].float().cpu(), out["labels"].cpu()
             results.append(
-                keep_top_boxes(image_id, boxes, scores, labels, self._names, self.nms_iou, self.max_boxes, probs)
+                keep_top_boxes(image_id, boxes, scores, labels, self._names, self.nms_iou, self.max_boxes, probs, feats)
             )
         return results
