@@ -208,7 +208,9 @@ def model_card(checkpoint: dict[str, Any], name: str, command: str, run: dict[st
 
 def main(argv: list[str] | None = None) -> int:
     """The ``lightning_wsg`` command (its one subcommand: ``export``)."""
-    parser = argparse.ArgumentParser(prog="lightning_wsg", description=__doc__.split("\n", 1)[0])
+    parser = argparse.ArgumentParser(
+        prog="lightning_wsg", description="lightning_wsg tools (the training command is `lightning`)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     sub = commands.add_parser(
         "export", help="a checkpoint -> a model folder (config.yaml, model.safetensors, README.md)"
