@@ -229,8 +229,9 @@ class GroundingDataModule(pl.LightningDataModule):
         if store.feature_dim is None:
             raise ValueError(
                 f"split {split}: the model reads per-box features (or data.image_dir is not given), but "
-                f"{store.path} has none: give data.detections a bottom-up-attention TSV with its features column "
-                "or an HDF5 file of image_features, or data.image_dir with an image tower"
+                f"{store.path} has none: give data.detections a bottom-up-attention TSV with its features column, "
+                "an HDF5 file of image_features, a native feature store, or a detection cache made with "
+                "box_features: true; or data.image_dir with an image tower"
             )
         want = getattr(self._region_tower(), "feature_dim", None)
         if want is not None and store.feature_dim != want:
