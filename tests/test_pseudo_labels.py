@@ -15,11 +15,11 @@ from helpers.trainer import quiet_trainer
 from PIL import Image
 
 from lightning_wsg.boxes import box_iou, union_box
+from lightning_wsg.callbacks.pseudo_labels import PseudoLabelWriter, select_labels
 from lightning_wsg.data import RefCOCODataModule, SyntheticWorldDataModule
 from lightning_wsg.data.pseudo_labels import PseudoLabel, write_refer_from_refs
 from lightning_wsg.data.refcoco import load_entries, read_instances, read_refs
 from lightning_wsg.metrics import GroundingMetrics, PhraseOutcomes
-from lightning_wsg.pseudo_labels import PseudoLabelWriter, select_labels
 
 REFCOCO_YAML = str(REPO / "cli_configs" / "refcoco.yaml")
 PSEUDO_YAML = str(REPO / "cli_configs" / "pseudo_labels.yaml")

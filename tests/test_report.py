@@ -24,8 +24,8 @@ from helpers.flickr import make_tiny_flickr
 from helpers.shared import in_ci
 from PIL import Image
 
+from lightning_wsg.callbacks.report import PhraseRecord, TestReport, proposal_rows, render_report, size_rows, type_rows
 from lightning_wsg.cli import main
-from lightning_wsg.report import PhraseRecord, TestReport, proposal_rows, render_report, size_rows, type_rows
 
 REPORT_YAML = str(REPO / "cli_configs" / "report.yaml")
 DDP_SIM_YAML = str(REPO / "cli_configs" / "trainer" / "ddp_sim.yaml")

@@ -83,7 +83,7 @@ class GroundingDataModule(pl.LightningDataModule):
             split instead of the test splits.
         predict_split: a split of the dataset for ``lightning predict`` to ground instead of
             the test splits, the training split included (pseudo-labels,
-            :mod:`lightning_wsg.pseudo_labels`): every phrase a sentence marks, in file order,
+            :mod:`lightning_wsg.callbacks.pseudo_labels`): every phrase a sentence marks, in file order,
             with its ground-truth boxes where the annotations have them
             (:meth:`load_labelled_split`). Proposals come from ``detections`` as for testing.
         predict_proposals: proposals at prediction: ``"grid"`` (a dense multi-scale box

@@ -1,6 +1,6 @@
 """Pseudo-label files: the chosen box of each phrase, in layouts that supervised grounders read.
 
-:class:`~lightning_wsg.pseudo_labels.PseudoLabelWriter` (``lightning predict``) collects one
+:class:`~lightning_wsg.callbacks.PseudoLabelWriter` (``lightning predict``) collects one
 :class:`PseudoLabel` per phrase and writes them with the functions here:
 
 * :func:`write_refer_from_refs`, for a source in the refer layout (RefCOCO family): a

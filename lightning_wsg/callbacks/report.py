@@ -18,7 +18,7 @@ Example (YAML, see ``cli_configs/report.yaml``)::
 
     trainer:
       callbacks+:
-        - class_path: lightning_wsg.report.TestReport
+        - class_path: lightning_wsg.callbacks.TestReport
           init_args: {output_dir: null, num_gallery: 12}
 """
 
@@ -41,10 +41,10 @@ from PIL import Image, ImageDraw
 from pytorch_lightning import Callback, LightningModule, Trainer
 from torch import Tensor
 
-from .boxes import box_iou
-from .callbacks import PALETTE, _dashed_rectangle, _original_image, draw_grounding
-from .data.batch import GroundingBatch
-from .metrics import predict_boxes
+from ..boxes import box_iou
+from ..data.batch import GroundingBatch
+from ..metrics import predict_boxes
+from .drawing import PALETTE, dashed_rectangle, draw_grounding, loader_dataset, original_image
 
 __all__ = ["PhraseRecord", "TestReport", "render_report"]
 
@@ -153,7 +153,7 @@ class TestReport(Callback):
         scores = outputs
         if not isinstance(scores, Tensor) or tuple(scores.shape[:2]) != tuple(batch.phrase_mask.shape):
             scores = pl_module(batch)  # a module whose test_step does not return its scores
-        self._collect(batch, scores, _test_dataset(trainer, dataloader_idx))
+        self._collect(batch, scores, loader_dataset(trainer, "test", dataloader_idx))
 
     def _collect(self, batch: GroundingBatch, scores: Tensor, dataset: Any) -> None:
         top = predict_boxes(scores, batch.proposals, batch.proposal_mask, k=1)
@@ -199,7 +199,7 @@ class TestReport(Callback):
                 ):
                     continue
                 if image is None:
-                    image = self._thumbnail(_original_image(dataset, batch, i)[0])
+                    image = self._thumbnail(original_image(dataset, batch, i)[0])
                 picture, scale = image
                 shot = _Shot(
                     record,
@@ -273,7 +273,7 @@ class TestReport(Callback):
         # the ground truth in a colour of its own: in the phrase's colour it hid under a nearby chosen box
         draw = ImageDraw.Draw(drawn)
         for box in shot.gt_boxes:
-            _dashed_rectangle(draw, box, GT_COLOUR, max(2, round(self.thumbnail_size / 110)))
+            dashed_rectangle(draw, box, GT_COLOUR, max(2, round(self.thumbnail_size / 110)))
         buffer = io.BytesIO()
         drawn.save(buffer, format="JPEG", quality=88)
         return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -306,13 +306,6 @@ def _top(shots: list, capacity: int) -> list:
             seen.add(shot.target)
             out.append((key, shot))
     return out[:capacity]
-
-
-def _test_dataset(trainer: Trainer, dataloader_idx: int) -> Any:
-    loaders = trainer.test_dataloaders
-    if isinstance(loaders, (list, tuple)):
-        loaders = loaders[dataloader_idx] if dataloader_idx < len(loaders) else None
-    return getattr(loaders, "dataset", None)
 
 
 # ------------------------------------------------------------------------------ the page
@@ -565,7 +558,7 @@ def render_report(
             "(one picture per referred object)</p>"
             f'<div class="gallery" data-kind="{kind}">{items or "<p class=empty>none</p>"}</div></section>'
         )
-    body.append("<footer>Written by lightning_wsg.report.TestReport after lightning test.</footer>")
+    body.append("<footer>Written by lightning_wsg.callbacks.TestReport after lightning test.</footer>")
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'

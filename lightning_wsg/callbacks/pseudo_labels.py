@@ -34,11 +34,11 @@ from pytorch_lightning import LightningModule, Trainer
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch import Tensor
 
-from .data.base import GroundingDataModule
-from .data.batch import GroundingBatch
-from .data.pseudo_labels import PseudoLabel, write_phrase_jsonl, write_refer_from_phrases, write_refer_from_refs
-from .data.refcoco import RefCOCODataModule
-from .metrics import GroundingMetrics, PhraseOutcomes, predict_boxes
+from ..data.base import GroundingDataModule
+from ..data.batch import GroundingBatch
+from ..data.pseudo_labels import PseudoLabel, write_phrase_jsonl, write_refer_from_phrases, write_refer_from_refs
+from ..data.refcoco import RefCOCODataModule
+from ..metrics import GroundingMetrics, PhraseOutcomes, predict_boxes
 
 __all__ = ["LAYOUTS", "PseudoLabelWriter", "select_labels"]
 

@@ -1,0 +1,28 @@
+"""Lightning callbacks that write what a trained model does, one per file.
+
+* :class:`GroundingWriter` (``lightning predict``, ``cli_configs/predict.yaml``): predictions
+  as JSON Lines, and pictures.
+* :class:`PseudoLabelWriter` (``lightning predict``, ``cli_configs/pseudo_labels.yaml``): the
+  chosen box per phrase of a dataset split, in a layout a supervised grounder reads.
+* :class:`GroundingPictures` (validation): a grid of pictures logged to TensorBoard.
+* :class:`TestReport` (``lightning test``, ``cli_configs/report.yaml``): one self-contained
+  HTML page per run.
+
+``drawing`` holds what they share: boxes drawn on the original image.
+"""
+
+from .drawing import PALETTE, draw_grounding, picture_grid
+from .pictures import GroundingPictures
+from .pseudo_labels import PseudoLabelWriter
+from .report import TestReport
+from .writer import GroundingWriter
+
+__all__ = [
+    "PALETTE",
+    "GroundingPictures",
+    "GroundingWriter",
+    "PseudoLabelWriter",
+    "TestReport",
+    "draw_grounding",
+    "picture_grid",
+]
