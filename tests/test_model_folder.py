@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers.cli import TINY_TEXT, demo_args
+from helpers.cli import tiny_demo_args
 from helpers.model import TINY_TEXT as TINY_TEXT_CONFIG
 
 from lightning_wsg.cli import RUN_KEY, expand_model_folders, main
@@ -21,27 +21,12 @@ from lightning_wsg.grounding_module import GroundingModule
 from lightning_wsg.models import FeatureRegionEncoder, PhraseEncoder
 
 
-def _demo(tmp_path: Path) -> list[str]:
-    """The demo config (packaged EfficientNet-Lite0, feature cache) shrunk to a few seconds."""
-    return [
-        *demo_args(tmp_path, epochs=1, num_train=24, num_val=8, num_test=8),
-        "--data.world_image_size=64",
-        "--data.image_size=64",
-        "--data.batch_size=8",
-        f"--model.phrase_encoder.config_overrides={TINY_TEXT}",
-        "--model.phrase_encoder.hidden_dim=32",
-        "--model.phrase_encoder.embed_dim=16",
-        "--model.region_encoder.hidden_dim=32",
-        "--model.region_encoder.embed_dim=16",
-    ]
-
-
 def _metrics(cli) -> dict[str, float]:
     return {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
 
 
 def test_export_then_from_pretrained_and_lightning_test_match_the_checkpoint(tmp_path: Path, capsys) -> None:
-    args = _demo(tmp_path)
+    args = tiny_demo_args(tmp_path)
     best = Path(main(["fit", *args]).trainer.checkpoint_callback.best_model_path)
     assert torch.load(best, weights_only=True)[RUN_KEY]["command"].startswith("lightning fit --config")
     folder = tmp_path / "model"

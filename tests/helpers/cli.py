@@ -54,3 +54,19 @@ def demo_args(tmp: Path, epochs: int, num_train: int, num_val: int, num_test: in
         f"--data.num_test={num_test}",
         "--data.num_workers=0",
     ]
+
+
+def tiny_demo_args(tmp: Path) -> list[str]:
+    """The demo config (packaged EfficientNet-Lite0, feature cache) on a 24-image world, one
+    epoch, with a small phrase tower: a few seconds."""
+    return [
+        *demo_args(tmp, epochs=1, num_train=24, num_val=8, num_test=8),
+        "--data.world_image_size=64",
+        "--data.image_size=64",
+        "--data.batch_size=8",
+        f"--model.phrase_encoder.config_overrides={TINY_TEXT}",
+        "--model.phrase_encoder.hidden_dim=32",
+        "--model.phrase_encoder.embed_dim=16",
+        "--model.region_encoder.hidden_dim=32",
+        "--model.region_encoder.embed_dim=16",
+    ]
