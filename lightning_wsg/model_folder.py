@@ -22,6 +22,7 @@ Written from a checkpoint by ``lightning_wsg export`` (:mod:`lightning_wsg.expor
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ import yaml
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from .files import atomic_write_text, temp_name
 from .models.towers import plain_values
 
 __all__ = [
@@ -101,9 +103,15 @@ def write_folder(module: nn.Module, directory: str | Path, config: dict[str, Any
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     header = _CONFIG_HEADER.format(folder=directory)
-    (directory / CONFIG).write_text(header + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    (directory / CARD).write_text(card, encoding="utf-8")
-    save_model(module, str(directory / WEIGHTS), metadata={"format": "pt", "lightning_wsg": __version__})
+    # each file whole or not at all: a kill mid-export leaves no truncated weights behind
+    weights = temp_name(directory / WEIGHTS)
+    try:
+        save_model(module, str(weights), metadata={"format": "pt", "lightning_wsg": __version__})
+        os.replace(weights, directory / WEIGHTS)
+    finally:
+        weights.unlink(missing_ok=True)
+    atomic_write_text(directory / CONFIG, header + yaml.safe_dump(config, sort_keys=False))
+    atomic_write_text(directory / CARD, card)
     shutil.copymode(directory / CARD, directory / WEIGHTS)  # safetensors writes 0600: readable like the rest
     return directory
 

@@ -153,3 +153,20 @@ def test_model_option_expands_only_model_folders(feature_folder, tmp_path: Path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"empty/config\.yaml: missing"):
         expand_model_folders(["--model", str(tmp_path / "empty")])
+
+
+def test_an_export_that_fails_part_way_keeps_the_previous_weights(feature_folder, tmp_path: Path, monkeypatch) -> None:
+    model, folder = feature_folder
+    target = shutil.copytree(folder, tmp_path / "folder")
+    before = (target / "model.safetensors").read_bytes()
+
+    def cut_short(module, filename, metadata=None):
+        Path(filename).write_bytes(before[: len(before) // 2])  # a kill in the middle of the write
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("lightning_wsg.model_folder.save_model", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        model.save_pretrained(target)
+    assert (target / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in target.iterdir()) == ["README.md", "config.yaml", "model.safetensors"]
+    GroundingModule.from_pretrained(target)

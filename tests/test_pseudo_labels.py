@@ -17,7 +17,7 @@ from PIL import Image
 from lightning_wsg.boxes import box_iou, union_box
 from lightning_wsg.callbacks.pseudo_labels import PseudoLabelWriter, select_labels
 from lightning_wsg.data import RefCOCODataModule, SyntheticWorldDataModule
-from lightning_wsg.data.pseudo_labels import PseudoLabel, write_refer_from_refs
+from lightning_wsg.data.pseudo_labels import PseudoLabel, write_phrase_jsonl, write_refer_from_refs
 from lightning_wsg.data.refcoco import load_entries, read_instances, read_refs
 from lightning_wsg.metrics import GroundingMetrics, PhraseOutcomes
 
@@ -324,3 +324,19 @@ def test_pseudo_labels_refuse_a_predict_file(world_run, tmp_path: Path) -> None:
 def test_refs_are_a_protocol_2_pickle(refer_run) -> None:
     data = (refer_run["runs"]["all"]["out"] / "refcoco" / "refs(unc).p").read_bytes()
     assert data[:2] == b"\x80\x02" and isinstance(pickle.loads(data), list)
+
+
+def test_a_jsonl_write_that_fails_part_way_keeps_the_previous_labels(tmp_path: Path) -> None:
+    """A JSON Lines file cut at a line boundary still parses: the labels must be written whole or not at all."""
+
+    def label(k: int, box) -> PseudoLabel:
+        return PseudoLabel("train", "1", "1#0", ["a", "dog"], (0, 2), str(k), ["animals"], box, 0.5, (10, 10))
+
+    path = tmp_path / "pseudo_labels.jsonl"
+    write_phrase_jsonl(path, [label(0, [0.0, 0.0, 5.0, 5.0])])
+    before = path.read_text()
+    # the third label's box cannot be written: the first two were already in the file object
+    bad = [label(1, [1.0, 1.0, 4.0, 4.0]), label(2, [2.0, 2.0, 3.0, 3.0]), label(3, ["not a number"])]
+    with pytest.raises(ValueError):
+        write_phrase_jsonl(path, bad)
+    assert path.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["pseudo_labels.jsonl"]

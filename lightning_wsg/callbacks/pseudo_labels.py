@@ -38,6 +38,7 @@ from ..data.base import GroundingDataModule
 from ..data.batch import GroundingBatch
 from ..data.pseudo_labels import PseudoLabel, write_phrase_jsonl, write_refer_from_phrases, write_refer_from_refs
 from ..data.refcoco import RefCOCODataModule
+from ..files import atomic_write_text
 from ..metrics import GroundingMetrics, PhraseOutcomes, predict_boxes
 
 __all__ = ["LAYOUTS", "PseudoLabelWriter", "select_labels"]
@@ -242,7 +243,7 @@ class PseudoLabelWriter(BasePredictionWriter):
             "splits": splits,
         }
         path = self.output_dir / METRICS_NAME
-        path.write_text(json.dumps(self.report, indent=2) + "\n", encoding="utf-8")
+        atomic_write_text(path, json.dumps(self.report, indent=2) + "\n")
         self.files.append(path)
         _print_report(self.report, path)
 

@@ -30,7 +30,6 @@ import html
 import io
 import itertools
 import logging
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ from torch import Tensor
 
 from ..boxes import box_iou
 from ..data.batch import GroundingBatch
+from ..files import atomic_write_text
 from ..metrics import predict_boxes
 from .drawing import PALETTE, dashed_rectangle, draw_grounding, loader_dataset, original_image
 
@@ -246,9 +246,7 @@ class TestReport(Callback):
         folder = self.output_dir or Path(trainer.log_dir or trainer.default_root_dir)
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / self.filename
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, self.path)  # a browser never opens a half-written page
+        atomic_write_text(self.path, page)  # a browser never opens a half-written page
         logger.info("wrote the test report of %d phrases to %s", len(records), self.path)
 
     def _gathered(self, trainer: Trainer) -> tuple[list[PhraseRecord], list, list]:

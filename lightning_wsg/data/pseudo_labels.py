@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from ..boxes import corners_to_coco
+from ..files import atomic_open, atomic_write_text
 from .refcoco import ReferIndex, refs_path
 
 __all__ = ["PseudoLabel", "float32_text", "write_phrase_jsonl", "write_refer_from_phrases", "write_refer_from_refs"]
@@ -96,7 +97,7 @@ def write_phrase_jsonl(path: str | Path, labels: Sequence[PseudoLabel]) -> Path:
     """One JSON line per label (see the module docstring); returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as fh:
+    with atomic_open(path, "w") as fh:  # a cut-short file would parse and lose labels silently
         for label in labels:
             record = {
                 "split": label.split,
@@ -123,10 +124,10 @@ def _annotation(ann_id: int, image_id: Any, category_id: Any, box: Sequence[floa
 def _write_pair(root: Path, dataset: str, split_by: str, refs: list[dict], instances: dict) -> tuple[Path, Path]:
     refs_file = root / dataset / f"refs({split_by}).p"
     refs_file.parent.mkdir(parents=True, exist_ok=True)
-    with refs_file.open("wb") as fh:
+    with atomic_open(refs_file, "wb") as fh:
         pickle.dump(refs, fh, protocol=2)  # the refer API's protocol (its data was pickled by Python 2)
     instances_file = root / dataset / "instances.json"
-    instances_file.write_text(json.dumps(instances), encoding="utf-8")
+    atomic_write_text(instances_file, json.dumps(instances))
     return refs_file, instances_file
 
 

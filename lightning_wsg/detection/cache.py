@@ -64,8 +64,9 @@ from typing import Any
 
 import torch
 
+from ..files import atomic_write_text, temp_name
 from .backend import DetectorBackend, PrecomputedBackend, keep_top_boxes
-from .digests import atomic_write_text, file_digest, fingerprint, temp_name
+from .digests import file_digest, fingerprint
 from .formats import DetectionFormatError, Detections
 from .store import (
     _REDO,

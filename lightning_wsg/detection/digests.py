@@ -1,5 +1,4 @@
-"""What makes a detection-cache fingerprint: content digests of files, canonical JSON hashes,
-and the atomic text writes the cache's small files use.
+"""What makes a detection-cache fingerprint: content digests of files and canonical JSON hashes.
 
 A checkpoint of hundreds of MB is hashed once per ``(path, size, mtime)`` and remembered in a
 JSON memo between runs (:func:`file_digest`); a detector setting is named by the SHA-256 of
@@ -15,14 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import socket
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_text", "file_digest", "fingerprint", "temp_name"]
+from ..files import atomic_write_text
+
+__all__ = ["file_digest", "fingerprint"]
 
 logger = logging.getLogger("lightning_wsg")
 
@@ -80,16 +78,3 @@ def fingerprint(settings: Mapping[str, Any]) -> str:
     """SHA-256 of the canonical JSON of ``settings`` (keys sorted, no whitespace)."""
     text = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = temp_name(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .digests import atomic_write_text, temp_name
+from ..files import atomic_write_text, temp_name
 from .formats import DetectionFormatError, Detections, DetectionStore, open_detections
 
 __all__ = ["NATIVE_FORMAT", "NATIVE_MANIFEST", "NativeDetections", "convert", "write_native"]
