@@ -87,6 +87,18 @@ def optimizer_config(optimizer: Any) -> dict[str, Any]:
     return {"class_path": f"{optimizer.__module__}.{optimizer.__qualname__}", "init_args": plain_values(keywords)}
 
 
+class SentencePredictions(list):
+    """``predict_step``'s per-sentence records, carrying the ``[B, P, R]`` scores they were read
+    from, so that a writer measuring the predictions (recall@k needs the whole ranking, the
+    records keep rounded boxes) does not score the batch a second time."""
+
+    scores: Tensor | None = None
+
+    def with_scores(self, scores: Tensor) -> SentencePredictions:
+        self.scores = scores
+        return self
+
+
 class GroundingModule(LightningModule):
     """Weakly supervised phrase grounding by contrastive knowledge distillation.
 
@@ -364,14 +376,14 @@ class GroundingModule(LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_metrics()
 
-    def predict_step(self, batch: GroundingBatch, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+    def predict_step(self, batch: GroundingBatch, batch_idx: int, dataloader_idx: int = 0) -> SentencePredictions:
         """Per sentence, the chosen box (original pixels) and score of each phrase, plus the
-        next-best ``predict_top_k`` boxes ("alternatives")."""
+        next-best ``predict_top_k`` boxes ("alternatives"); ``.scores`` holds the batch's scores."""
         scores = self(batch)
         results = phrase_results(
             scores, batch.proposals, batch.proposal_mask, batch.words, batch.phrase_spans, self.predict_top_k
         )
-        return [
+        return SentencePredictions(
             {
                 "image_id": batch.image_ids[i],
                 "sentence_id": batch.sentence_ids[i],
@@ -380,7 +392,7 @@ class GroundingModule(LightningModule):
                 "phrases": phrases,
             }
             for i, phrases in enumerate(results)
-        ]
+        ).with_scores(scores)
 
     # ------------------------------------------------------------- new images
     def ground(

@@ -183,7 +183,8 @@ class PseudoLabelWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        scores = pl_module(batch).float()
+        scores = getattr(prediction, "scores", None)  # GroundingModule.predict_step's, else score again
+        scores = (pl_module(batch) if scores is None else scores).float()
         top = predict_boxes(scores, batch.proposals, batch.proposal_mask, k=1)
         boxes, values = top.boxes[:, :, 0].cpu(), top.scores[:, :, 0].cpu()
         labels = self._labels.setdefault(batch.split, [])
