@@ -43,7 +43,7 @@ from torch import Tensor
 from ..boxes import box_iou
 from ..data.batch import GroundingBatch
 from ..files import atomic_write_text
-from ..metrics import predict_boxes
+from ..metrics import GroundingMetrics, predict_boxes
 from .drawing import PALETTE, dashed_rectangle, draw_grounding, loader_dataset, original_image
 
 __all__ = ["PhraseRecord", "TestReport", "render_report"]
@@ -158,15 +158,18 @@ class TestReport(Callback):
     def _collect(self, batch: GroundingBatch, scores: Tensor, dataset: Any) -> None:
         top = predict_boxes(scores, batch.proposals, batch.proposal_mask, k=1)
         chosen, chosen_scores = top.boxes[:, :, 0].float().cpu(), top.scores[:, :, 0].float().cpu()
-        proposals, proposal_mask = batch.proposals.float().cpu(), batch.proposal_mask.bool().cpu()
+        # which phrases count, are right and are reachable: exactly as the logged metrics say
+        outcomes = GroundingMetrics(phrase_types=(), iou_threshold=self.iou_threshold).outcomes(
+            scores, batch.proposals, batch.proposal_mask, batch.phrase_mask, batch.gt_union, batch.gt_boxes,
+            batch.gt_box_mask,
+        )  # fmt: skip
+        counted, correct, reach = (t.cpu() for t in (outcomes.counted, outcomes.correct, outcomes.upper_bound))
+        num_proposals = batch.proposal_mask.bool().sum(-1).tolist()
         union, gt_boxes, gt_mask = batch.gt_union.float().cpu(), batch.gt_boxes.float().cpu(), batch.gt_box_mask.cpu()
-        counted = batch.phrase_mask.bool().cpu() & gt_mask.bool().any(-1)
         types = batch.phrase_types or [[[] for _ in spans] for spans in batch.phrase_spans]
         for i, spans in enumerate(batch.phrase_spans):
             width, height = (float(v) for v in batch.image_sizes[i].tolist())
-            boxes = proposals[i][proposal_mask[i]]
             n = len(spans)
-            reach = box_iou(boxes, union[i, :n]).ge(self.iou_threshold).any(0).tolist()  # [P]
             ious = box_iou(chosen[i, :n], union[i, :n]).diagonal().tolist()
             image = None
             for j, (s, e) in enumerate(spans):
@@ -181,12 +184,12 @@ class TestReport(Callback):
                     span=(int(s), int(e)),
                     phrase=" ".join(batch.words[i][s:e]),
                     types=list(types[i][j]),
-                    correct=ious[j] >= self.iou_threshold,
+                    correct=bool(correct[i, j]),
                     iou=float(ious[j]),
                     score=float(chosen_scores[i, j]),
                     box_area=max(0.0, x2 - x1) * max(0.0, y2 - y1) / max(1.0, width * height),
-                    num_proposals=int(boxes.shape[0]),
-                    reachable=bool(reach[j]),
+                    num_proposals=int(num_proposals[i]),
+                    reachable=bool(reach[i, j]),
                 )
                 self.records.append(record)
                 if self.num_gallery == 0:
