@@ -91,8 +91,9 @@ class PseudoLabelWriter(BasePredictionWriter):
     ``with_ground_truth``, ``sentences_without_proposals``) and, with ground truth, the
     metrics of ``lightning test`` over ``all`` phrases and the ``kept`` ones.
 
-    Each batch is scored once more here (the model's ``predict_step`` output rounds its boxes):
-    the written boxes and the reported accuracy come from the same unrounded scores.
+    The written boxes and the reported accuracy come from the same unrounded scores: those
+    ``GroundingModule.predict_step`` returns with its records (``SentencePredictions.scores``;
+    the records round their boxes), else the batch is scored here.
 
     Args:
         output_dir: the output folder (default: ``<run folder>/pseudo_labels``).
