@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "atomic_write_text", "temp_name"]
+__all__ = ["atomic_open", "atomic_path", "atomic_write_text", "temp_name"]
 
 
 def temp_name(path: Path) -> Path:
@@ -31,18 +31,25 @@ def temp_name(path: Path) -> Path:
 
 
 @contextmanager
-def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
-    """``open(path, mode)`` whose file replaces ``path`` only when the block ends without error."""
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary name beside ``path`` to write (a library's ``save(filename)``), renamed over
+    ``path`` only when the block ends without error; removed otherwise."""
     path = Path(path)
     tmp = temp_name(path)
-    if "b" not in mode:
-        kwargs.setdefault("encoding", "utf-8")
     try:
-        with open(tmp, mode, **kwargs) as fh:
-            yield fh
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
+    """``open(path, mode)`` whose file replaces ``path`` only when the block ends without error."""
+    if "b" not in mode:
+        kwargs.setdefault("encoding", "utf-8")
+    with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as fh:
+        yield fh
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -22,7 +22,6 @@ Written from a checkpoint by ``lightning_wsg export`` (:mod:`lightning_wsg.expor
 from __future__ import annotations
 
 import copy
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ import yaml
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from .files import atomic_write_text, temp_name
+from .files import atomic_path, atomic_write_text
 from .models.towers import plain_values
 
 __all__ = [
@@ -104,12 +103,8 @@ def write_folder(module: nn.Module, directory: str | Path, config: dict[str, Any
     directory.mkdir(parents=True, exist_ok=True)
     header = _CONFIG_HEADER.format(folder=directory)
     # each file whole or not at all: a kill mid-export leaves no truncated weights behind
-    weights = temp_name(directory / WEIGHTS)
-    try:
+    with atomic_path(directory / WEIGHTS) as weights:
         save_model(module, str(weights), metadata={"format": "pt", "lightning_wsg": __version__})
-        os.replace(weights, directory / WEIGHTS)
-    finally:
-        weights.unlink(missing_ok=True)
     atomic_write_text(directory / CONFIG, header + yaml.safe_dump(config, sort_keys=False))
     atomic_write_text(directory / CARD, card)
     shutil.copymode(directory / CARD, directory / WEIGHTS)  # safetensors writes 0600: readable like the rest

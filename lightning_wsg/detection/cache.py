@@ -64,7 +64,7 @@ from typing import Any
 
 import torch
 
-from ..files import atomic_write_text, temp_name
+from ..files import atomic_path, atomic_write_text
 from .backend import DetectorBackend, PrecomputedBackend, keep_top_boxes
 from .digests import file_digest, fingerprint
 from .formats import DetectionFormatError, Detections
@@ -259,15 +259,10 @@ class ShardedCache:
         shard = pack_shard(detections, class_names)
         path = self.shard_path(_split(shard["image_ids"]))
         self.shard_dir.mkdir(parents=True, exist_ok=True)
-        tmp = temp_name(path)
-        try:
-            with tmp.open("wb") as fh:
-                torch.save(shard, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_path(path) as tmp, tmp.open("wb") as fh:
+            torch.save(shard, fh)
+            fh.flush()
+            os.fsync(fh.fileno())  # on disk before the rename makes it a shard
         return path
 
     def remove_stale_temp_files(self) -> int:
