@@ -62,6 +62,31 @@ def test_wordnet_reachability():
 
 
 @pytest.mark.parametrize(
+    ("word", "not_reached", "why"),
+    [
+        ("kiss", "bus", "a synonym's singular counts only where it is read so: buss is no bus"),
+        ("kisses", "bus", "the same through a plural"),
+        ("india", "person", "a named place's members are its inhabitants, not what it shows"),
+        ("france", "person", "the same"),
+        ("fields", "person", "a plural that is also a named person (W. C. Fields) is the plural"),
+        ("gates", "person", "Bill Gates"),
+        ("younger", "person", "a comparative is no agent noun"),
+        ("smaller", "person", "the same"),
+    ],
+)
+def test_wordnet_readings_that_would_teach_a_wrong_kind(word, not_reached, why):
+    assert not_reached not in WordNetNouns.load().ancestors(word), why
+
+
+def test_members_still_make_up_groups_and_trains():
+    wn = WordNetNouns.load()
+    assert "person" in wn.ancestors("people") and "cattle" in wn.ancestors("herd")
+    assert "cow" in wn.ancestors("cows")  # a plural synonym ("cows" of cattle) in the singular
+    assert "field" in wn.base_forms("fields")
+    assert wn.agent_noun("kayaker") and not wn.agent_noun("younger")
+
+
+@pytest.mark.parametrize(
     ("phrase", "expected"),
     [
         ("a woman", "person"),

@@ -103,6 +103,9 @@ class WordNetNouns:
             return False
         stem = word[:-2]
         stems = {stem, stem + "e", stem[:-1] if len(stem) > 2 and stem[-1] == stem[-2] else stem}
+        # a comparative is no agent: "younger", "smaller", "bigger"
+        if any(self.mainly_other_pos(s) == "a" for s in stems):
+            return False
         return any(s in self._senses or s in self._verbs for s in stems)
 
     def mainly_other_pos(self, word: str) -> str | None:
@@ -187,7 +190,9 @@ class WordNetNouns:
         out: dict[int, int] = {}
         for synset in self.main_senses(lemma, senses):
             self._closure(synset, 0, out)
-            members = list(self._synsets[synset][2])
+            # members make up a group ("people", "herd") or a train (its cars); a named place's
+            # are its inhabitants, not what a picture of it shows ("India", "London")
+            members = [] if self._synsets[synset][3] else list(self._synsets[synset][2])
             if not members and not self.physical(synset) and out.get(self._social_group, 99) <= 3:
                 members = [self._person]  # a crowd, a team, a couple: made of persons
             for member in members:
@@ -204,15 +209,24 @@ class WordNetNouns:
         """
         out: dict[str, int] = {}
         lemmas = self.base_forms(word) or (["person"] if self.agent_noun(word) else [])
+        # "fields", "banks", "gates" are fields, banks and gates, not W. C. Fields or Bill Gates
+        lemmas = [lemma for lemma in lemmas if not self.named_only(lemma)] or lemmas
         for lemma in lemmas:
             for synset, d in self.synset_distances(lemma, senses).items():
                 for name in self._synsets[synset][0]:
                     if name not in (lemma, word) and synset not in self.main_senses(name, senses):
                         continue
-                    for form in {name, *self.base_forms(name)}:
+                    # a name's singular stands for the sense only when it is read so: "cows" ->
+                    # cow, but "buss" (a kiss) is no "bus"
+                    for form in {name, *(b for b in self.base_forms(name) if synset in self.synset_distances(b, senses))}:
                         if d < out.get(form, 1 << 30):
                             out[form] = d
         return out
+
+    def named_only(self, lemma: str) -> bool:
+        """Whether every sense of a lemma is a named individual (a person or a place)."""
+        senses = self._senses.get(lemma, [])
+        return bool(senses) and all(self._synsets[s][3] for s in senses)
 
     def reaches(self, word: str, root: str, senses: int = 1) -> bool:
         """Whether a word's main sense is a kind of some sense named ``root`` ("bus", "public transport")."""
