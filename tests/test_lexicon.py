@@ -28,6 +28,11 @@ from lightning_wsg.models import Teacher
         ("the man in yellow coat", "man"),
         ("giraffe on the left behind the fence", "giraffe"),
         ("left guy", "guy"),
+        # a place on an object is the object's box; a kind of thing is the thing
+        ("the back of a truck", "truck"),
+        ("the middle of a crowd", "crowd"),
+        ("some sort of vehicle", "vehicle"),
+        ("a piece of cake", "piece"),
         ("woman standing", "woman"),
         ("man holding an umbrella", "man"),
         ("a teddy bear", "bear"),
@@ -38,7 +43,7 @@ def test_head_noun_of_real_phrases(phrase, head):
 
 
 @pytest.mark.parametrize(
-    "phrase", ["bottom left", "the one on the right", "second from left", "it", "white", "the top of the hill"]
+    "phrase", ["bottom left", "the one on the right", "second from left", "it", "white", "a part of the wall"]
 )
 def test_no_head_where_the_expression_names_no_object(phrase):
     assert head_noun(phrase) is None

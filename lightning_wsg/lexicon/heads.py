@@ -47,6 +47,13 @@ _NO_OBJECT = frozenset(
     "their theirs we us you i me my our your all both each either neither some any few several many "
     "more most much lot lots none".split()
 )
+# Words before "of" that hand the phrase to what follows: quantities ("one of the men", "lots
+# of people") and places on an object ("the back of a truck", "the middle of a crowd"), which
+# a detector boxes as the object.
+_ABOUT_WHAT_FOLLOWS = frozenset(
+    "one ones some all both each few several many most lot lots half none any "
+    "back front side sides top bottom rear edge corner end middle center centre".split()
+)
 _POSSESSIVE = frozenset(["'s", "'", "s"])
 
 
@@ -69,7 +76,7 @@ def _is_candidate(word: str, wn: WordNetNouns) -> bool:
 
 
 def has_mainly_noun(chunk: list[str], wn: WordNetNouns) -> bool:
-    return any(_is_candidate(w, wn) and not wn.mainly_other_pos(w) for w in chunk)
+    return any(_is_candidate(w, wn) and not wn.mainly_other_pos(w) and not wn.is_colour(w) for w in chunk)
 
 
 def _first_noun_phrase(words: list[str], wn: WordNetNouns) -> list[str]:
@@ -81,30 +88,8 @@ def _first_noun_phrase(words: list[str], wn: WordNetNouns) -> list[str]:
         has_noun = any(_is_candidate(w, wn) for w in chunk)
         if word == "of":
             head = _last_noun(chunk, wn)
-            if (
-                head is None
-                and chunk
-                and chunk[-1] in _NO_OBJECT
-                and chunk[-1]
-                not in (
-                    "one",
-                    "ones",
-                    "some",
-                    "all",
-                    "both",
-                    "each",
-                    "few",
-                    "several",
-                    "many",
-                    "most",
-                    "lot",
-                    "lots",
-                    "half",
-                    "none",
-                    "any",
-                )
-            ):
-                return chunk  # "the top of the hill": a place, not the hill
+            if head is None and chunk and chunk[-1] in _NO_OBJECT and chunk[-1] not in _ABOUT_WHAT_FOLLOWS:
+                return chunk  # "a part of the wall", "the first of them": no object named
             if head is None or wn.is_collective(head):
                 chunk = []  # "a group of people", "one of the men": about what follows
                 i += 1
@@ -127,7 +112,7 @@ def _last_noun(chunk: list[str], wn: WordNetNouns) -> str | None:
     nouns = [w for w in chunk if _is_candidate(w, wn)]
     if not nouns:
         return None
-    mainly = [w for w in nouns if not wn.mainly_other_pos(w)]
+    mainly = [w for w in nouns if not wn.mainly_other_pos(w) and not (w != chunk[-1] and wn.is_colour(w))]
     last, usually = chunk[-1], wn.mainly_other_pos(chunk[-1])
     if last in nouns and (usually is None or (usually == "v" and not (mainly and last.endswith(("ing", "ed"))))):
         return last  # "a teddy bear" (bear is mostly a verb), "a drawing"

@@ -61,8 +61,12 @@ class WordNetNouns:
         self._verbs = set(table["verbs"])
         self._person = self._senses["person"][0]
         self._social_group = self._senses["social group"][0]
+        # groups, quantities, pictures and kinds: "a herd of", "a cup of" (a measure), "a photo
+        # of", "some sort of" are about what follows
         self._group_like = {self._senses[w][0] for w in ("group", "measure", "representation")}
+        self._group_like |= set(self._senses["category"])
         self._physical = self._senses["physical entity"][0]
+        self._colour = self._senses["color"][0]
         # memos: every phrase walks the same few thousand senses (results are read, never changed)
         self._reached: dict[int, dict[int, int]] = {}
         self._main: dict[tuple[str, int], list[int]] = {}
@@ -234,6 +238,13 @@ class WordNetNouns:
             root in self._synsets[synset][0]
             for lemma in self.base_forms(word)
             for synset in self.synset_distances(lemma, senses)
+        )
+
+    def is_colour(self, word: str) -> bool:
+        """Whether a word's first noun sense is a colour ("blue", "yellow", "silver"): before
+        another noun it describes that noun ("a yellow moped", "a blue and white boat")."""
+        return any(
+            self._colour in self._reach(self._senses[lemma][0]) for lemma in self.base_forms(word) if self._senses[lemma]
         )
 
     def is_collective(self, word: str) -> bool:
