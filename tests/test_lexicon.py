@@ -33,6 +33,13 @@ from lightning_wsg.models import Teacher
         ("the middle of a crowd", "crowd"),
         ("some sort of vehicle", "vehicle"),
         ("a piece of cake", "piece"),
+        ("the inside of a bus", "bus"),
+        ("a yellow moped", "moped"),  # a colour is no head, though "moped" is also a verb form
+        ("a blue and white boat", "boat"),
+        # "-ing" ends the noun phrase only after a noun ("man holding an umbrella")
+        ("two smiling women", "women"),
+        ("a red racing car", "car"),
+        ("the next train", "train"),  # "next" ends it only in "next to"
         ("woman standing", "woman"),
         ("man holding an umbrella", "man"),
         ("a teddy bear", "bear"),

@@ -40,7 +40,7 @@ _BREAK = frozenset(
 )
 # Heads that name a place in the picture, a pronoun or nothing in particular: no object.
 _NO_OBJECT = frozenset(
-    "left right top bottom middle center centre front back rear side sides corner edge far near closest "
+    "left right top bottom middle center centre front back rear side sides corner edge inside outside far near closest "
     "nearest furthest farthest leftmost rightmost upper lower up down first second third fourth last "
     "one ones other others half part portion area spot thing things stuff something anything everything "
     "a an the who whom whose what which nothing object objects item items it its this these those that them they he she him her his hers "
@@ -52,7 +52,7 @@ _NO_OBJECT = frozenset(
 # a detector boxes as the object.
 _ABOUT_WHAT_FOLLOWS = frozenset(
     "one ones some all both each few several many most lot lots half none any "
-    "back front side sides top bottom rear edge corner end middle center centre".split()
+    "back front side sides top bottom rear edge corner end middle center centre inside outside".split()
 )
 _POSSESSIVE = frozenset(["'s", "'", "s"])
 
@@ -99,9 +99,14 @@ def _first_noun_phrase(words: list[str], wn: WordNetNouns) -> list[str]:
             chunk.append(word)  # "a brown and white dog": still the same noun phrase
             i += 1
             continue
-        if word in _BREAK and chunk:
-            return chunk
-        if has_noun and word.endswith("ing") and (wn.mainly_other_pos(word) or not wn.is_noun(word)):
+        if (
+            word in _BREAK
+            and chunk
+            and not (word == "next" and words[i + 1 : i + 2] != ["to"])
+            and not (word in _ABOUT_WHAT_FOLLOWS and words[i + 1 : i + 2] == ["of"] and not has_noun)
+        ):
+            return chunk  # "next to" ends it, "the next train" does not; "the inside of a bus"
+        if has_mainly_noun(chunk, wn) and word.endswith("ing") and (wn.mainly_other_pos(word) or not wn.is_noun(word)):
             return chunk  # "man holding an umbrella"
         chunk.append(word)
         i += 1
