@@ -31,28 +31,32 @@ def test_coco80_kinds_from_wordnet():
     assert kinds["bottle"] is None and kinds["skateboard"] is None
 
 
+# The targets of the teacher on the real test phrases, with the rules chosen on the train and
+# val phrases (README, "Coverage"). Measured: people 95.9%, animals 92.5%, vehicles 86.2%,
+# wrong kind 0.98% (171 of 17,519 phrases).
+
+
 def test_people_reach_person(coco_report):
     assert coco_report["people"].right_kind / coco_report["people"].phrases >= 0.95
 
 
 def test_animals_reach_an_animal_class(coco_report):
-    # measured 0.917: COCO-80 has no fish, donkey or camel class; a class one step below a
-    # specific hypernym is taught (goat -> sheep), wider siblings would teach "tie" for a shirt
+    # COCO-80 has no fish, donkey or camel class; a class one step below a specific hypernym is
+    # taught (goat -> sheep), wider siblings would teach "tie" for a shirt
     assert coco_report["animals"].right_kind / coco_report["animals"].phrases >= 0.90
 
 
 def test_vehicles_reach_a_vehicle_class(coco_report):
-    # measured 0.822 (0.865 on train, 0.877 on val, where the rules were chosen; the target was
-    # 0.85): COCO-80 has no subway, tram or trailer, and "a van" is read as its first sense
-    assert coco_report["vehicles"].right_kind / coco_report["vehicles"].phrases >= 0.82
+    # COCO-80 has no subway, tram or trailer class; "the back of a truck" is the truck
+    assert coco_report["vehicles"].right_kind / coco_report["vehicles"].phrases >= 0.85
 
 
 def test_few_phrases_reach_a_class_of_the_wrong_kind(coco_report):
     all_ = coco_report["all"]
-    # measured 1.03% (181 phrases), of which 159 are typed only "other" although they name the
-    # class themselves ("a motorcycle", "a kayak", "a plane"); the rest is 0.13%
-    assert all_.wrong_kind / all_.phrases <= 0.011
-    assert (all_.wrong_kind - coco_report["other"].wrong_kind) / all_.phrases <= 0.005
+    # 154 of the 171 are typed only "other" although they name a vehicle or an animal
+    # themselves ("a motorcycle", "a kayak", "a plane"); the other types hold 17 (0.10%)
+    assert all_.wrong_kind / all_.phrases <= 0.01
+    assert (all_.wrong_kind - coco_report["other"].wrong_kind) / all_.phrases <= 0.002
     assert coco_report["clothing"].wrong_kind / coco_report["clothing"].phrases <= 0.01
     assert coco_report["bodyparts"].wrong_kind / coco_report["bodyparts"].phrases <= 0.01
 
@@ -88,7 +92,7 @@ def test_referring_expressions_name_the_referred_objects_category():
     assert len(expressions) == 10_752
     wordnet = category_agreement(expressions, list(COCO80), Teacher("wordnet"))
     # measured: 71.5% get a class, 65.3% the right one, precision 91.3%
-    assert wordnet["right_class"] >= 0.63 and wordnet["precision"] >= 0.90
+    assert wordnet["right_class"] >= 0.65 and wordnet["precision"] >= 0.90
     glove = category_agreement(expressions[:3000], list(COCO80), Teacher("glove"))
     assert glove["right_class"] < 0.30  # the former matching: the last word is rarely the head
 

@@ -5,12 +5,15 @@ A phrase names its object by its head noun: "two men" -> men, "the man 's shirt"
 phrase: "the man in yellow coat" -> man, "giraffe on the left behind the fence" -> giraffe,
 "man holding an umbrella" -> man. The rules:
 
-* the first noun phrase ends at a preposition, conjunction or relative word, or at a verb
-  form ("holding", "sitting": words WordNet mostly uses as a verb) once a noun was seen;
-* "X of Y" is about Y when X is a group or a quantity ("a group of people", "a couple of
-  dogs", "one of the men"), else about X ("a cup of coffee");
+* the first noun phrase ends at a preposition, conjunction or relative word ("next" only in
+  "next to"), or at a verb form ("holding", "sitting": words WordNet mostly uses as a verb)
+  once a word that is mainly a noun was seen ("two smiling women" goes on to "women");
+* "X of Y" is about Y when X is a group, a quantity, a kind or a place on the object ("a
+  group of people", "a couple of dogs", "one of the men", "some sort of vehicle", "the back
+  of a truck"), else about X ("a cup of coffee");
 * the head is the last noun of that phrase, unless that is a verb form ("woman standing")
-  and another noun is there ("a building" stays a building);
+  and another noun is there ("a building" stays a building); a colour before it is no head
+  ("a yellow moped", "a blue and white boat");
 * a phrase whose head is a position, a pronoun or a placeholder ("bottom left", "the one on
   the right", "it") has no head: abstaining is better than naming a wrong object.
 
