@@ -222,7 +222,8 @@ class WordNetNouns:
                         continue
                     # a name's singular stands for the sense only when it is read so: "cows" ->
                     # cow, but "buss" (a kiss) is no "bus"
-                    for form in {name, *(b for b in self.base_forms(name) if synset in self.synset_distances(b, senses))}:
+                    singulars = [b for b in self.base_forms(name) if synset in self.synset_distances(b, senses)]
+                    for form in {name, *singulars}:
                         if d < out.get(form, 1 << 30):
                             out[form] = d
         return out
@@ -243,9 +244,8 @@ class WordNetNouns:
     def is_colour(self, word: str) -> bool:
         """Whether a word's first noun sense is a colour ("blue", "yellow", "silver"): before
         another noun it describes that noun ("a yellow moped", "a blue and white boat")."""
-        return any(
-            self._colour in self._reach(self._senses[lemma][0]) for lemma in self.base_forms(word) if self._senses[lemma]
-        )
+        firsts = [self._senses[lemma][0] for lemma in self.base_forms(word) if self._senses[lemma]]
+        return any(self._colour in self._reach(first) for first in firsts)
 
     def is_collective(self, word: str) -> bool:
         """A group, quantity or picture ("group", "couple", "herd", "lot", "photo"): "a group of
