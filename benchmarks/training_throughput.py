@@ -61,6 +61,12 @@ class StepTimer(Callback):
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # the peak is counted from here: CUDA is set up only now (resetting it before
+        # trainer.fit fails with "Invalid device argument")
+        if pl_module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         self._sync(pl_module)
         self._start = time.perf_counter()
@@ -133,8 +139,6 @@ def main() -> None:
     timer = StepTimer()
     trainer.callbacks.append(timer)
     cuda = trainer.strategy.root_device.type == "cuda"
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(trainer.strategy.root_device)
     t0 = time.perf_counter()
     trainer.fit(model, dm)
     wall = time.perf_counter() - t0
