@@ -242,14 +242,14 @@ class WordNetNouns:
         )
 
     def is_colour(self, word: str) -> bool:
-        """Whether a word's first noun sense is a colour ("blue", "yellow", "silver"): before
-        another noun it describes that noun ("a yellow moped", "a blue and white boat")."""
+        """Whether a word's first noun sense is a colour ("blue", "yellow"; not "silver", a
+        metal first): before another noun it describes that noun ("a yellow moped")."""
         firsts = [self._senses[lemma][0] for lemma in self.base_forms(word) if self._senses[lemma]]
         return any(self._colour in self._reach(first) for first in firsts)
 
     def is_collective(self, word: str) -> bool:
-        """A group, quantity or picture ("group", "couple", "herd", "lot", "photo"): "a group of
-        X" and "a picture of X" are about X."""
+        """A group, quantity, picture or kind ("group", "couple", "herd", "lot", "photo",
+        "sort"): "a group of X", "a picture of X" and "some sort of X" are about X."""
         for lemma in self.base_forms(word):
             for synset in {*self.main_senses(lemma), *self._senses.get(lemma, [])[:1]}:
                 if self._group_like & self._reach(synset).keys():
