@@ -168,19 +168,19 @@ def world_features(world: Path) -> list[str]:
     return [f"--data.detections={out}", f"--data.vocabulary={out.with_name(out.stem + '_vocab.txt')}"]
 
 
-def train_and_test(name: str, extra: list[str], args: argparse.Namespace, test_set: tuple, seed: int) -> dict:
-    """Fit one run, test its best validation checkpoint; return metrics, errors, history and timing.
+def fit_and_test(cli_args: list[str], run_dir: Path, retrain: bool, describe, test: bool = True) -> dict:
+    """Fit one run from CLI arguments, test its best validation checkpoint, keep the result.
 
-    The result is kept in ``<work-dir>/<name>-seed<seed>/result.json``: a later call (another
-    process sharing the cores, or a rerun after an interruption) reads it instead of training.
+    The shared machinery of the benchmarks: the result (test metrics, validation history,
+    timing, plus what ``describe(cli, model)`` adds, e.g. error kinds) is kept in
+    ``<run_dir>/result.json``; a later call (another process sharing the cores, or a rerun
+    after an interruption) reads it instead of training, unless ``retrain``. With ``test=False``
+    the test split is not read (runs that choose settings on validation).
     """
-    run_dir = args.work_dir / f"{name}-seed{seed}"
     done = run_dir / "result.json"
-    if done.is_file() and not args.retrain:
+    if done.is_file() and not retrain:
         return json.loads(done.read_text(encoding="utf-8"))
-    if name == "features":
-        extra = [*extra, *world_features(args.world or _config_world(args.config))]
-    cli = cli_main([*_cli_args(args, run_dir, name), *extra, f"--seed_everything={seed}"], run=False)
+    cli = cli_main(cli_args, run=False)
     recorder = ValAccuracy()
     cli.trainer.callbacks.append(recorder)
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -188,28 +188,41 @@ def train_and_test(name: str, extra: list[str], args: argparse.Namespace, test_s
     fit_seconds = time.perf_counter() - start
     fit_cpu_seconds = time.process_time() - cpu_start  # this process only; steady under load
     best = cli.trainer.checkpoint_callback.best_model_path
-    results = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None, verbose=False)[0]
-    test = {k.split("/", 1)[1]: float(v) for k, v in results.items() if k.startswith("test/")}
+    metrics = {}
+    if test:
+        results = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None, verbose=False)[0]
+        metrics = {k.split("/", 1)[1]: float(v) for k, v in results.items() if k.startswith("test/")}
     model = cli.model.eval()  # trainer.test loaded the best checkpoint into it
-    batches, objects = test_set
-    if name == "features":  # the shared batches carry no region features: this run's own
-        loader = cli.datamodule.test_dataloader()
-        batches = list(loader[0] if isinstance(loader, list) else loader)
     result = {
-        "label": RUNS[name][0],
-        "seed": seed,
-        "overrides": extra,
-        "test": test,
-        "errors": error_kinds(batches, model, objects),
+        "test": metrics,
         "val_acc": recorder.history,
         "epochs": cli.trainer.current_epoch,
         "steps": cli.trainer.global_step,
         "fit_seconds": fit_seconds,
         "fit_cpu_seconds": fit_cpu_seconds,
         "best_checkpoint": best,
+        **describe(cli, model),
     }
+    run_dir.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     return result
+
+
+def train_and_test(name: str, extra: list[str], args: argparse.Namespace, test_set: tuple, seed: int) -> dict:
+    """One row's run for one seed on the synthetic world (see :func:`fit_and_test`)."""
+    run_dir = args.work_dir / f"{name}-seed{seed}"
+    if name == "features" and (args.retrain or not (run_dir / "result.json").is_file()):
+        extra = [*extra, *world_features(args.world or _config_world(args.config))]
+
+    def describe(cli, model) -> dict:
+        batches, objects = test_set
+        if name == "features":  # the shared batches carry no region features: this run's own
+            loader = cli.datamodule.test_dataloader()
+            batches = list(loader[0] if isinstance(loader, list) else loader)
+        return {"label": RUNS[name][0], "seed": seed, "overrides": extra, "errors": error_kinds(batches, model, objects)}
+
+    return fit_and_test([*_cli_args(args, run_dir, name), *extra, f"--seed_everything={seed}"], run_dir, args.retrain,
+                        describe)  # fmt: skip
 
 
 def summarise(runs: list[dict]) -> dict:

@@ -46,12 +46,14 @@ def random_scores(batch: GroundingBatch, generator: torch.Generator | None = Non
     return torch.rand(B, P, R, generator=generator)
 
 
-def teacher_scores(teacher: Teacher, batch: GroundingBatch) -> Tensor:
+def teacher_scores(teacher: Teacher, batch: GroundingBatch, class_names: list[str] | None = None) -> Tensor:
     """The teacher's scores ``t(r, p)`` ``[B, P, R]`` of a batch (detector labels and scores).
 
     Args:
         teacher: the distillation teacher (its matching decides which labels fit a phrase).
         batch: a batch whose proposals carry detector labels (or class probabilities).
+        class_names: the classes indexing ``batch.class_probs`` (the detections store's); with
+            them the teacher reads every box's probabilities, as in training, else the top-1 labels.
 
     Returns:
         ``[B, P, R]`` scores, zero where no label matches the phrase.
@@ -63,6 +65,8 @@ def teacher_scores(teacher: Teacher, batch: GroundingBatch) -> Tensor:
         batch.proposal_labels,
         batch.proposal_scores,
         batch.proposal_mask,
+        class_probs=batch.class_probs if class_names is not None else None,
+        class_names=class_names,
     )
     return scores
 

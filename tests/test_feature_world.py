@@ -1,0 +1,143 @@
+"""The feature world built from the real Flickr30K Entities files: layout, determinism, the
+detector table's independence from the teacher, and a batch through the real datamodule."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from helpers.flickr import FLICKR_FILES
+from helpers.shared import require_shared
+
+from lightning_wsg.data import Flickr30kEntitiesDataModule
+from lightning_wsg.detection.formats import open_detections
+from lightning_wsg.feature_world import (
+    FeatureWorldConfig,
+    _ClassTable,
+    _detector_class,
+    build_feature_world,
+    read_provenance,
+    world_is_complete,
+)
+from lightning_wsg.lexicon.classes import COCO80
+
+SMALL = FeatureWorldConfig(num_train=24, num_val=6, num_test=6, feature_dim=32)
+
+
+@pytest.fixture(scope="module")
+def worlds(tmp_path_factory):
+    flickr = require_shared(FLICKR_FILES / "annotations.tar.gz", "the Flickr30K Entities annotations").parent
+    a, b = tmp_path_factory.mktemp("world_a"), tmp_path_factory.mktemp("world_b")
+    stats = build_feature_world(flickr, a, SMALL, progress=False)
+    build_feature_world(flickr, b, SMALL, progress=False)
+    return flickr, a, b, stats
+
+
+def test_layout_holds_the_real_files_and_the_chosen_split_ids(worlds):
+    flickr, world, _, stats = worlds
+    ids = {s: (world / f"{s}.txt").read_text().split() for s in ("train", "val", "test")}
+    assert [len(ids[s]) for s in ("train", "val", "test")] == [24, 6, 6]
+    for split, chosen in ids.items():  # each id comes from its own official split
+        assert set(chosen) <= set((flickr / f"{split}.txt").read_text().split())
+    some = ids["test"][0]
+    with tarfile.open(flickr / "annotations.tar.gz") as tar:
+        member = next(m for m in tar if m.name.endswith(f"Sentences/{some}.txt"))
+        assert (world / "Sentences" / f"{some}.txt").read_bytes() == tar.extractfile(member).read()
+    assert (world / "classes.txt").read_text().splitlines() == list(COCO80)
+    meta = json.loads((world / "world.json").read_text())
+    assert meta["config"]["num_train"] == 24
+    assert meta["stats"] == json.loads(json.dumps({k: v for k, v in stats.items() if k != "seconds"}))
+    assert stats["images"] == 36 and stats["splits"]["test"]["phrases_with_box"] > 0
+    assert 0.5 < stats["splits"]["test"]["upper_bound"] <= 1.0
+    assert world_is_complete(world, SMALL) and not world_is_complete(world, FeatureWorldConfig(num_train=25))
+
+
+def test_regions_carry_features_labels_and_probabilities(worlds):
+    _, world, _, _ = worlds
+    store = open_detections(world / "regions.native")
+    assert store.class_names == list(COCO80) and store.feature_dim == 32
+    provenance = read_provenance(world)
+    for image_id in list(store)[:10]:
+        det = store[image_id]
+        feats = store.features(image_id)
+        assert feats.shape == (len(det), 32) and len(det) <= SMALL.proposals
+        assert torch.allclose(feats.norm(dim=1), torch.ones(len(det)), atol=1e-2)  # unit vectors (float16)
+        width, height = det.image_size
+        assert (det.boxes[:, 2] <= width + 1e-3).all() and (det.boxes[:, 3] <= height + 1e-3).all()
+        recorded = torch.tensor([r["box"] for r in provenance[image_id]])
+        assert recorded.shape == det.boxes.shape and torch.allclose(recorded, det.boxes, atol=0.01)
+        if det.class_probs is not None:  # the native store keeps the probabilities
+            probs = det.class_probs
+            assert probs.shape == (len(det), 80) and (probs >= 0).all()
+            assert (probs.sum(1) <= 1.0 + 1e-2).all()
+            top = probs.argmax(1)
+            assert det.labels == [COCO80[i] for i in top.tolist()]
+            assert torch.allclose(det.scores, probs.max(1).values, atol=2e-3)
+        kinds = {r["kind"] for r in provenance[image_id]}
+        assert kinds <= {"tight", "group", "partial", "background"} and "tight" in kinds
+
+
+def test_same_config_same_bytes(worlds):
+    _, a, b, _ = worlds
+    compare = filecmp.dircmp(a, b)
+    assert not compare.diff_files and not compare.left_only and not compare.right_only
+    for sub in ("Annotations", "Sentences"):
+        assert not filecmp.dircmp(a / sub, b / sub).diff_files
+    shards = sorted((a / "regions.native" / "shards").glob("*.npy"))
+    assert shards
+    for shard in shards:
+        assert np.array_equal(np.load(shard), np.load(b / "regions.native" / "shards" / shard.name))
+
+
+def test_another_seed_another_world(worlds, tmp_path):
+    flickr, a, _, _ = worlds
+    other = FeatureWorldConfig(num_train=24, num_val=6, num_test=6, feature_dim=32, seed=1)
+    build_feature_world(flickr, tmp_path, other, progress=False)
+    assert (tmp_path / "train.txt").read_text() != (a / "train.txt").read_text()
+
+
+def test_the_detector_table_is_not_the_teachers_wordnet():
+    table = _ClassTable(list(COCO80))
+
+    def chain(words: list[str], kind: str) -> dict:
+        return {"mentions": [words], "type": kind}
+
+    def name(words, kind):
+        c = _detector_class(chain(words, kind), table)
+        return None if c is None else COCO80[c]
+
+    assert name(["a", "toddler"], "people") == "person"  # by the annotated phrase type
+    assert name(["the", "puppy"], "animals") == "dog"  # the synonym table
+    assert name(["two", "dogs"], "animals") == "dog"  # a plural of the class name
+    assert name(["a", "sedan"], "vehicles") is None  # WordNet would say car: the table does not
+    assert name(["an", "orange", "shirt"], "clothing") is None  # a colour word names no fruit
+    assert name(["an", "orange"], "other") == "orange"
+
+
+def test_refuses_a_folder_holding_something_else(tmp_path):
+    flickr = require_shared(FLICKR_FILES / "annotations.tar.gz", "the Flickr30K Entities annotations").parent
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="holds no feature world"):
+        build_feature_world(flickr, tmp_path, SMALL, progress=False)
+
+
+def test_too_many_images_for_a_split_is_refused(tmp_path):
+    flickr = require_shared(FLICKR_FILES / "annotations.tar.gz", "the Flickr30K Entities annotations").parent
+    with pytest.raises(ValueError, match=r"val\.txt lists 1000 images, fewer than num_val=5000"):
+        build_feature_world(flickr, tmp_path / "w", FeatureWorldConfig(num_val=5000), progress=False)
+
+
+def test_a_batch_through_the_flickr_datamodule(worlds):
+    _, world, _, _ = worlds
+    dm = Flickr30kEntitiesDataModule(
+        root=str(world), image_dir=None, detections=str(world / "regions.native"), batch_size=4, num_workers=0,
+        max_proposals=30,
+    )  # fmt: skip
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.region_features.shape[:2] == batch.proposal_mask.shape and batch.region_features.shape[2] == 32
+    assert batch.class_probs is not None and batch.class_probs.shape[-1] == 80
