@@ -113,8 +113,10 @@ def test_entropies_are_log_k_for_a_uniform_target_and_zero_for_a_one_hot_one() -
     assert values["entropy_teacher_norm"] == pytest.approx(0.5, abs=1e-6)
 
     module = _entropy_module()
-    dists = distillation_distributions(module.scores, module.teacher_scores, torch.ones(1, 4, dtype=torch.bool),
-                                       module.kd_mask, top_k=3, proposals=BOXES[None])  # fmt: skip
+    real = torch.ones(1, 4, dtype=torch.bool)
+    dists = distillation_distributions(
+        module.scores, module.teacher_scores, real, module.kd_mask, top_k=3, proposals=BOXES[None]
+    )
     h_q, h_p, n = phrase_entropies(dists)
     torch.testing.assert_close(h_q, torch.tensor([math.log(3), 0.0]), atol=1e-6, rtol=0)
     torch.testing.assert_close(h_p, torch.tensor([math.log(3), math.log(3)]))
@@ -142,7 +144,8 @@ def test_an_empty_kd_mask_or_weight_gives_a_zero_distillation_gradient() -> None
     assert values["grad_norm_nce"] == pytest.approx(math.sqrt(3.0))
     assert values["num_phrases"] == 0 and values["entropy_teacher"] is None and values["entropy_student_norm"] is None
     values = DistillationDiagnostics().measure(_entropy_module(kd_weight=0.0), _batch(3))
-    assert values["grad_norm_kd"] > 0.4 and values["grad_norm_kd_weighted"] == 0.0 and values["grad_ratio_kd_nce"] == 0.0
+    assert values["grad_norm_kd"] > 0.4
+    assert values["grad_norm_kd_weighted"] == 0.0 and values["grad_ratio_kd_nce"] == 0.0
 
 
 def _agreement_module() -> ScoresModule:
@@ -173,9 +176,11 @@ def test_teacher_right_fractions_on_a_constructed_batch() -> None:
         "teacher_right": 0.5,
         "student_right": 0.5,
     }
-    dists = distillation_distributions(module.scores.detach(), module.teacher_scores, batch.proposal_mask,
-                                       module.kd_mask, top_k=3, proposals=batch.proposals)  # fmt: skip
-    counts = top_box_counts(module.scores.detach(), module.teacher_scores, dists, batch)
+    student = module.scores.detach()
+    dists = distillation_distributions(
+        student, module.teacher_scores, batch.proposal_mask, module.kd_mask, top_k=3, proposals=batch.proposals
+    )
+    counts = top_box_counts(student, module.teacher_scores, dists, batch)
     assert tuple(counts) == (4, 2, 1, 1, 2, 2)
     assert set(DistillationDiagnostics().measure(module, _batch(6)).keys()) == TRAIN_KEYS - {"stage", "step", "epoch"}
 
@@ -189,10 +194,8 @@ def world(tmp_path_factory) -> Path:
 
 
 def _datamodule(root: Path) -> SyntheticWorldDataModule:
-    return SyntheticWorldDataModule(
-        str(root), num_train=24, num_val=8, num_test=8, world_image_size=64, image_size=64,
-        caption_nouns="varied", batch_size=8, num_workers=0,
-    )  # fmt: skip
+    sizes = {"num_train": 24, "num_val": 8, "num_test": 8, "world_image_size": 64, "image_size": 64}
+    return SyntheticWorldDataModule(str(root), caption_nouns="varied", batch_size=8, num_workers=0, **sizes)
 
 
 def _fit(world: Path, root: Path, callbacks: list) -> tuple[dict[str, torch.Tensor], torch.Tensor]:

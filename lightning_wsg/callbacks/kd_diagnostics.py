@@ -248,7 +248,8 @@ class DistillationDiagnostics(Callback):
     * ``"train"`` only: ``kd_weight`` (``lambda``), ``loss_nce``, ``loss_kd``,
       ``grad_norm_nce``, ``grad_norm_kd`` (unweighted), ``grad_norm_kd_weighted``
       (``lambda`` times ``grad_norm_kd``) and ``grad_ratio_kd_nce``
-      (``grad_norm_kd_weighted / grad_norm_nce``);
+      (``grad_norm_kd_weighted / grad_norm_nce``). The InfoNCE term is measured even when
+      the module trains without it (``use_nce=false``; ``lambda`` is then 1);
     * ``"val"``, and ``"train"`` when the training batch has ground truth:
       ``num_gt_phrases`` (phrases taking part with a ground-truth box), and as fractions of
       them ``differs`` (the teacher's top box is not the student's), ``teacher_differs_right``,
