@@ -6,6 +6,9 @@ metrics (:mod:`lightning_wsg.metrics`):
 
 * training: ``loss = InfoNCE(image-sentence scores) + lambda(step) * KL(teacher || student)``
   where the teacher matches the detector's class names to the phrases;
+  its pieces (``contrastive_loss``, ``distillation_scores``, ``distillation_options``,
+  ``current_kd_weight``) are public, so that diagnostics
+  (:class:`~lightning_wsg.callbacks.DistillationDiagnostics`) recompute the very same terms;
 * validation / test / predict: each phrase takes its highest-scoring proposal; detector
   labels and scores are never read.
 
@@ -268,22 +271,10 @@ class GroundingModule(LightningModule):
         bs = len(batch)
         losses: dict[str, Tensor] = {}
         if hp.use_nce:
-            # negatives from every process under DDP (see lightning_wsg.distributed)
-            losses["nce"] = gathered_info_nce(
-                regions,
-                batch.proposal_mask,
-                phrases,
-                batch.phrase_mask,
-                batch.image_ids,
-                tau=hp.tau_sentence,
-                phrase_reduce=hp.phrase_reduce,
-                region_reduce=hp.region_reduce,
-                symmetric=hp.symmetric_nce,
-                gather=hp.gather_negatives,
-            )
+            losses["nce"] = self.contrastive_loss(batch, regions, phrases)
         if hp.use_kd:
             losses["kd"] = self._distillation(batch, regions, phrases)
-            losses["kd_weight"] = torch.tensor(self._kd_weight(), device=self.device)
+            losses["kd_weight"] = torch.tensor(self.current_kd_weight(), device=self.device)
         loss = losses.get("nce", torch.zeros((), device=self.device))
         if hp.use_kd:
             loss = loss + losses["kd_weight"] * losses["kd"]
@@ -292,7 +283,28 @@ class GroundingModule(LightningModule):
             self.log(f"train/{name}", value, batch_size=bs)
         return loss
 
-    def _kd_weight(self) -> float:
+    def contrastive_loss(self, batch: GroundingBatch, regions: Tensor, phrases: Tensor) -> Tensor:
+        """The InfoNCE term of ``training_step`` on the batch's encoded regions and phrases.
+
+        Under DDP it scores against the images of every process (all-gathered, see
+        :mod:`lightning_wsg.distributed`), so every process must call it together.
+        """
+        hp = self.hparams
+        return gathered_info_nce(
+            regions,
+            batch.proposal_mask,
+            phrases,
+            batch.phrase_mask,
+            batch.image_ids,
+            tau=hp.tau_sentence,
+            phrase_reduce=hp.phrase_reduce,
+            region_reduce=hp.region_reduce,
+            symmetric=hp.symmetric_nce,
+            gather=hp.gather_negatives,
+        )
+
+    def current_kd_weight(self) -> float:
+        """``lambda`` of the distillation term at the current ``global_step`` (1 without InfoNCE)."""
         hp = self.hparams
         if not hp.use_nce:  # distillation alone: no ramp against a missing second term
             return 1.0
@@ -305,7 +317,31 @@ class GroundingModule(LightningModule):
         )
 
     def _distillation(self, batch: GroundingBatch, regions: Tensor, phrases: Tensor) -> Tensor:
-        hp = self.hparams
+        student, teacher, kd_mask = self.distillation_scores(batch, regions, phrases)
+        return distillation_kl(
+            student, teacher, batch.proposal_mask, kd_mask, proposals=batch.proposals, **self.distillation_options()
+        )
+
+    def distillation_scores(
+        self, batch: GroundingBatch, regions: Tensor, phrases: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """What the distillation term compares: the student's and the teacher's scores.
+
+        Args:
+            batch: the batch (its detector labels, or class probabilities, feed the teacher).
+            regions: ``[B, R, D]`` region features of :meth:`encode`.
+            phrases: ``[B, P, D]`` phrase features of :meth:`encode`.
+
+        Returns:
+            ``(student, teacher, kd_mask)``: ``[B, P, R]`` student scores ``s(r, p)`` (with the
+            graph of ``regions`` and ``phrases``), ``[B, P, R]`` teacher scores ``t(r, p)`` (no
+            gradient, the student's dtype and device) and ``[B, P]`` bool, the real phrases the
+            teacher matched. Pass them with :meth:`distillation_options` to
+            :func:`~lightning_wsg.losses.distillation_kl` (the training term) or
+            :func:`~lightning_wsg.losses.distillation_distributions`.
+        """
+        if self.teacher is None:
+            raise ValueError("distillation_scores: this module has no teacher (model.use_kd=false)")
         if batch.proposal_labels is None:
             raise ValueError(
                 "distillation needs detector labels for every proposal, but this batch has none "
@@ -329,17 +365,18 @@ class GroundingModule(LightningModule):
             )
         kd_mask = kd_mask.to(self.device) & batch.phrase_mask
         student = region_phrase_scores(regions, phrases)
-        return distillation_kl(
-            student,
-            teacher.to(student),
-            batch.proposal_mask,
-            kd_mask,
-            tau_student=hp.tau_student,
-            tau_teacher=hp.tau_teacher,
-            top_k=hp.kd_top_k,
-            target=hp.kd_target,
-            proposals=batch.proposals,
-        )
+        return student, teacher.to(student), kd_mask
+
+    def distillation_options(self) -> dict[str, Any]:
+        """The module's settings of :func:`~lightning_wsg.losses.distillation_kl` (temperatures,
+        ``top_k``, ``target``), as keyword arguments."""
+        hp = self.hparams
+        return {
+            "tau_student": hp.tau_student,
+            "tau_teacher": hp.tau_teacher,
+            "top_k": hp.kd_top_k,
+            "target": hp.kd_target,
+        }
 
     def _detector_class_names(self) -> list[str] | None:
         """The class names that index ``batch.class_probs`` (the detections store's)."""

@@ -5,8 +5,9 @@
   for every sentence-image pair.
 * :func:`info_nce`: the contrastive loss; each sentence's positive image is an explicit
   column index, so the columns may be the images of every rank (gathered features).
-* :func:`distillation_kl`: ``KL(teacher || student)`` over regions, optionally restricted
-  to the ``K`` regions around the student's top box.
+* :func:`distillation_distributions`: the teacher's and the student's distributions over
+  regions, optionally restricted to the ``K`` regions around the student's top box.
+* :func:`distillation_kl`: ``KL(teacher || student)`` of those distributions.
 * :func:`kd_weight`: the ramp of the distillation weight.
 
 Example:
@@ -24,7 +25,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,15 @@ from torch import Tensor
 
 from .boxes import box_iou
 
-__all__ = ["region_phrase_scores", "image_sentence_scores", "info_nce", "distillation_kl", "kd_weight"]
+__all__ = [
+    "DistillationDistributions",
+    "region_phrase_scores",
+    "image_sentence_scores",
+    "info_nce",
+    "distillation_distributions",
+    "distillation_kl",
+    "kd_weight",
+]
 
 
 def region_phrase_scores(region_feats: Tensor, phrase_feats: Tensor) -> Tensor:
@@ -136,6 +145,92 @@ def info_nce(scores: Tensor, positives: Tensor, same_image: Tensor | None = None
     return (loss + F.cross_entropy(cols, rows)) / 2
 
 
+class DistillationDistributions(NamedTuple):
+    """The two distributions of the distillation term, as :func:`distillation_kl` compares them.
+
+    Attributes:
+        log_q: ``[B, P, R]`` float32 log-probabilities of the target ``q`` (the teacher's
+            distribution, or teacher times student with ``target="product"``); no gradient;
+            ``0`` outside ``valid``.
+        log_p: ``[B, P, R]`` float32 log-probabilities of the student ``p`` (attached to the
+            student's graph); ``0`` outside ``valid``.
+        valid: ``[B, P, R]`` bool, the regions each phrase is distilled over (its image's real
+            regions, the ``top_k`` around the student's top box when set); all ``False`` for a
+            phrase that takes no part.
+        phrases: ``[B, P]`` bool, the phrases that take part (in ``kd_mask`` and with a region).
+    """
+
+    log_q: Tensor
+    log_p: Tensor
+    valid: Tensor
+    phrases: Tensor
+
+
+def distillation_distributions(
+    student: Tensor,
+    teacher: Tensor,
+    proposal_mask: Tensor,
+    kd_mask: Tensor,
+    tau_student: float = 1.0,
+    tau_teacher: float = 2.0,
+    top_k: int | None = 8,
+    proposals: Tensor | None = None,
+    target: Literal["teacher", "product"] = "teacher",
+) -> DistillationDistributions:
+    """The target ``q`` and the student ``p`` of the distillation, over each phrase's regions.
+
+    The teacher is normalised by subtracting its mean over the valid regions, then
+    ``q = softmax(t / tau_teacher)`` (no gradient); the student is
+    ``p = softmax(s / tau_student)`` on raw cosines. With ``top_k`` both are restricted to
+    the ``top_k`` valid regions with the highest IoU to the student's current top-1 box
+    (that box included; ties in IoU are broken by ``torch.topk``) and renormalised there.
+    With ``target="product"``, ``q ∝ softmax(t / tau_teacher) * p`` (``p`` detached); see
+    :func:`distillation_kl`.
+
+    Args:
+        student: ``[B, P, R]`` region-phrase scores ``s(r, p)``.
+        teacher: ``[B, P, R]`` teacher scores ``t(r, p)``.
+        proposal_mask: ``[B, R]`` bool, real regions.
+        kd_mask: ``[B, P]`` bool, phrases that take part (real, with a teacher).
+        tau_student: student temperature.
+        tau_teacher: teacher temperature.
+        top_k: number of regions around the student's top box, or ``None`` for all.
+        proposals: ``[B, R, 4]`` proposal boxes, needed when ``top_k`` is set.
+        target: ``"teacher"`` or ``"product"`` (see :func:`distillation_kl`).
+
+    Returns:
+        A :class:`DistillationDistributions` ``(log_q, log_p, valid, phrases)``.
+    """
+    B, P, R = student.shape
+    valid = proposal_mask[:, None, :].expand(B, P, R).clone()
+    if top_k is not None and top_k < R:
+        if proposals is None:
+            raise ValueError("distillation_kl: top_k needs the proposal boxes")
+        with torch.no_grad():
+            top1 = student.detach().masked_fill(~valid, float("-inf")).argmax(dim=-1)  # [B, P]
+            top_boxes = torch.gather(proposals, 1, top1[..., None].expand(B, P, 4))  # [B, P, 4]
+            iou = torch.stack([box_iou(top_boxes[b], proposals[b]) for b in range(B)])  # [B, P, R]
+            iou = iou.nan_to_num(0.0).masked_fill(~valid, -1.0)
+            keep = iou.topk(top_k, dim=-1).indices
+            chosen = torch.zeros_like(valid).scatter_(-1, keep, True)
+        valid = valid & chosen
+    phrases = kd_mask.to(torch.bool) & valid.any(dim=-1)  # [B, P]
+    valid = valid & phrases[..., None]
+    empty = ~valid.any(dim=-1, keepdim=True)  # rows left out: give them finite logits
+
+    t = teacher.detach().float()
+    t_mean = (t * valid).sum(-1, keepdim=True) / valid.sum(-1, keepdim=True).clamp(min=1)
+    t_logits = ((t - t_mean) / tau_teacher).masked_fill(~valid, float("-inf")).masked_fill(empty, 0.0)
+    s_logits = (student.float() / tau_student).masked_fill(~valid, float("-inf")).masked_fill(empty, 0.0)
+    log_p = F.log_softmax(s_logits, dim=-1).masked_fill(~valid, 0.0)
+    if target == "product":  # q ∝ teacher x student: the student's log-probabilities join the logits
+        t_logits = t_logits + log_p.detach()
+    elif target != "teacher":
+        raise ValueError(f"unknown distillation target {target!r} (teacher, product)")
+    log_q = F.log_softmax(t_logits, dim=-1).masked_fill(~valid, 0.0)
+    return DistillationDistributions(log_q, log_p, valid, phrases)
+
+
 def distillation_kl(
     student: Tensor,
     teacher: Tensor,
@@ -149,11 +244,10 @@ def distillation_kl(
 ) -> Tensor:
     """Distillation loss ``KL(q || p)`` over the regions of each phrase's own image.
 
-    The teacher is normalised by subtracting its mean over the valid regions, then
-    ``q = softmax(t / tau_teacher)`` (no gradient); the student is
-    ``p = softmax(s / tau_student)`` on raw cosines. With ``top_k`` both are restricted to
-    the ``top_k`` valid regions with the highest IoU to the student's current top-1 box
-    (that box included; ties in IoU are broken by ``torch.topk``) and renormalised there.
+    ``q`` and ``p`` are those of :func:`distillation_distributions`: ``q = softmax(t /
+    tau_teacher)`` of the mean-subtracted teacher (no gradient), ``p = softmax(s /
+    tau_student)`` on raw cosines, both over the phrase's real regions or, with ``top_k``,
+    over the ``top_k`` of them around the student's top box.
 
     ``target="product"`` distils towards the teacher times the student instead,
     ``q ∝ softmax(t / tau_teacher) * p`` (``p`` detached): the teacher re-weights the
@@ -187,38 +281,14 @@ def distillation_kl(
         Scalar loss, the mean KL over the valid phrases; ``0`` (still attached to the
         student's graph) when no phrase is valid.
     """
-    B, P, R = student.shape
-    valid = proposal_mask[:, None, :].expand(B, P, R).clone()
-    if top_k is not None and top_k < R:
-        if proposals is None:
-            raise ValueError("distillation_kl: top_k needs the proposal boxes")
-        with torch.no_grad():
-            top1 = student.detach().masked_fill(~valid, float("-inf")).argmax(dim=-1)  # [B, P]
-            top_boxes = torch.gather(proposals, 1, top1[..., None].expand(B, P, 4))  # [B, P, 4]
-            iou = torch.stack([box_iou(top_boxes[b], proposals[b]) for b in range(B)])  # [B, P, R]
-            iou = iou.nan_to_num(0.0).masked_fill(~valid, -1.0)
-            keep = iou.topk(top_k, dim=-1).indices
-            chosen = torch.zeros_like(valid).scatter_(-1, keep, True)
-        valid = valid & chosen
-    phrases = kd_mask.to(torch.bool) & valid.any(dim=-1)  # [B, P]
-    valid = valid & phrases[..., None]
-    empty = ~valid.any(dim=-1, keepdim=True)  # rows left out: give them finite logits
-
-    t = teacher.detach().float()
-    t_mean = (t * valid).sum(-1, keepdim=True) / valid.sum(-1, keepdim=True).clamp(min=1)
-    t_logits = ((t - t_mean) / tau_teacher).masked_fill(~valid, float("-inf")).masked_fill(empty, 0.0)
-    s_logits = (student.float() / tau_student).masked_fill(~valid, float("-inf")).masked_fill(empty, 0.0)
-    log_p = F.log_softmax(s_logits, dim=-1).masked_fill(~valid, 0.0)
-    if target == "product":  # q ∝ teacher x student: the student's log-probabilities join the logits
-        t_logits = t_logits + log_p.detach()
-    elif target != "teacher":
-        raise ValueError(f"unknown distillation target {target!r} (teacher, product)")
-    log_q = F.log_softmax(t_logits, dim=-1).masked_fill(~valid, 0.0)
-    kl = (log_q.exp() * valid * (log_q - log_p)).sum(dim=-1)  # [B, P]
-    count = phrases.sum()
+    d = distillation_distributions(
+        student, teacher, proposal_mask, kd_mask, tau_student, tau_teacher, top_k, proposals, target
+    )
+    kl = (d.log_q.exp() * d.valid * (d.log_q - d.log_p)).sum(dim=-1)  # [B, P]
+    count = d.phrases.sum()
     if count == 0:
         return student.sum() * 0.0
-    return (kl * phrases).sum() / count
+    return (kl * d.phrases).sum() / count
 
 
 def kd_weight(

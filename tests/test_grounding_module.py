@@ -108,6 +108,30 @@ def test_kd_target_product_reaches_the_distillation_term(datamodule) -> None:
         tiny_module(kd_target="student")
 
 
+def test_the_public_pieces_rebuild_the_training_loss_exactly(datamodule) -> None:
+    # what a diagnostic reads (contrastive_loss, distillation_scores, distillation_options,
+    # current_kd_weight) must be the training step's own terms, not a near copy
+    torch.manual_seed(0)
+    model = tiny_module(kd_weight_initial=0.5, kd_top_k=4).eval()
+    model.log = lambda *args, **kwargs: None
+    nouns = ["man", "dog", "car", "shirt", "box"]
+    batch = _batch(datamodule, "train")
+    batch = dataclasses.replace(
+        batch, proposal_labels=[[nouns[k % 5] for k in range(len(labels))] for labels in batch.proposal_labels]
+    )
+    loss = model.training_step(batch, 0)
+    regions, phrases = model.encode(batch)
+    student, teacher, kd_mask = model.distillation_scores(batch, regions, phrases)
+    kd = distillation_kl(
+        student, teacher, batch.proposal_mask, kd_mask, proposals=batch.proposals, **model.distillation_options()
+    )
+    assert kd > 0 and model.distillation_options()["top_k"] == 4
+    rebuilt = model.contrastive_loss(batch, regions, phrases) + torch.tensor(model.current_kd_weight()) * kd
+    assert torch.equal(loss, rebuilt)
+    with pytest.raises(ValueError, match="has no teacher"):
+        tiny_module(use_kd=False).distillation_scores(batch, regions, phrases)
+
+
 def test_ablation_switches() -> None:
     with pytest.raises(ValueError, match="at least one"):
         tiny_module(use_nce=False, use_kd=False)

@@ -248,3 +248,79 @@ def test_product_target_leaves_the_choice_between_tied_regions_to_the_student():
     assert g_product[0, 0, 1] <= g_product[0, 0, 0]
     with pytest.raises(ValueError, match="product"):
         distillation_kl(student, teacher, *args, top_k=None, target="mixture")
+
+
+def _distillation_kl_before_the_split(
+    student, teacher, proposal_mask, kd_mask, tau_student, tau_teacher, top_k, proposals, target
+):
+    """``distillation_kl`` as it was written in one piece, before ``distillation_distributions``
+    was split out of it: the refactoring must reproduce it bit for bit."""
+    from lightning_wsg.boxes import box_iou
+
+    B, P, R = student.shape
+    valid = proposal_mask[:, None, :].expand(B, P, R).clone()
+    if top_k is not None and top_k < R:
+        with torch.no_grad():
+            top1 = student.detach().masked_fill(~valid, float("-inf")).argmax(dim=-1)
+            top_boxes = torch.gather(proposals, 1, top1[..., None].expand(B, P, 4))
+            iou = torch.stack([box_iou(top_boxes[b], proposals[b]) for b in range(B)])
+            iou = iou.nan_to_num(0.0).masked_fill(~valid, -1.0)
+            keep = iou.topk(top_k, dim=-1).indices
+            chosen = torch.zeros_like(valid).scatter_(-1, keep, True)
+        valid = valid & chosen
+    phrases = kd_mask.to(torch.bool) & valid.any(dim=-1)
+    valid = valid & phrases[..., None]
+    empty = ~valid.any(dim=-1, keepdim=True)
+    t = teacher.detach().float()
+    t_mean = (t * valid).sum(-1, keepdim=True) / valid.sum(-1, keepdim=True).clamp(min=1)
+    t_logits = ((t - t_mean) / tau_teacher).masked_fill(~valid, float("-inf")).masked_fill(empty, 0.0)
+    s_logits = (student.float() / tau_student).masked_fill(~valid, float("-inf")).masked_fill(empty, 0.0)
+    log_p = F.log_softmax(s_logits, dim=-1).masked_fill(~valid, 0.0)
+    if target == "product":
+        t_logits = t_logits + log_p.detach()
+    log_q = F.log_softmax(t_logits, dim=-1).masked_fill(~valid, 0.0)
+    kl = (log_q.exp() * valid * (log_q - log_p)).sum(dim=-1)
+    count = phrases.sum()
+    if count == 0:
+        return student.sum() * 0.0
+    return (kl * phrases).sum() / count
+
+
+@pytest.mark.parametrize("target", ["teacher", "product"])
+@pytest.mark.parametrize("top_k", [None, 3, 12])
+@pytest.mark.parametrize("empty", [False, True])
+def test_distillation_kl_is_bit_identical_to_the_one_piece_version(target, top_k, empty):
+    g = torch.Generator().manual_seed(3)
+    B, P, R = 3, 4, 9
+    student = torch.randn(B, P, R, generator=g, requires_grad=True)
+    teacher = torch.rand(B, P, R, generator=g)
+    corner = torch.rand(B, R, 2, generator=g) * 50
+    proposals = torch.cat([corner, corner + 5 + torch.rand(B, R, 2, generator=g) * 30], dim=-1)
+    proposal_mask = torch.arange(R)[None, :] < torch.tensor([[9], [6], [2]])
+    kd_mask = torch.rand(B, P, generator=g) < (0.0 if empty else 0.7)
+    args = (proposal_mask, kd_mask, 0.7, 1.5, top_k, proposals, target)
+    new = distillation_kl(student, teacher, *args)
+    (new_grad,) = torch.autograd.grad(new, student)
+    old = _distillation_kl_before_the_split(student, teacher, *args)
+    (old_grad,) = torch.autograd.grad(old, student)
+    assert torch.equal(new, old) and torch.equal(new_grad, old_grad)
+    assert (new.item() == 0.0) == empty
+
+
+def test_distillation_distributions_are_the_k_regions_around_the_students_top_box():
+    from lightning_wsg.losses import distillation_distributions
+
+    proposals = torch.tensor(
+        [[[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 9.0], [0.0, 0.0, 5.0, 10.0], [20.0, 20.0, 30.0, 30.0]]]
+    )
+    student = torch.tensor([[[0.9, 0.1, 0.5, -0.3], [0.0, 0.0, 0.0, 1.0]]])
+    teacher = torch.tensor([[[0.0, 2.0, 1.0, 3.0], [1.0, 1.0, 1.0, 1.0]]])
+    kd_mask = torch.tensor([[True, False]])
+    real = torch.ones(1, 4, dtype=torch.bool)
+    d = distillation_distributions(student, teacher, real, kd_mask, top_k=2, proposals=proposals)
+    assert d.valid.tolist() == [[[True, True, False, False], [False, False, False, False]]]
+    assert d.phrases.tolist() == [[True, False]]
+    # q = softmax((t - mean t) / 2) over regions 0 and 1, p = softmax(s) there
+    torch.testing.assert_close(d.log_q[0, 0, :2], F.log_softmax(torch.tensor([0.0, 2.0]) / 2.0, dim=0))
+    torch.testing.assert_close(d.log_p[0, 0, :2], F.log_softmax(torch.tensor([0.9, 0.1]), dim=0))
+    assert d.log_q[0, 0, 2:].tolist() == [0.0, 0.0] and not d.log_q.requires_grad

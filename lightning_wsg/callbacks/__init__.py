@@ -5,6 +5,9 @@
 * :class:`PseudoLabelWriter` (``lightning predict``, ``cli_configs/pseudo_labels.yaml``): the
   chosen box per phrase of a dataset split, in a layout a supervised grounder reads.
 * :class:`GroundingPictures` (validation): a grid of pictures logged to TensorBoard.
+* :class:`DistillationDiagnostics` (training): what the distillation target carries
+  (entropies, gradient norms of the two terms, where the teacher's top box is right), as
+  JSON Lines and logged metrics.
 * :class:`TestReport` (``lightning test``, ``cli_configs/report.yaml``): one self-contained
   HTML page per run.
 
@@ -12,6 +15,7 @@
 """
 
 from .drawing import PALETTE, draw_grounding, picture_grid
+from .kd_diagnostics import DistillationDiagnostics
 from .pictures import GroundingPictures
 from .pseudo_labels import PseudoLabelWriter
 from .report import TestReport
@@ -19,6 +23,7 @@ from .writer import GroundingWriter
 
 __all__ = [
     "PALETTE",
+    "DistillationDiagnostics",
     "GroundingPictures",
     "GroundingWriter",
     "PseudoLabelWriter",
