@@ -44,6 +44,7 @@ from synthetic_benchmark import cli_main, fit_and_test, summarise  # noqa: E402
 
 from lightning_wsg.baselines import evaluate_scores, random_scores, teacher_scores  # noqa: E402
 from lightning_wsg.boxes import box_iou  # noqa: E402
+from lightning_wsg.callbacks import DistillationDiagnostics  # noqa: E402
 from lightning_wsg.feature_world import (  # noqa: E402
     FeatureWorldConfig,
     build_feature_world,
@@ -76,6 +77,12 @@ ROWS = {
 }
 CANDIDATES = ["product", "sharp", "sharp_all", "sharper"]
 DEFAULT_RUNS = ["nce_only", PAPER, "product", "sharp"]
+DIAGNOSTICS = {
+    "train": ("entropy_teacher_norm", "entropy_student_norm", "kd_weight", "grad_norm_nce", "grad_norm_kd",
+              "grad_norm_kd_weighted", "grad_ratio_kd_nce"),
+    "val": ("entropy_teacher_norm", "entropy_student_norm", "differs", "teacher_differs_right",
+            "student_differs_right", "teacher_right", "student_right"),
+}  # fmt: skip
 ERRORS = ("right", "partial_box", "other_chain", "background", "unreachable")
 
 
@@ -152,13 +159,36 @@ def run_row(name: str, args: argparse.Namespace, seed: int, provenance: dict, te
     cli_args = [*world_args(args), f"--trainer.default_root_dir={run_dir}", *ROWS[name][1], *args.override,
                 f"--seed_everything={seed}"]  # fmt: skip
 
+    diagnose = name != "nce_only" and seed == args.seeds[0]
+    diag_path = run_dir / "kd_diagnostics.jsonl"
+    if diagnose and (args.retrain or not (run_dir / "result.json").is_file()):
+        diag_path.unlink(missing_ok=True)
+
     def describe(cli, model) -> dict:
         out = {"label": ROWS[name][0], "seed": seed, "overrides": ROWS[name][1]}
         if test:
             out["errors"] = error_kinds(_test_batches(cli), model, provenance)
+        if diagnose:
+            out["diagnostics"] = summarise_diagnostics(diag_path)
         return out
 
-    return fit_and_test(cli_args, run_dir, args.retrain, describe, test=test)
+    callbacks = (DistillationDiagnostics(every_n_steps=50, path=diag_path, val_batches=8),) if diagnose else ()
+    return fit_and_test(cli_args, run_dir, args.retrain, describe, test=test, callbacks=callbacks)
+
+
+def summarise_diagnostics(path: Path) -> dict:
+    """Per epoch, the mean of each diagnostic over its training records and its validation records."""
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    out: dict[str, dict] = {}
+    for stage in ("train", "val"):
+        for epoch in sorted({r["epoch"] for r in records if r["stage"] == stage}):
+            rows = [r for r in records if r["stage"] == stage and r["epoch"] == epoch]
+            keys = [k for k in DIAGNOSTICS[stage] if any(r.get(k) is not None for r in rows)]
+            out.setdefault(stage, {})[str(epoch)] = {
+                k: sum(r[k] for r in rows if r.get(k) is not None) / sum(r.get(k) is not None for r in rows)
+                for k in keys
+            }
+    return out
 
 
 def write_table(results: dict, args: argparse.Namespace, command: str, world: dict) -> str:

@@ -168,21 +168,24 @@ def world_features(world: Path) -> list[str]:
     return [f"--data.detections={out}", f"--data.vocabulary={out.with_name(out.stem + '_vocab.txt')}"]
 
 
-def fit_and_test(cli_args: list[str], run_dir: Path, retrain: bool, describe, test: bool = True) -> dict:
+def fit_and_test(
+    cli_args: list[str], run_dir: Path, retrain: bool, describe, test: bool = True, callbacks: tuple = ()
+) -> dict:
     """Fit one run from CLI arguments, test its best validation checkpoint, keep the result.
 
     The shared machinery of the benchmarks: the result (test metrics, validation history,
     timing, plus what ``describe(cli, model)`` adds, e.g. error kinds) is kept in
     ``<run_dir>/result.json``; a later call (another process sharing the cores, or a rerun
     after an interruption) reads it instead of training, unless ``retrain``. With ``test=False``
-    the test split is not read (runs that choose settings on validation).
+    the test split is not read (runs that choose settings on validation). ``callbacks`` join
+    the trainer's (measurements such as :class:`~lightning_wsg.callbacks.DistillationDiagnostics`).
     """
     done = run_dir / "result.json"
     if done.is_file() and not retrain:
         return json.loads(done.read_text(encoding="utf-8"))
     cli = cli_main(cli_args, run=False)
     recorder = ValAccuracy()
-    cli.trainer.callbacks.append(recorder)
+    cli.trainer.callbacks.extend([recorder, *callbacks])
     start, cpu_start = time.perf_counter(), time.process_time()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     fit_seconds = time.perf_counter() - start
