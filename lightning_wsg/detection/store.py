@@ -183,8 +183,6 @@ class _Shard:
             probs = self.class_probs
             if probs is not None and (probs.ndim != 2 or len(probs) != len(self.boxes)):
                 raise ValueError(f"class_probs {tuple(probs.shape)} for {len(self.boxes)} boxes")
-            if probs is not None and self.class_names is not None and probs.shape[1] != len(self.class_names):
-                raise ValueError(f"class_probs of width {probs.shape[1]} for {len(self.class_names)} class names")
         except Exception as err:  # noqa: BLE001 - any unreadable shard is the same error
             raise DetectionFormatError(
                 f"{path}: unreadable detection-cache shard ({type(err).__name__}: {err}); delete it and the "

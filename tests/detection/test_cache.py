@@ -146,6 +146,17 @@ def test_the_cache_refuses_damaged_class_probs_when_read(tmp_path):
     assert store["p"].class_probs.shape == (2, 3)  # the image beside it reads
     with pytest.raises(DetectionFormatError, match=rf"^{re.escape(str(path))}: image q: the class_probs of box 1 sum"):
         store["q"]
+    # fewer rows than boxes: the shard is unreadable
+    short = pack_shard([_det("s", 3, probs=True)], NAMES)
+    short["class_probs"] = short["class_probs"][:2]
+    torch.save(short, cache.shard_path(["s"]))
+    with pytest.raises(
+        DetectionFormatError,
+        match=rf"^{re.escape(str(cache.shard_path(['s'])))}: unreadable detection-cache shard \(ValueError: "
+        r"class_probs \(2, 3\) for 3 boxes\)",
+    ):
+        CachedDetections(cache.path)
+    cache.shard_path(["s"]).unlink()
     # probabilities of another width than the folder's class names
     wide = pack_shard([_with_probs("r", [[0.25, 0.25, 0.25, 0.25]])])
     torch.save(wide, cache.shard_path(["r"]))

@@ -191,12 +191,36 @@ def test_write_native_refuses_a_width_other_than_the_class_names_and_mixed_recor
         DetectionFormatError, match=r"^memory-world: image img0: class_probs of width 3, but the store names 4 classes"
     ):
         _write(store, tmp_path / "a")
+    assert not (tmp_path / "a").exists()  # refused before a manifest of that setting is written
+    store = _memory_store()
+    store["img3"].class_probs = torch.full((2, 4), 0.2)  # one image of another width than the rest
+    with pytest.raises(
+        DetectionFormatError, match=r"^memory-world: image img3: class_probs of width 4, but the store names 3 classes"
+    ):
+        _write(store, tmp_path / "c")
     store = _memory_store()
     store["img3"].class_probs = None
     with pytest.raises(
         DetectionFormatError, match=r"^memory-world: image img3 carries no class_probs but the other images do"
     ):
         _write(store, tmp_path / "b")
+
+
+def test_write_native_reads_the_written_probabilities_back(tmp_path, monkeypatch):
+    save = np.save
+
+    def bad_disk(path, array):  # a disk that flips a value of the class probabilities
+        if ".probs.npy" in str(path):
+            array = array.copy()
+            array[0, 0] += np.float16(0.25)
+        save(path, array)
+
+    monkeypatch.setattr(np, "save", bad_disk)
+    with pytest.raises(
+        DetectionFormatError, match=r"^memory-world: a written shard \(000000\.probs\.npy\) disagrees with the source"
+    ):
+        _write(_memory_store(), tmp_path / "native")
+    assert not list((tmp_path / "native" / "shards").iterdir())  # no temporary file left, nothing renamed
 
 
 @pytest.mark.parametrize(
