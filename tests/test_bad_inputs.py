@@ -27,6 +27,7 @@ from lightning_wsg.cli import main
 from lightning_wsg.data import Flickr30kEntitiesDataModule
 from lightning_wsg.data.base import check_images
 from lightning_wsg.data.predict_file import PredictFormatError
+from lightning_wsg.detection.formats import DetectionFormatError
 from lightning_wsg.grounding_module import GroundingModule
 
 
@@ -211,3 +212,34 @@ def test_the_cli_refuses_distillation_without_labels(tiny, tmp_path):
     unlabelled = _without_labels(tiny, tmp_path / "unlabelled.jsonl")
     with pytest.raises(ValueError, match=r"model\.use_kd=true distils .*no labels"):
         main(["fit", *_cli_args(tiny, tmp_path, unlabelled), "--model.use_kd=true"])
+
+
+# ------------------------------------------------------------- detector class probabilities
+def _with_class_probs(tiny: TinyFlickr, path: Path) -> tuple[Path, list[str]]:
+    """The tiny detections with a class-probability row per box (0.8 on its label) and their header."""
+    records = [json.loads(line) for line in tiny.detections.read_text().splitlines() if line.strip()]
+    names = sorted({label for r in records for label in r["labels"]})
+    for r in records:
+        r["class_probs"] = [[0.8 if name == label else 0.1 / len(names) for name in names] for label in r["labels"]]
+    path.write_text("".join(json.dumps(r) + "\n" for r in [{"class_names": names}, *records]))
+    return path, names
+
+
+def test_a_vocabulary_of_another_width_than_the_class_probs_is_refused_at_setup(tiny, tmp_path):
+    detections, names = _with_class_probs(tiny, tmp_path / "probs.jsonl")
+    vocabulary = tmp_path / "vocab.txt"
+    vocabulary.write_text("\n".join([*names, "unicorn"]) + "\n")
+    with pytest.raises(
+        DetectionFormatError,
+        match=rf"^{re.escape(str(detections))}: class_probs over {len(names)} classes, but data\.vocabulary "
+        rf"{re.escape(str(vocabulary))} names {len(names) + 1}",
+    ):
+        _dm(tiny, detections=detections, vocabulary=vocabulary).setup("test")
+    # the vocabulary they were made with: the batches carry the probabilities
+    vocabulary.write_text("\n".join(names) + "\n")
+    dm = _dm(tiny, detections=detections, vocabulary=vocabulary)
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()))
+    assert batch.class_probs.shape[-1] == len(names) and dm.store.class_names == names
+    real = batch.class_probs[batch.proposal_mask]
+    assert real.max(dim=-1).values.tolist() == pytest.approx([0.8] * len(real))

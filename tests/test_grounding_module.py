@@ -222,6 +222,56 @@ def test_teacher_uses_class_probability_vectors_when_the_batch_has_them(datamodu
     assert kd_probs > 0 and kd_probs != pytest.approx(kd_labels)
 
 
+def test_distillation_reads_the_batch_class_probs_by_the_store_class_names(datamodule) -> None:
+    """_distillation hands the batch's [B, R, C] rows and the store's names to the teacher and
+    distils from t(r, p) = sum_c P(c | r) m(c, p); without the names it falls back to top-1 labels."""
+    from types import SimpleNamespace
+
+    from lightning_wsg.losses import region_phrase_scores
+
+    torch.manual_seed(0)
+    model = tiny_module(teacher={"matching": "wordnet"}).eval()
+    batch = _batch(datamodule, "train")
+    names = ["person", "dog", "car"]
+    B, R = batch.proposal_mask.shape
+    gen = torch.Generator().manual_seed(1)
+    probs = torch.softmax(torch.randn(B, R, len(names) + 1, generator=gen) * 3, dim=-1)[..., 1:]  # background dropped
+    batch = dataclasses.replace(batch, class_probs=probs)
+    calls = []
+    forward = model.teacher.forward
+    model.teacher.forward = lambda *args, **kwargs: calls.append(kwargs) or forward(*args, **kwargs)
+
+    def trainer(class_names):
+        store = SimpleNamespace(class_names=class_names)
+        return SimpleNamespace(global_step=0, datamodule=SimpleNamespace(store=store))
+
+    with torch.no_grad():
+        regions, phrases = model.encode(batch)
+        model._trainer = trainer(names)
+        got = model._distillation(batch, regions, phrases)
+        model._trainer = trainer(None)
+        without_names = model._distillation(batch, regions, phrases)
+    assert calls[0]["class_probs"] is probs and calls[0]["class_names"] == names
+    assert calls[1]["class_probs"] is None and calls[1]["class_names"] is None
+
+    texts = [[" ".join(w[s:e]) for s, e in spans] for w, spans in zip(batch.words, batch.phrase_spans)]
+    hp = model.hparams
+
+    def expected(**teacher_kwargs):
+        teacher, kd_mask = forward(
+            texts, batch.proposal_labels, batch.proposal_scores, batch.proposal_mask, **teacher_kwargs
+        )
+        return distillation_kl(
+            region_phrase_scores(regions, phrases), teacher, batch.proposal_mask, kd_mask & batch.phrase_mask,
+            tau_student=hp.tau_student, tau_teacher=hp.tau_teacher, top_k=hp.kd_top_k, target=hp.kd_target,
+            proposals=batch.proposals,
+        )  # fmt: skip
+
+    torch.testing.assert_close(got, expected(class_probs=probs, class_names=names))
+    torch.testing.assert_close(without_names, expected())
+    assert got.item() > 0 and got.item() != pytest.approx(without_names.item())
+
+
 def _save(model: GroundingModule, path) -> None:
     import pytorch_lightning as pl
 

@@ -20,7 +20,7 @@ from typing import Literal
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from ..detection.formats import DetectionFormatError, DetectionStore, open_detections
+from ..detection.formats import DetectionFormatError, DetectionStore, open_detections, read_vocabulary
 from ..detection.grid import DEFAULT_GRID_ASPECT_RATIOS, DEFAULT_GRID_SCALES, DEFAULT_GRID_STRIDE
 from .batch import collate
 from .dataset import (
@@ -70,7 +70,8 @@ class GroundingDataModule(pl.LightningDataModule):
             :func:`lightning_wsg.detection.open_detections`); ``None`` when a
             :class:`~lightning_wsg.detection.DetectionCache` callback supplies them (setup then
             parses the splits and waits for :meth:`use_detections`).
-        vocabulary: the detector vocabulary, to name the class ids of a TSV.
+        vocabulary: the detector vocabulary (a class-name file, one a line), to name the class
+            ids of a TSV; a source whose records carry ``class_probs`` of another width is refused.
         batch_size: samples per batch.
         num_workers: loader worker processes.
         image_size: images are resized to ``image_size x image_size``.
@@ -189,7 +190,8 @@ class GroundingDataModule(pl.LightningDataModule):
     # -- shared machinery -------------------------------------------------------------
     @property
     def store(self) -> DetectionStore:
-        """The proposals, opened once and checked against :meth:`known_image_ids`."""
+        """The proposals, opened once and checked against :meth:`known_image_ids` and, when
+        their records carry class probabilities, against ``vocabulary``."""
         if self._store is None:
             source = self._supplied_detections or self.detections
             if source is None:
@@ -202,8 +204,24 @@ class GroundingDataModule(pl.LightningDataModule):
                     f"{store.path}: {len(unknown)} detection records for images unknown to the dataset "
                     f"at {self.root}: image {examples(unknown)}"
                 )
+            self._check_vocabulary(store)
             self._store = store
         return self._store
+
+    def _check_vocabulary(self, store: DetectionStore) -> None:
+        """Refuse class probabilities of another width than ``vocabulary``'s class names."""
+        if self.vocabulary is None:
+            return
+        width = store.class_probs_width()
+        if width is None:
+            return
+        names = read_vocabulary(self.vocabulary)
+        if width != len(names):
+            raise DetectionFormatError(
+                f"{store.path}: class_probs over {width} classes, but data.vocabulary {self.vocabulary} names "
+                f"{len(names)}: the probabilities come from another detector vocabulary; give the vocabulary "
+                "they were made with, or leave data.vocabulary out (the source names its own classes)"
+            )
 
     def _check_paths(self) -> None:
         image_dir = self.image_dir if self.reads_images() else None  # a feature tower reads no image

@@ -13,7 +13,11 @@ Formats:
 
   ``labels`` and ``scores`` are optional; ``class_probs`` (a list of per-box probability
   vectors over a vocabulary) is optional and then needs a header record
-  ``{"class_names": [...]}`` on the first line.
+  ``{"class_names": [...]}`` on the first line, one column per name. Each row is
+  ``P(class | box)`` over the foreground classes: no value negative or non-finite, and the
+  row sums to at most 1 (:data:`PROBS_SUM_TOLERANCE` above it is allowed for rounding); less
+  than 1 is the background's share, as a softmax over background + classes leaves it
+  (:func:`check_class_probs`).
 * bottom-up-attention TSV (Visual Genome Faster R-CNN): tab-separated
   ``image_id, image_w, image_h, num_boxes, boxes, features`` with base64 float32 arrays
   (``features``: ``num_boxes x dim``, read lazily, one image at a time),
@@ -55,7 +59,9 @@ __all__ = [
     "DetectionStore",
     "Detections",
     "JsonlDetections",
+    "PROBS_SUM_TOLERANCE",
     "TsvDetections",
+    "check_class_probs",
     "open_detections",
     "read_vocabulary",
     "write_jsonl",
@@ -65,6 +71,60 @@ __all__ = [
 
 class DetectionFormatError(ValueError):
     """A detections file is malformed; the message names the file and the record."""
+
+
+#: How far above 1 a row of class probabilities may sum: rounding in files (1e-5 in JSON Lines)
+#: and float16 storage (about 5e-4 of the sum) stay well inside it; per-class sigmoid scores
+#: or logits do not.
+PROBS_SUM_TOLERANCE = 1e-2
+
+
+def check_class_probs(probs: Tensor, where: str, image_id: str, width: int | None = None) -> None:
+    """Refuse class probabilities that cannot be ``P(class | box)`` over foreground classes.
+
+    Args:
+        probs: ``[N, C]`` one row per box.
+        where: the file (and line) the rows come from, first in the message.
+        image_id: the image they belong to, named in the message.
+        width: the number of class names the store indexes them by (``None``: not checked).
+
+    Raises:
+        DetectionFormatError: not ``[N, C]``, a width other than ``width``, a negative or
+            non-finite value, or a row summing to more than ``1 + PROBS_SUM_TOLERANCE`` (a row
+            may sum to less: the rest is the background).
+    """
+    if probs.ndim != 2:
+        raise DetectionFormatError(f"{where}: image {image_id}: class_probs must be [N, C], got {tuple(probs.shape)}")
+    if width is not None and probs.shape[1] != width and len(probs):
+        raise DetectionFormatError(
+            f"{where}: image {image_id}: class_probs of width {probs.shape[1]}, but the store names {width} classes "
+            "(class_names): one column per class name"
+        )
+    if not len(probs):
+        return
+    values = probs.float()
+    sums = values.sum(dim=1)
+    # the common case in two reductions (stores check each image they return): NaN fails both
+    # comparisons, an infinity one of them
+    if bool(values.min() >= 0) and bool(sums.max() <= 1.0 + PROBS_SUM_TOLERANCE):
+        return
+    finite = torch.isfinite(values)
+    if not finite.all():
+        box = int((~finite).any(dim=1).nonzero()[0])
+        raise DetectionFormatError(f"{where}: image {image_id}: class_probs of box {box} are not finite (nan or inf)")
+    if (values < 0).any():
+        box = int((values < 0).any(dim=1).nonzero()[0])
+        raise DetectionFormatError(
+            f"{where}: image {image_id}: negative class_probs on box {box} (min {values[box].min().item():.4g}): "
+            "probabilities, not logits"
+        )
+    if (sums > 1.0 + PROBS_SUM_TOLERANCE).any():
+        box = int((sums > 1.0 + PROBS_SUM_TOLERANCE).nonzero()[0])
+        raise DetectionFormatError(
+            f"{where}: image {image_id}: the class_probs of box {box} sum to {sums[box].item():.4f}, more than 1: a "
+            "row is P(class | box) over the foreground classes (the background takes the rest), not per-class "
+            "sigmoid scores"
+        )
 
 
 @dataclass
@@ -77,7 +137,8 @@ class Detections:
         labels: ``N`` class names, or ``None`` when the source has no labels.
         scores: ``[N]`` float32 confidences (ones when the source has none).
         class_probs: optional ``[N, C]`` class-probability vectors over the store's
-            ``class_names``.
+            ``class_names``: each row ``P(class | box)`` over the foreground classes, summing
+            to at most 1 (:func:`check_class_probs`).
         image_size: the image's ``(width, height)`` when the source gives it.
         features: optional ``[N, D]`` per-box features a detector returns for the cache
             (stores give theirs by :meth:`DetectionStore.features`, not here).
@@ -95,7 +156,8 @@ class Detections:
         return int(self.boxes.shape[0])
 
     def validate(self, where: str) -> None:
-        """Raise :class:`DetectionFormatError` naming ``where`` if fields disagree."""
+        """Raise :class:`DetectionFormatError` naming ``where`` if fields disagree or
+        ``class_probs`` are no probabilities (:func:`check_class_probs`)."""
         n = len(self)
         if self.boxes.ndim != 2 or self.boxes.shape[1] != 4:
             raise DetectionFormatError(
@@ -109,6 +171,8 @@ class Detections:
             raise DetectionFormatError(
                 f"{where}: image {self.image_id}: {n} boxes but class_probs of shape {tuple(self.class_probs.shape)}"
             )
+        if self.class_probs is not None:
+            check_class_probs(self.class_probs, where, self.image_id)
         if self.features is not None and (self.features.ndim != 2 or self.features.shape[0] != n):
             raise DetectionFormatError(
                 f"{where}: image {self.image_id}: {n} boxes but features of shape {tuple(self.features.shape)}"
@@ -123,6 +187,8 @@ class DetectionStore(Mapping[str, Detections]):
     """Read-only mapping ``image_id -> Detections`` with the source's class names.
 
     Attributes:
+        class_names: the detector's vocabulary, ``None`` when the source names none; the
+            columns of the records' ``class_probs`` when they carry them.
         feature_dim: the width of the source's per-box features, ``None`` when it has none.
     """
 
@@ -146,6 +212,20 @@ class DetectionStore(Mapping[str, Detections]):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, images={len(self)})"
+
+    def class_probs_width(self) -> int | None:
+        """The width ``C`` of the records' ``class_probs``, ``None`` when they carry none.
+
+        A store's records carry them all or none (images without boxes aside): the first
+        record with boxes, or with an empty ``[0, C]`` block, says.
+        """
+        for image_id in self:
+            det = self[image_id]
+            if det.class_probs is not None:
+                return int(det.class_probs.shape[1])
+            if len(det):
+                return None
+        return None
 
     def features(self, image_id: str) -> Tensor:
         """The ``[N, feature_dim]`` float32 features of an image's boxes (row ``i``: box ``i``)."""
@@ -207,7 +287,11 @@ class JsonlDetections(DetectionStore):
             if det.class_probs is not None and (
                 class_names is None or (len(det) and det.class_probs.shape[1] != len(class_names))
             ):
-                raise DetectionFormatError(f"{where}: class_probs need a class_names header of matching length")
+                header = f"a header of {len(class_names)} names" if class_names is not None else "no header"
+                raise DetectionFormatError(
+                    f"{where}: class_probs need a class_names header of matching length (image {det.image_id}: rows "
+                    f"of width {det.class_probs.shape[1]}, {header})"
+                )
             if det.class_probs is not None and len(det) == 0:
                 det.class_probs = torch.zeros(0, len(class_names))
             if det.image_id in records:

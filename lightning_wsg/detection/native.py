@@ -6,15 +6,29 @@ features (:func:`~lightning_wsg.detection.formats.open_detections`) once into th
 
     <folder>/
       features.json            manifest: format, feature width, shard size, image and shard
-                               counts, class names, the source (path, size, mtime), dates
+                               counts, class names, class_probs (their width, or null), the
+                               source (path, size, mtime), dates
       shards/<k>.npy           [rows, dim] float16, the features of the shard's images in order
+      shards/<k>.probs.npy     [rows, C] float16, each box's class probabilities over the class
+                               names (only when the source's records carry class_probs)
       shards/<k>.pt            the shard's index: image ids, row offsets, boxes, scores,
                                label ids, image sizes
 
-Shard ``k`` holds the source's images ``k * shard_size ...`` in sorted id order; each is
-written to a temporary name, checked against the source (features equal after the float16
-rounding, boxes equal) and renamed into place, the index last. A killed conversion resumes at
-the first missing shard; a folder made from another source (or another shard size) is refused.
+Shard ``k`` holds the source's images ``k * shard_size ...`` in sorted id order; each file is
+written to a temporary name, checked against the source (features and class probabilities
+equal after the float16 rounding, boxes equal) and renamed into place, the index last. A
+killed conversion resumes at the first missing shard; a folder made from another source (or
+another shard size) is refused.
+
+Class probabilities are carried when the source has ``class_names`` and its records carry
+``class_probs`` (a JSON Lines file with its header, a detection cache made with
+``class_probs: true``); the store then gives them as ``Detections.class_probs`` (float32),
+and the teacher reads ``t(r, p) = sum_c P(c | r) m(c, p)``. Rows that are no probabilities
+(negative or non-finite values, a row summing to more than 1, a width other than the class
+names') are refused when written and when read
+(:func:`~lightning_wsg.detection.formats.check_class_probs`). A source without them gives a
+store of top-1 labels and scores only.
+
 :class:`NativeDetections` maps the shards (``numpy.load(mmap_mode="r")``): DataLoader workers
 share the page cache, and reading an image's features is one slice and one float32 cast
 (19,000 images of 100 x 2048 a second on one core here, ``benchmarks/feature_store.py``).
@@ -30,6 +44,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -40,13 +55,16 @@ import torch
 from torch import Tensor
 
 from ..files import atomic_write_text, temp_name
-from .formats import DetectionFormatError, Detections, DetectionStore, open_detections
+from .formats import DetectionFormatError, Detections, DetectionStore, check_class_probs, open_detections
 
 __all__ = ["NATIVE_FORMAT", "NATIVE_MANIFEST", "NativeDetections", "convert", "write_native"]
 
 NATIVE_FORMAT = 1
 NATIVE_MANIFEST = "features.json"
 _SHARDS = "shards"
+_PROBS = ".probs.npy"
+
+logger = logging.getLogger("lightning_wsg")
 
 
 def _source_identity(path: Path) -> dict[str, Any]:
@@ -77,9 +95,42 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def _write_shard(folder: Path, k: int, store: DetectionStore, image_ids: list[str], label_names: list[str]) -> None:
-    """Write shard ``k`` (features, then its index), each under a temporary name, checked, renamed."""
-    blocks, offsets, boxes, scores, labels, sizes = [], [0], [], [], [], []
+def _image_probs(store: DetectionStore, det: Detections, width: int | None) -> np.ndarray | None:
+    """An image's ``[N, C]`` float16 class probabilities (``None`` when the store carries none), checked."""
+    if width is None:
+        if det.class_probs is not None and len(det):
+            raise DetectionFormatError(
+                f"{store.path}: image {det.image_id} carries class_probs but the first image with boxes does not: "
+                "a source's records carry them all or none"
+            )
+        return None
+    if not len(det):
+        return np.zeros((0, width), np.float16)
+    if det.class_probs is None:
+        raise DetectionFormatError(
+            f"{store.path}: image {det.image_id} carries no class_probs but the other images do: a source's "
+            "records carry them all or none"
+        )
+    probs = det.class_probs.detach().float().cpu()
+    if probs.shape[0] != len(det):
+        raise DetectionFormatError(
+            f"{store.path}: image {det.image_id}: {len(det)} boxes but class_probs of shape {tuple(probs.shape)}"
+        )
+    check_class_probs(probs, str(store.path), det.image_id, width)
+    return probs.numpy().astype(np.float16)
+
+
+def _write_shard(
+    folder: Path,
+    k: int,
+    store: DetectionStore,
+    image_ids: list[str],
+    label_names: list[str],
+    probs_width: int | None = None,
+) -> None:
+    """Write shard ``k`` (features, class probabilities, then its index), each under a temporary
+    name, checked, renamed."""
+    blocks, offsets, boxes, scores, labels, sizes, prob_blocks = [], [0], [], [], [], [], []
     lookup = {name: i for i, name in enumerate(label_names)}
     for image_id in image_ids:
         det = store[image_id]
@@ -90,6 +141,7 @@ def _write_shard(folder: Path, k: int, store: DetectionStore, image_ids: list[st
                 f"{store.feature_dim}"
             )
         blocks.append(feats.numpy().astype(np.float16))
+        prob_blocks.append(_image_probs(store, det, probs_width))
         offsets.append(offsets[-1] + len(det))
         boxes.append(det.boxes.float())
         scores.append(det.scores.float())
@@ -109,17 +161,30 @@ def _write_shard(folder: Path, k: int, store: DetectionStore, image_ids: list[st
         "has_labels": torch.tensor([store[i].labels is not None for i in image_ids]),
         "image_sizes": torch.tensor(sizes, dtype=torch.int64).reshape(-1, 2),
     }
+    probs = None
+    if probs_width is not None:
+        probs = np.concatenate(prob_blocks) if prob_blocks else np.zeros((0, probs_width), np.float16)
     shards = folder / _SHARDS
-    npy, pt = shards / f"{k:06d}.npy", shards / f"{k:06d}.pt"
+    npy, pt, probs_npy = shards / f"{k:06d}.npy", shards / f"{k:06d}.pt", shards / f"{k:06d}{_PROBS}"
     tmp_npy, tmp_pt = temp_name(npy).with_suffix(".npy"), temp_name(pt)
+    tmp_probs = temp_name(probs_npy).with_suffix(".npy")
     try:
         np.save(tmp_npy, features)
+        if probs is not None:
+            np.save(tmp_probs, probs)
         torch.save(index, tmp_pt)
         _check_shard(tmp_npy, tmp_pt, features, index, store)
+        if probs is not None and not np.array_equal(np.load(tmp_probs, mmap_mode="r"), probs):
+            raise DetectionFormatError(
+                f"{store.path}: a written shard ({probs_npy.name}) disagrees with the source when read back"
+            )
         os.replace(tmp_npy, npy)
+        if probs is not None:
+            os.replace(tmp_probs, probs_npy)
         os.replace(tmp_pt, pt)  # the index last: a shard counts once its index is in place
     finally:
         tmp_npy.unlink(missing_ok=True)
+        tmp_probs.unlink(missing_ok=True)
         tmp_pt.unlink(missing_ok=True)
 
 
@@ -182,7 +247,15 @@ def write_native(
     """Write any store with features as a native store (the body of :func:`convert`).
 
     ``identity`` names the source in the manifest (a folder written from another identity is
-    refused); the other arguments are :func:`convert`'s.
+    refused); the other arguments are :func:`convert`'s. When ``store`` has ``class_names`` and
+    its records carry ``class_probs`` (``[N, C]`` over the class names), each shard keeps them
+    beside its features (``<k>.probs.npy``, float16).
+
+    Raises:
+        DetectionFormatError: the folder holds another conversion; an image's features have
+            another width or overflow float16; class probabilities that are no probabilities
+            (:func:`~lightning_wsg.detection.formats.check_class_probs`) or that some images
+            carry and others not.
     """
     folder = Path(folder)
     if shard_size < 1:
@@ -191,6 +264,20 @@ def write_native(
     label_names = sorted({x for i in image_ids for x in (store[i].labels or [])})
     if store.class_names:
         label_names = list(dict.fromkeys([*store.class_names, *label_names]))
+    probs_width = store.class_probs_width()
+    if probs_width is not None and not store.class_names:
+        logger.warning(
+            "%s: the records carry class_probs but the source names no classes (class_names) to read them by: "
+            "the native store keeps top-1 labels and scores only",
+            store.path,
+        )
+        probs_width = None
+    if probs_width is not None and probs_width != len(store.class_names):
+        example = next(i for i in image_ids if store[i].class_probs is not None)
+        raise DetectionFormatError(
+            f"{store.path}: image {example}: class_probs of width {probs_width}, but the store names "
+            f"{len(store.class_names)} classes (class_names): one column per class name"
+        )
     plan = [image_ids[i : i + shard_size] for i in range(0, len(image_ids), shard_size)]
     settings = {
         "format": NATIVE_FORMAT,
@@ -202,6 +289,8 @@ def write_native(
         "num_shards": len(plan),
         "label_names": label_names,
         "class_names": store.class_names,
+        # absent in stores written before class probabilities were kept: read as None
+        "class_probs": {"width": probs_width, "dtype": "float16"} if probs_width is not None else None,
     }
     manifest_path = folder / NATIVE_MANIFEST
     if manifest_path.is_file():
@@ -219,7 +308,7 @@ def write_native(
     atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
     for k, ids in enumerate(plan):
         if not (folder / _SHARDS / f"{k:06d}.pt").is_file():
-            _write_shard(folder, k, store, ids, label_names)
+            _write_shard(folder, k, store, ids, label_names, probs_width)
         if progress is not None:
             progress(k + 1, len(plan))
     manifest.update(complete=True, finished=_now())
@@ -230,8 +319,17 @@ def write_native(
 class NativeDetections(DetectionStore):
     """A native feature store (see the module docstring), read through memory maps.
 
+    ``store[image_id]`` carries ``class_probs`` (``[N, C]`` float32 over ``class_names``) when
+    the store was converted from a source whose records carry them, ``None`` otherwise; each
+    image's rows are checked when read
+    (:func:`~lightning_wsg.detection.formats.check_class_probs`).
+
     Args:
         folder: the store's folder (holding ``features.json``).
+
+    Raises:
+        DetectionFormatError: an unreadable or unfinished store, or a manifest whose class
+            probabilities disagree with its class names.
     """
 
     def __init__(self, folder: str | Path) -> None:
@@ -245,6 +343,14 @@ class NativeDetections(DetectionStore):
         super().__init__(folder, {}, manifest.get("class_names"))
         self.manifest = manifest
         self.feature_dim = int(manifest["feature_dim"])
+        probs = manifest.get("class_probs")
+        self._probs_width: int | None = int(probs["width"]) if probs else None
+        if self._probs_width is not None and self._probs_width != len(self.class_names or []):
+            raise DetectionFormatError(
+                f"{folder / NATIVE_MANIFEST}: class_probs of width {self._probs_width}, but "
+                f"{len(self.class_names or [])} class names: one column per class name; convert the source again"
+            )
+        self._probs: dict[int, np.ndarray] = {}
         names = list(manifest["label_names"])
         self._where: dict[str, tuple[int, int]] = {}  # image id -> (shard, position in it)
         self._indexes: list[dict[str, Any]] = []
@@ -262,7 +368,7 @@ class NativeDetections(DetectionStore):
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_features"] = {}  # each process maps the shards again
+        state["_features"], state["_probs"] = {}, {}  # each process maps the shards again
         return state
 
     def __len__(self) -> int:
@@ -282,13 +388,45 @@ class NativeDetections(DetectionStore):
         if bool(index["has_labels"][n]):
             labels = self._names[index["labels"][start:end].numpy()].tolist()
         width, height = (int(v) for v in index["image_sizes"][n])
+        probs = None
+        if self._probs_width is not None:
+            probs = torch.from_numpy(self._shard_probs(k)[start:end]).float()
+            check_class_probs(probs, str(self._probs_path(k)), str(image_id), self._probs_width)
         return Detections(
             str(image_id),
             index["boxes"][start:end],
             labels,
             index["scores"][start:end],
+            probs,
             image_size=(width, height) if width > 0 else None,
         )
+
+    def class_probs_width(self) -> int | None:
+        """The width of the stored class probabilities (``None`` when the store has none)."""
+        return self._probs_width
+
+    def _probs_path(self, k: int) -> Path:
+        return self.path / _SHARDS / f"{k:06d}{_PROBS}"
+
+    def _shard_probs(self, k: int) -> np.ndarray:
+        """Shard ``k``'s ``[rows, C]`` float16 class probabilities, mapped once and checked for shape."""
+        array = self._probs.get(k)
+        if array is None:
+            path = self._probs_path(k)
+            rows = int(self._indexes[k]["offsets"][-1])
+            try:
+                array = np.load(path, mmap_mode="c")
+            except (OSError, ValueError) as err:
+                raise DetectionFormatError(
+                    f"{path}: unreadable class probabilities (missing, truncated or corrupt?): {err}"
+                ) from None
+            if array.shape != (rows, self._probs_width) or array.dtype != np.float16:
+                raise DetectionFormatError(
+                    f"{path}: class probabilities {array.dtype}{list(array.shape)}, but the shard holds {rows} boxes "
+                    f"of {self._probs_width} classes (float16); convert the source again"
+                )
+            self._probs[k] = array
+        return array
 
     def _shard_features(self, k: int) -> np.ndarray:
         array = self._features.get(k)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .digests import fingerprint
-from .formats import DetectionFormatError, Detections, DetectionStore
+from .formats import DetectionFormatError, Detections, DetectionStore, check_class_probs
 
 __all__ = ["CACHE_FORMAT", "MANIFEST", "SHARDS", "CachedDetections", "pack_shard", "plan_shards"]
 
@@ -41,8 +41,11 @@ def pack_shard(detections: Sequence[Detections], class_names: Sequence[str] | No
     """Flatten detections into one shard dict (see the module docstring).
 
     ``class_names`` (the detector's vocabulary) seeds ``label_names`` so that label indices
-    are the detector's class indices; labels outside it are appended. Per-box ``features``
-    (all images or none) are stored as float16; a value float16 cannot hold is an error.
+    are the detector's class indices; labels outside it are appended. ``class_probs`` (all
+    images or none) are stored as float16, one column per class name; rows that are no
+    probabilities are refused (:func:`~lightning_wsg.detection.formats.check_class_probs`).
+    Per-box ``features`` (all images or none) are stored as float16; a value float16 cannot
+    hold is an error.
     """
     if not detections:
         raise ValueError("a shard holds at least one image")
@@ -68,6 +71,11 @@ def pack_shard(detections: Sequence[Detections], class_names: Sequence[str] | No
                 labels.append(label_index[name])
         if det.class_probs is not None and len(det):
             width = int(det.class_probs.shape[1])
+            if class_names is not None and width != len(class_names):
+                raise DetectionFormatError(
+                    f"detections of image {det.image_id}: class_probs of width {width}, but the detector names "
+                    f"{len(class_names)} classes (class_names): one column per class name"
+                )
             if probs_width is not None and width != probs_width:
                 raise ValueError(f"image {det.image_id}: class_probs of width {width}, others {probs_width}")
             probs_width = width
@@ -172,6 +180,9 @@ class _Shard:
                 raise ValueError("offsets disagree with the arrays")
             if self.features is not None and (self.features.ndim != 2 or len(self.features) != len(self.boxes)):
                 raise ValueError(f"features {tuple(self.features.shape)} for {len(self.boxes)} boxes")
+            probs = self.class_probs
+            if probs is not None and (probs.ndim != 2 or len(probs) != len(self.boxes)):
+                raise ValueError(f"class_probs {tuple(probs.shape)} for {len(self.boxes)} boxes")
         except Exception as err:  # noqa: BLE001 - any unreadable shard is the same error
             raise DetectionFormatError(
                 f"{path}: unreadable detection-cache shard ({type(err).__name__}: {err}); delete it and the "
@@ -181,7 +192,11 @@ class _Shard:
 
     def get(self, row: int) -> Detections:
         a, b = self.offsets[row], self.offsets[row + 1]
-        probs = self.class_probs[a:b].float() if self.class_probs is not None else None
+        probs = None
+        if self.class_probs is not None:
+            probs = self.class_probs[a:b].float()
+            # checked when read, image by image: a whole shard's [T, C] is not read at opening
+            check_class_probs(probs, str(self.path), self.image_ids[row])
         return Detections(
             self.image_ids[row],
             self.boxes[a:b],
@@ -238,6 +253,7 @@ class CachedDetections(DetectionStore):
                     index[image_id] = (name, row)
             if self.class_names is None and shard.class_names is not None:
                 self.class_names = list(shard.class_names)
+            self._check_probs_width(shard)
 
     def _check_feature_width(self, shard: _Shard) -> None:
         """One feature width across the folder's shards, or no features in any."""
@@ -255,6 +271,24 @@ class CachedDetections(DetectionStore):
                 f"{what(self.feature_dim)} (image {image_id}): shards of two detector settings in one folder; "
                 + _REDO.format(folder=self.path)
             )
+
+    def _check_probs_width(self, shard: _Shard) -> None:
+        """A shard's class_probs have one column per class name of the folder."""
+        if shard.class_probs is None or self.class_names is None:
+            return
+        width = int(shard.class_probs.shape[1])
+        if width != len(self.class_names):
+            raise DetectionFormatError(
+                f"{shard.path}: class_probs of width {width} (image {shard.image_ids[0]}), but the folder names "
+                f"{len(self.class_names)} classes ({self.path / MANIFEST}): " + _REDO.format(folder=self.path)
+            )
+
+    def class_probs_width(self) -> int | None:
+        """The width of the shards' ``class_probs`` (``None`` when they carry none)."""
+        for name, _ in self._index.values():
+            probs = self._shard(name).class_probs
+            return int(probs.shape[1]) if probs is not None else None
+        return None
 
     def _shard(self, name: str) -> _Shard:
         shard = self._shards.get(name)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import pickle
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -111,6 +112,62 @@ def test_labels_outside_the_vocabulary_and_mixed_probs_are_handled(tmp_path):
         pack_shard([_det("a", 2, probs=True), _det("b", 2)], NAMES)
     with pytest.raises(DetectionFormatError, match="x2 < x1"):
         pack_shard([Detections("bad", torch.tensor([[5.0, 0.0, 1.0, 1.0]]), None, torch.ones(1))])
+
+
+def _with_probs(image_id: str, rows: list[list[float]]) -> Detections:
+    det = _det(image_id, len(rows))
+    det.class_probs = torch.tensor(rows)
+    return det
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ([-0.25, 0.5, 0.25], "negative class_probs on box 1"),
+        ([float("nan"), 0.1, 0.1], "class_probs of box 1 are not finite"),
+        ([0.5, 0.45, 0.1], r"the class_probs of box 1 sum to 1\.0500, more than 1"),
+        ([0.2, 0.2, 0.2, 0.2], r"class_probs of width 4, but the detector names 3 classes"),
+    ],
+)
+def test_the_cache_refuses_class_probs_that_are_no_probabilities_when_written(tmp_path, row, message):
+    rows = [[0.1] * len(row), row]
+    with pytest.raises(DetectionFormatError, match=rf"^detections of image q: (image q: )?{message}"):
+        pack_shard([_det("p", 2, probs=True), _with_probs("q", rows)], NAMES)
+
+
+def test_the_cache_refuses_damaged_class_probs_when_read(tmp_path):
+    cache = ShardedCache(tmp_path, {"backend": "x"}, shard_size=4)
+    cache.ensure_manifest()
+    shard = pack_shard([_det("p", 2, probs=True), _det("q", 3, probs=True)], NAMES)
+    shard["class_probs"][3] = torch.tensor([0.7, 0.7, 0.0], dtype=torch.float16)  # q's second box: sums to 1.4
+    path = cache.shard_path(["p", "q"])
+    torch.save(shard, path)
+    store = CachedDetections(cache.path)
+    assert store["p"].class_probs.shape == (2, 3)  # the image beside it reads
+    with pytest.raises(DetectionFormatError, match=rf"^{re.escape(str(path))}: image q: the class_probs of box 1 sum"):
+        store["q"]
+    # fewer rows than boxes: the shard is unreadable
+    short = pack_shard([_det("s", 3, probs=True)], NAMES)
+    short["class_probs"] = short["class_probs"][:2]
+    torch.save(short, cache.shard_path(["s"]))
+    with pytest.raises(
+        DetectionFormatError,
+        match=rf"^{re.escape(str(cache.shard_path(['s'])))}: unreadable detection-cache shard \(ValueError: "
+        r"class_probs \(2, 3\) for 3 boxes\)",
+    ):
+        CachedDetections(cache.path)
+    cache.shard_path(["s"]).unlink()
+    # probabilities of another width than the folder's class names
+    wide = pack_shard([_with_probs("r", [[0.25, 0.25, 0.25, 0.25]])])
+    torch.save(wide, cache.shard_path(["r"]))
+    manifest = json.loads(cache.manifest_path.read_text())
+    cache.manifest_path.write_text(json.dumps(manifest | {"class_names": NAMES}))
+    with pytest.raises(
+        DetectionFormatError,
+        match=rf"^{re.escape(str(cache.shard_path(['r'])))}: class_probs of width 4 \(image r\), but the folder "
+        r"names 3 classes",
+    ):
+        CachedDetections(cache.path)
 
 
 def test_fingerprint_names_the_folder_and_changes_with_any_setting(tmp_path):

@@ -107,6 +107,37 @@ def test_jsonl_class_probs_width_must_match_header(tmp_path):
         open_detections(path)
 
 
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ("[0.1, 0.1, 0.1], [-0.25, 0.5, 0.25]", r"negative class_probs on box 1 \(min -0\.25\): probabilities, not"),
+        ("[0.1, 0.1, 0.1], [NaN, 0.1, 0.1]", r"class_probs of box 1 are not finite"),
+        ("[0.1, 0.1, 0.1], [0.9, 0.2, 0.1]", r"the class_probs of box 1 sum to 1\.2000, more than 1"),
+        (
+            "[0.1, 0.1], [0.5, 0.5]",
+            r"class_probs need a class_names header .* \(image x: rows of width 2, a header of 3 names\)",
+        ),
+    ],
+)
+def test_jsonl_refuses_class_probs_that_are_no_probabilities(tmp_path, rows, message):
+    """Rows are P(class | box) over the header's classes: no negatives, no NaN, summing to at most 1."""
+    header = json.dumps({"class_names": ["person", "dog", "car"]})
+    good = '{"image_id": "w", "boxes": [[0, 0, 1, 1]], "class_probs": [[0.2, 0.3, 0.1]]}'
+    bad = f'{{"image_id": "x", "boxes": [[0, 0, 1, 1], [0, 0, 2, 2]], "class_probs": [{rows}]}}'
+    path = _write_lines(tmp_path / "d.jsonl", [header, good, bad])
+    with pytest.raises(DetectionFormatError, match=rf"^{re.escape(str(path))}:3: (image x: )?{message}"):
+        open_detections(path)
+
+
+def test_jsonl_class_probs_may_sum_to_less_than_one_or_a_rounding_over_it(tmp_path):
+    header = {"class_names": ["person", "dog", "car"]}
+    rows = [[0.0, 0.0, 0.0], [0.3, 0.2, 0.1], [0.5, 0.3, 0.205]]  # background only; 0.4 background; 1.005
+    record = {"image_id": "x", "boxes": [[0, 0, 1, 1]] * 3, "class_probs": rows}
+    store = open_detections(_write_lines(tmp_path / "d.jsonl", [header, record]))
+    torch.testing.assert_close(store["x"].class_probs, torch.tensor(rows))
+    assert store.class_probs_width() == 3
+
+
 def test_write_jsonl_needs_class_names_for_class_probs(tmp_path):
     with pytest.raises(ValueError, match="class_names"):
         write_jsonl(tmp_path / "d.jsonl", [_dets("a", 2, 0, probs=3)])

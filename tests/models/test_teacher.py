@@ -95,6 +95,67 @@ def test_teacher_scores_from_class_probs_by_hand():
     assert kd.tolist() == [[True, True, False]]
 
 
+# three boxes x three classes ("person", "dog", "car"): rows sum to at most 1 (the rest: background)
+HAND_CLASSES = ["person", "dog", "car"]
+HAND_PROBS = torch.tensor(
+    [
+        [0.70, 0.20, 0.05],  # box 0: top-1 person
+        [0.30, 0.60, 0.00],  # box 1: top-1 dog, yet 0.30 of it is person
+        [0.10, 0.05, 0.80],  # box 2: top-1 car
+    ]
+)
+HAND_PHRASES = ["a woman", "the puppy", "a red car", "the sky"]
+
+
+def test_teacher_from_class_probs_wordnet_by_hand():
+    """t(r, p) = sum_c P(c | r) m(c, p), every box's whole row read, not only its top-1 label."""
+    # WordNet: woman -> person (2 steps), puppy -> dog (1), car -> car; sky reaches no class.
+    # m(c, p) = 1 for the nearest class of each phrase: the identity on the first three phrases.
+    # Image 1: two real boxes equally "dog" (a flat teacher) and a padding box with a row of its own.
+    probs = torch.stack([HAND_PROBS, torch.tensor([[0.1, 0.5, 0.2], [0.3, 0.5, 0.0], [0.0, 0.9, 0.1]])])
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    texts = [HAND_PHRASES, ["two dogs"]]
+    t, kd = Teacher("wordnet")(texts, None, torch.zeros(2, 3), mask, probs, HAND_CLASSES)
+    expected = torch.tensor(
+        [
+            [
+                [0.70, 0.30, 0.10],  # a woman: P(person | r); box 1 (top-1 dog) still gives 0.30
+                [0.20, 0.60, 0.05],  # the puppy: P(dog | r)
+                [0.05, 0.00, 0.80],  # a red car: P(car | r)
+                [0.00, 0.00, 0.00],  # the sky: no class
+            ],
+            [
+                [0.50, 0.50, 0.00],  # two dogs: P(dog | r) on the real boxes, 0 on the padding box
+                [0.00, 0.00, 0.00],  # padding phrases
+                [0.00, 0.00, 0.00],
+                [0.00, 0.00, 0.00],
+            ],
+        ]
+    )
+    torch.testing.assert_close(t, expected)
+    assert kd.tolist() == [[True, True, True, False], [False, False, False, False]]  # flat "two dogs": none
+    # the same boxes with top-1 labels only: box 1 is a dog, so "a woman" learns from box 0 alone
+    labels = [["person", "dog", "car"]]
+    top1, _ = Teacher("wordnet")([HAND_PHRASES], labels, torch.tensor([[0.70, 0.60, 0.80]]), mask[:1])
+    torch.testing.assert_close(top1[0, 0], torch.tensor([0.70, 0.00, 0.00]))
+
+
+def test_teacher_from_class_probs_lexical_by_hand():
+    """Lexical matching: "a red car" ends in the class name car; woman and puppy name no class."""
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    t, kd = Teacher("lexical")([HAND_PHRASES], None, torch.zeros(1, 3), mask, HAND_PROBS[None], HAND_CLASSES)
+    expected = torch.tensor(
+        [
+            [0.00, 0.00, 0.00],  # a woman: no class called woman
+            [0.00, 0.00, 0.00],  # the puppy: no class called puppy
+            [0.05, 0.00, 0.80],  # a red car: P(car | r)
+            [0.00, 0.00, 0.00],  # the sky
+        ]
+    )
+    torch.testing.assert_close(t[0], expected)
+    assert kd.tolist() == [[False, False, True, False]]
+
+
 def test_rescale_off_gives_raw_cosines():
     raw = Teacher("glove", rescale=False)
     sim = raw.similarity(CLASSES, ["a puppy"])
