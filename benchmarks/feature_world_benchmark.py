@@ -76,7 +76,7 @@ ROWS = {
     ),
 }
 CANDIDATES = ["product", "sharp", "sharp_all", "sharper"]
-DEFAULT_RUNS = ["nce_only", PAPER, "product", "sharp"]
+DEFAULT_RUNS = ["nce_only", PAPER, "product", "sharp", "sharp_all"]
 DIAGNOSTICS = {
     "train": ("entropy_teacher_norm", "entropy_student_norm", "kd_weight", "grad_norm_nce", "grad_norm_kd",
               "grad_norm_kd_weighted", "grad_ratio_kd_nce"),

@@ -74,8 +74,11 @@ def test_regions_carry_features_labels_and_probabilities(worlds):
             probs = det.class_probs
             assert probs.shape == (len(det), 80) and (probs >= 0).all()
             assert (probs.sum(1) <= 1.0 + 1e-2).all()
-            top = probs.argmax(1)
-            assert det.labels == [COCO80[i] for i in top.tolist()]
+            top2 = probs.topk(2, dim=1)
+            clear = (top2.values[:, 0] - top2.values[:, 1] > 1e-3).tolist()  # float16 may tie the rest
+            assert [lab for lab, c in zip(det.labels, clear) if c] == [
+                COCO80[i] for i, c in zip(top2.indices[:, 0].tolist(), clear) if c
+            ]
             assert torch.allclose(det.scores, probs.max(1).values, atol=2e-3)
         kinds = {r["kind"] for r in provenance[image_id]}
         assert kinds <= {"tight", "group", "partial", "background"} and "tight" in kinds
