@@ -27,7 +27,9 @@ Example:
     >>> world_is_complete("/tmp/world", num_train=16, num_val=4, num_test=4)  # doctest: +SKIP
     True
 
-CLI: ``python -m lightning_wsg.synthetic --out DIR [--seed N --num-train N ...]``.
+CLI: ``python -m lightning_wsg.synthetic --out DIR [--seed N --num-train N ...]``; the feature
+world built from the real Flickr30K Entities files: ``python -m lightning_wsg.synthetic features
+--flickr ROOT --out DIR`` (:mod:`lightning_wsg.feature_world`).
 """
 
 from __future__ import annotations
@@ -751,7 +753,18 @@ def read_objects(root: str | Path) -> dict[str, list[dict]]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """CLI: generate (or reuse, unless ``--force``) a world and print its summary as JSON."""
+    """CLI: generate (or reuse, unless ``--force``) a world and print its summary as JSON.
+
+    ``python -m lightning_wsg.synthetic features --flickr ROOT --out DIR`` builds the feature
+    world from the real Flickr30K Entities annotations instead (:mod:`lightning_wsg.feature_world`).
+    """
+    import sys
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["features"]:
+        from .feature_world import main as feature_world_main
+
+        return feature_world_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m lightning_wsg.synthetic", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)

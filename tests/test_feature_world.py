@@ -144,3 +144,16 @@ def test_a_batch_through_the_flickr_datamodule(worlds):
     batch = next(iter(dm.train_dataloader()))
     assert batch.region_features.shape[:2] == batch.proposal_mask.shape and batch.region_features.shape[2] == 32
     assert batch.class_probs is not None and batch.class_probs.shape[-1] == 80
+
+
+def test_the_synthetic_cli_builds_and_then_reuses_it(tmp_path, capsys):
+    from lightning_wsg.synthetic import main
+
+    flickr = require_shared(FLICKR_FILES / "annotations.tar.gz", "the Flickr30K Entities annotations").parent
+    argv = ["features", "--flickr", str(flickr), "--out", str(tmp_path), "--num-train", "5", "--num-val", "2",
+            "--num-test", "2", "--feature-dim", "16", "--vocabulary", "coco"]  # fmt: skip
+    stats = main(argv)
+    assert stats["images"] == 9 and "reused" not in stats
+    assert json.loads((tmp_path / "world.json").read_text())["config"]["feature_dim"] == 16
+    assert main(argv)["reused"] is True
+    assert '"images": 9' in capsys.readouterr().out
