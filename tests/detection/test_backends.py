@@ -75,7 +75,7 @@ def test_torchvision_backend_names_categories_from_the_weights_without_downloadi
     assert backend.class_names[:2] == ["person", "bicycle"] and len(backend.class_names) == 90
     assert TorchvisionBackend("fasterrcnn_resnet50_fpn_v2", weights="COCO_V1").settings() == settings
     assert TorchvisionBackend("fasterrcnn_resnet50_fpn_v2", weights="DEFAULT", min_size=600).settings() != settings
-    with pytest.raises(ValueError, match=r"without torchvision weights, categories \(the class names, background first\) are needed"):
+    with pytest.raises(ValueError, match=r"without torchvision weights, categories \(the class names, background"):
         TorchvisionBackend(weights=None)
 
 
