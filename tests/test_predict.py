@@ -247,9 +247,12 @@ def test_ground_api_from_checkpoint(trained) -> None:
     with Image.open(trained["images"][1]) as img:
         plain = model.ground(img.copy(), "the blue square", proposals=[[0, 0, 64, 64], [30, 36, 58, 60]], top_k=5)
     assert len(plain) == 1 and plain[0]["phrase"] == "the blue square" and len(plain[0]["alternatives"]) == 1
+    # a wide tensor: the default proposals are the grid of its own 80 x 48 pixels
     t = torch.rand(3, 48, 80)
-    res = model.ground(t, "[a] and [b]")
-    assert len(res) == 2 and all(0 <= p["box"][2] <= 80 and p["box"][3] <= 48 for p in res)
+    res = model.ground(t, "[a] and [b]", top_k=3)
+    wide = [[round(v, 2) for v in b] for b in box_grid(80, 48).tolist()]
+    assert wide != [[round(v, 2) for v in b] for b in box_grid(48, 80).tolist()]
+    assert len(res) == 2 and all(b in wide for p in res for b in [p["box"]] + [a["box"] for a in p["alternatives"]])
 
 
 # ------------------------------------------------------------------- CLI predict
