@@ -215,10 +215,10 @@ def test_an_export_that_fails_part_way_keeps_the_previous_weights(feature_folder
 
     def cut_short(module, filename, metadata=None):
         Path(filename).write_bytes(before[: len(before) // 2])  # a kill in the middle of the write
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt("killed mid-write")
 
     monkeypatch.setattr("lightning_wsg.model_folder.save_model", cut_short)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="killed mid-write"):
         model.save_pretrained(target)
     assert (target / "model.safetensors").read_bytes() == before
     assert sorted(p.name for p in target.iterdir()) == ["README.md", "config.yaml", "model.safetensors"]
