@@ -60,6 +60,7 @@ class Page(HTMLParser):
         self._card_value: str | None = None
         self._capture: str | None = None  # the field whose text is being read
         self._text = ""
+        self._label = ""
         self._grid: list[float] = []
         self._row: dict = {}
         self.feed(text)
