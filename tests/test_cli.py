@@ -5,12 +5,35 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from helpers.cli import FLICKR_YAML, REPO, TINY_MODEL_YAML, data_args, tiny_model_args, trainer_args
 
 from lightning_wsg.cli import main
+from lightning_wsg.grounding_module import GroundingModule
+
+
+def _distillation_in_use(model: GroundingModule, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """What a training step of ``model`` hands the distillation: its weight by step and its arguments."""
+    weights = {}
+    for step in (0, 6, 7, 499, 500, 1500, 10_000):
+        model._trainer = SimpleNamespace(global_step=step)
+        weights[step] = model._kd_weight()
+    seen = {}
+    monkeypatch.setattr(
+        "lightning_wsg.grounding_module.distillation_kl", lambda *args, **kwargs: seen.update(kwargs) or 0.0
+    )
+    batch = SimpleNamespace(
+        words=[["a", "dog"]], phrase_spans=[[(0, 2)]], proposal_labels=[["dog", "cat"]],
+        proposal_scores=torch.tensor([[0.9, 0.8]]), proposal_mask=torch.ones(1, 2, dtype=torch.bool),
+        class_probs=None, phrase_mask=torch.ones(1, 1, dtype=torch.bool),
+        proposals=torch.tensor([[[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 20.0, 20.0]]]),
+    )  # fmt: skip
+    model._distillation(batch, torch.eye(2, 4)[None], torch.eye(1, 4)[None])
+    keys = ("tau_student", "tau_teacher", "top_k", "target")
+    return {"weights": weights} | {k: seen[k] for k in keys}
 
 
 def _common(tiny_flickr, tmp_path: Path) -> list[str]:
@@ -31,7 +54,8 @@ def test_fit_then_test_writes_and_reads_a_checkpoint(tiny_flickr, tmp_path: Path
     cli = main(["fit", *_common(tiny_flickr, tmp_path), "--trainer.max_epochs=1"])
     trainer = cli.trainer
     assert trainer.state.finished
-    assert trainer.global_step > 0
+    # one epoch of batches of 4 (the last partial batch dropped: every batch has negatives to contrast)
+    assert trainer.global_step == len(cli.datamodule.datasets["train"]) // 4 > 0
     metrics = trainer.callback_metrics
     for key in ("train/loss", "train/nce", "train/kd", "val/acc", "val/upper_bound", "val/num_phrases"):
         assert key in metrics, key
@@ -62,7 +86,7 @@ def test_fit_then_test_writes_and_reads_a_checkpoint(tiny_flickr, tmp_path: Path
     assert any(k.startswith("test/acc_") and k != "test/acc_any" for k in metrics)
 
 
-def test_stacked_configs_merge_into_the_data_init_args() -> None:
+def test_stacked_configs_merge_into_the_data_init_args(monkeypatch: pytest.MonkeyPatch) -> None:
     cli = main(
         [
             "--config",
@@ -72,18 +96,35 @@ def test_stacked_configs_merge_into_the_data_init_args() -> None:
             "--data.root=r",
             "--data.image_dir=i",
             "--data.detections=d.jsonl",
+            # values other than the defaults: each must reach the training step, not only the parsed config
+            "--model.tau_student=0.7",
+            "--model.tau_teacher=1.5",
+            "--model.kd_top_k=3",
+            "--model.kd_target=product",
+            "--model.kd_weight_initial=0.25",
+            "--model.kd_weight_increment=0.5",
+            "--model.kd_weight_every=7",
+            "--model.kd_weight_max=1.0",
         ],
         run=False,
     )
+    assert _distillation_in_use(cli.model, monkeypatch) == {
+        "weights": {0: 0.25, 6: 0.25, 7: 0.75, 499: 1.0, 500: 1.0, 1500: 1.0, 10_000: 1.0},
+        "tau_student": 0.7,
+        "tau_teacher": 1.5,
+        "top_k": 3,
+        "target": "product",
+    }
     assert type(cli.datamodule).__name__ == "Flickr30kEntitiesDataModule"
     assert cli.datamodule.batch_size == 8 and cli.datamodule.image_size == 128  # from tiny_model.yaml
     # tiny_model.yaml changes the towers' init_args and keeps their class_path and the other arguments
     region = cli.model.hparams.region_encoder
     assert region["class_path"].endswith("RegionEncoder") and region["init_args"]["backbone"] == "resnet18"
-    assert region["init_args"]["roi_size"] == 7 and cli.model.region_encoder.embed_dim == 128
+    assert region["init_args"]["roi_size"] == 7 and cli.model.region_encoder.roi_size == 7
+    assert cli.model.region_encoder.embed_dim == 128 and cli.model.region_encoder.mlp[-1].out_features == 128
     assert cli.model.phrase_encoder.embed_dim == 128 and cli.model.teacher.matching == "wordnet"
-    assert cli.model.hparams.optimizer["init_args"]["lr"] == pytest.approx(1e-4)
-    assert isinstance(cli.model.configure_optimizers(), torch.optim.Adam)
+    optimizer = cli.model.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["lr"] == pytest.approx(1e-4)
 
 
 def test_console_script_and_module_entry_points() -> None:
@@ -94,7 +135,9 @@ def test_console_script_and_module_entry_points() -> None:
             assert sub in out.stdout
 
 
-def test_small_yaml_is_the_demos_cpu_towers_with_the_dataset_configs_distillation() -> None:
+def test_small_yaml_is_the_demos_cpu_towers_with_the_dataset_configs_distillation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     small = str(REPO / "cli_configs" / "model" / "small.yaml")
     cli = main(
         ["--config", FLICKR_YAML, "--config", small, "--data.root=r", "--data.image_dir=i", "--data.detections=d.jsonl"],
@@ -103,10 +146,18 @@ def test_small_yaml_is_the_demos_cpu_towers_with_the_dataset_configs_distillatio
     region = cli.model.hparams.region_encoder["init_args"]
     assert region["backbone"] == "tf_efficientnet_lite0" and region["freeze_backbone"] is True
     assert region["pretrained_path"] == "efficientnet-lite0-imagenet" and region["roi_pooling"] == "flatten"
+    assert cli.model.region_encoder.roi_pooling == "flatten" and cli.model.region_encoder.freeze_backbone is True
     assert not any(p.requires_grad for p in cli.model.region_encoder.backbone.parameters())
     assert not any(p.requires_grad for p in cli.model.phrase_encoder.text_model.parameters())
     # the paper's distillation, as flickr.yaml has it
     hp = cli.model.hparams
     assert (hp.tau_student, hp.tau_teacher, hp.kd_top_k, hp.kd_target) == (1.0, 2.0, 8, "teacher")
     assert hp.kd_weight_every == 500 and cli.model.teacher.matching == "wordnet"
+    assert _distillation_in_use(cli.model, monkeypatch) == {
+        "weights": {0: 0.001, 6: 0.001, 7: 0.001, 499: 0.001, 500: 1.001, 1500: 3.0, 10_000: 3.0},
+        "tau_student": 1.0,
+        "tau_teacher": 2.0,
+        "top_k": 8,
+        "target": "teacher",
+    }
     assert cli.datamodule.batch_size == 32 and cli.datamodule.image_size == 128

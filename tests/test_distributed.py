@@ -166,6 +166,28 @@ def test_training_loader_resumes_after_the_consumed_batches() -> None:
     assert isinstance(loader().sampler, ResumableDistributedSampler)
 
 
+def test_training_order_follows_the_global_seed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each seed of a benchmark (``seed_everything`` sets PL_GLOBAL_SEED) sees its own batch order."""
+    data = list(range(40))
+
+    def order(seed: str | None, epoch: int = 0) -> list[int]:
+        if seed is None:
+            monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+        else:
+            monkeypatch.setenv("PL_GLOBAL_SEED", seed)
+        sampler = training_sampler(data)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    assert sorted(order("1")) == data
+    assert order("1") == order("1") and order("2") == order("2")
+    assert order("1") != order("2") and order("1") != order("1", epoch=1)
+    # DistributedSampler draws the permutation from seed + epoch (seed 7 at epoch 0 is seed 5 at epoch 2); no seed: 0
+    expected = torch.randperm(len(data), generator=torch.Generator().manual_seed(7)).tolist()
+    assert order("7") == expected and order("5", epoch=2) == expected
+    assert order(None) == torch.randperm(len(data), generator=torch.Generator().manual_seed(0)).tolist()
+
+
 # --------------------------------------------------------------- mid-epoch resume (fit)
 class _Recorder(Callback):
     """Records ``(epoch, batch_idx, sentence ids)`` of every training batch."""

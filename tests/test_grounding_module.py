@@ -104,7 +104,7 @@ def test_kd_target_product_reaches_the_distillation_term(datamodule) -> None:
         assert float(logged["train/kd"]) == pytest.approx(float(expected), rel=1e-5)
         kd[target] = float(logged["train/kd"])
     assert kd["teacher"] != pytest.approx(kd["product"])
-    with pytest.raises(ValueError, match="kd_target"):
+    with pytest.raises(ValueError, match=r"kd_target must be 'teacher' or 'product', got 'student'"):
         tiny_module(kd_target="student")
 
 
@@ -133,7 +133,7 @@ def test_the_public_pieces_rebuild_the_training_loss_exactly(datamodule) -> None
 
 
 def test_ablation_switches() -> None:
-    with pytest.raises(ValueError, match="at least one"):
+    with pytest.raises(ValueError, match="at least one of use_nce and use_kd must be true"):
         tiny_module(use_nce=False, use_kd=False)
     assert tiny_module(use_kd=False).teacher is None
 
@@ -167,7 +167,7 @@ def test_predictions_ignore_detector_labels_and_scores(datamodule) -> None:
 
 def test_evaluation_refuses_batches_without_ground_truth(datamodule) -> None:
     model = tiny_module().eval()
-    with pytest.raises(ValueError, match="ground-truth"):
+    with pytest.raises(ValueError, match="split 'train': evaluation batches must carry ground-truth boxes"):
         model.validation_step(_batch(datamodule, "train"), 0)
 
 
@@ -196,6 +196,25 @@ def test_predict_step_returns_boxes_in_original_pixels(datamodule) -> None:
             assert 0 <= x1 <= x2 <= w + 1e-3 and 0 <= y1 <= y2 <= h + 1e-3
             proposals = batch.proposals[i][batch.proposal_mask[i]].tolist()
             assert any(all(abs(a - b) < 0.01 for a, b in zip(phrase["box"], p)) for p in proposals)
+
+
+def test_ground_scales_each_axis_of_a_wide_image_by_its_own_side() -> None:
+    """A 160 x 60 image resized to 64 x 64: x by 64 / 160, y by 64 / 60 (a square image hides a swap)."""
+    torch.manual_seed(0)
+    model = tiny_module()
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    image = torch.rand(3, 60, 160, generator=torch.Generator().manual_seed(0))  # [3, H, W]
+    proposals = [[0.0, 0.0, 80.0, 30.0], [40.0, 15.0, 160.0, 60.0], [10.0, 6.0, 20.0, 54.0]]
+    out = model.ground(image, "a [red car]", proposals=proposals, top_k=2, image_size=64)
+    (batch,) = seen
+    assert batch.images.shape == (1, 3, 64, 64) and batch.image_sizes.tolist() == [[160, 60]]
+    expected = [[0.0, 0.0, 32.0, 32.0], [16.0, 16.0, 64.0, 64.0], [4.0, 6.4, 8.0, 57.6]]
+    torch.testing.assert_close(batch.roi_boxes[0], torch.tensor(expected), rtol=0, atol=1e-5)
+    # what comes back is in the image's own pixels: the proposals as given, every one ranked once
+    (phrase,) = out
+    returned = [phrase["box"]] + [alt["box"] for alt in phrase["alternatives"]]
+    assert sorted(returned) == sorted(proposals)
 
 
 def test_teacher_uses_class_probability_vectors_when_the_batch_has_them(datamodule) -> None:
@@ -357,6 +376,13 @@ def test_feature_tower_box_geometry_is_relative_to_each_image() -> None:
     b = enc(features, mask, boxes * 2, torch.tensor([[200.0, 160.0]]))  # the same image at twice the size
     c = enc(features, mask, boxes, torch.tensor([[200.0, 160.0]]))  # boxes half as large relative to it
     assert torch.allclose(a, b, atol=1e-6) and not torch.allclose(a, c, atol=1e-3)
+    # what the MLP reads after the features: x1/W, y1/H, x2/W, y2/H, w/W, h/H, wh/(WH) of a 100 x 80 image
+    inputs = []
+    enc.mlp.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+    enc(features, mask, boxes, torch.tensor([[100.0, 80.0]]))
+    expected = [[0.0, 0.0, 0.5, 0.5, 0.5, 0.5, 0.25], [0.1, 0.125, 0.3, 0.25, 0.2, 0.125, 0.025]]
+    torch.testing.assert_close(inputs[0][:, 3:], torch.tensor(expected), rtol=0, atol=1e-6)
+    torch.testing.assert_close(inputs[0][:, :3], features[0], rtol=0, atol=0)  # normalize=False: as given
 
 
 def test_towers_must_agree_and_distillation_needs_a_teacher() -> None:

@@ -64,7 +64,7 @@ def test_export_then_from_pretrained_and_lightning_test_match_the_checkpoint(tmp
     assert metrics == _metrics(expected) and metrics["test/num_phrases"] > 0
 
     capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(SystemExit, match="^1$") as exit_info:
         lightning_wsg(["export", "--ckpt_path", str(best), "--out", str(folder)])
     assert exit_info.value.code == 1 and "give --overwrite" in capsys.readouterr().err
 
@@ -128,13 +128,66 @@ def test_a_config_that_does_not_fit_the_weights_names_both_files(feature_folder,
         GroundingModule.from_pretrained(folder)
 
 
+def _rewrite_weights(folder: Path, change) -> None:
+    """Replace the folder's ``model.safetensors`` with ``change(tensors)``, keeping its metadata."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "model.safetensors"
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    save_file(change(load_file(path)), path, metadata=metadata)
+
+
+def test_weights_with_a_missing_or_an_unexpected_name_are_refused(feature_folder, tmp_path: Path) -> None:
+    """A strict load: a name missing from the file, or one the model lacks, is an error naming both."""
+    model, folder = feature_folder
+    names = set(model.state_dict())
+    assert "region_encoder.feature_mean" in names and "region_encoder.extra" not in names
+
+    missing = _damaged(folder, tmp_path / "missing")
+    _rewrite_weights(missing, lambda t: {k: v for k, v in t.items() if k != "region_encoder.feature_mean"})
+    with pytest.raises(
+        ValueError,
+        match=r"missing/damaged/model\.safetensors: its weights do not fit the model built from "
+        r".*config\.yaml: 1 missing \(region_encoder\.feature_mean\)$",
+    ):
+        GroundingModule.from_pretrained(missing)
+
+    unexpected = _damaged(folder, tmp_path / "unexpected")
+    _rewrite_weights(unexpected, lambda t: t | {"region_encoder.extra": torch.ones(3)})
+    with pytest.raises(
+        ValueError,
+        match=r"unexpected/damaged/model\.safetensors: its weights do not fit the model built from "
+        r".*config\.yaml: 1 unexpected \(region_encoder\.extra\)$",
+    ):
+        GroundingModule.from_pretrained(unexpected)
+
+
+def test_a_load_reproduces_every_weight_exactly(feature_folder, tmp_path: Path) -> None:
+    """Every tensor of the file lands in the module as saved, not the values the towers were built with."""
+    from safetensors.torch import load_file
+
+    model, folder = feature_folder
+    saved = load_file(folder / "model.safetensors")
+    # changed weights: a load that kept the built values (or the first folder's) would show it
+    changed = _damaged(folder, tmp_path)
+    _rewrite_weights(changed, lambda t: {k: v + 1 if v.is_floating_point() else v + 7 for k, v in t.items()})
+    loaded = GroundingModule.from_pretrained(changed).state_dict()
+    assert set(loaded) == set(saved) == set(model.state_dict())
+    for name, value in saved.items():
+        expected = value + 1 if value.is_floating_point() else value + 7
+        assert loaded[name].dtype == value.dtype and torch.equal(loaded[name], expected), name
+    assert int(loaded["region_encoder.feature_count"]) == 40 + 7
+
+
 def test_export_refuses_what_is_not_a_grounding_checkpoint(tmp_path: Path, capsys) -> None:
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="^1$"):
         lightning_wsg(["export", "--ckpt_path", str(tmp_path / "other.ckpt"), "--out", str(tmp_path / "m")])
     assert "other.ckpt: not a checkpoint of lightning_wsg's GroundingModule" in capsys.readouterr().err
     (tmp_path / "junk.ckpt").write_text("not a checkpoint")
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="^1$"):
         lightning_wsg(["export", "--ckpt_path", str(tmp_path / "junk.ckpt"), "--out", str(tmp_path / "m")])
     assert "junk.ckpt: cannot be read as a checkpoint" in capsys.readouterr().err
 
@@ -162,10 +215,10 @@ def test_an_export_that_fails_part_way_keeps_the_previous_weights(feature_folder
 
     def cut_short(module, filename, metadata=None):
         Path(filename).write_bytes(before[: len(before) // 2])  # a kill in the middle of the write
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt("killed mid-write")
 
     monkeypatch.setattr("lightning_wsg.model_folder.save_model", cut_short)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="killed mid-write"):
         model.save_pretrained(target)
     assert (target / "model.safetensors").read_bytes() == before
     assert sorted(p.name for p in target.iterdir()) == ["README.md", "config.yaml", "model.safetensors"]

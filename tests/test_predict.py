@@ -108,9 +108,10 @@ def test_box_grid_covers_the_image_at_several_scales() -> None:
 
 
 # ------------------------------------------------------------------- fixtures
-def _image(path: Path, size: int = 64, seed: int = 0) -> Path:
+def _image(path: Path, size: tuple[int, int] = (80, 64), seed: int = 0) -> Path:
+    """A ``size`` (width, height) picture: a red and a blue square. Wider than high: a width / height swap shows."""
     rng = np.random.default_rng(seed)
-    a = np.full((size, size, 3), 235, np.uint8)
+    a = np.full((size[1], size[0], 3), 235, np.uint8)
     a[8:30, 10:40] = (220, 30, 30)
     a[36:60, 30:58] = (30, 60, 220)
     a += rng.integers(0, 10, a.shape, dtype=np.uint8)
@@ -167,15 +168,16 @@ def test_predict_dataset_grid_and_detections(trained, tmp_path: Path) -> None:
     grid = PredictDataset(records, image_size=32, grid={"scales": (1.0, 0.5), "aspect_ratios": (1.0,)})
     sample = grid[0]
     assert sample.split == "predict" and sample.gt_boxes is None and sample.image.shape == (3, 32, 32)
-    assert sample.image_size == (64, 64) and sample.phrase_spans == [(1, 3), (4, 7)]
-    assert torch.equal(sample.proposals, box_grid(64, 64, scales=(1.0, 0.5), aspect_ratios=(1.0,)))
-    assert torch.allclose(sample.roi_boxes, sample.proposals / 2)
+    assert sample.image_size == (80, 64) and sample.phrase_spans == [(1, 3), (4, 7)]
+    assert torch.equal(sample.proposals, box_grid(80, 64, scales=(1.0, 0.5), aspect_ratios=(1.0,)))
+    # resized to 32 x 32: x by 32 / 80, y by 32 / 64
+    torch.testing.assert_close(sample.roi_boxes, sample.proposals * torch.tensor([0.4, 0.5, 0.4, 0.5]))
     dets = tmp_path / "dets.jsonl"
     write_jsonl(dets, [Detections("img0", torch.tensor([[1.0, 2.0, 30.0, 40.0]]), ["square"], torch.tensor([0.9]))])
     with_dets = PredictDataset(records, image_size=32, detections=open_detections(dets))
     assert with_dets.grid_ids == ["img1"]
     assert with_dets[0].proposals.tolist() == [[1.0, 2.0, 30.0, 40.0]]
-    assert len(with_dets[1].proposals) > 1  # fell back to the grid
+    assert torch.equal(with_dets[1].proposals, box_grid(80, 64))  # no detections: the default grid
 
 
 # ------------------------------------------------------------------- pictures
@@ -191,10 +193,10 @@ def test_draw_grounding_is_not_blank(trained) -> None:
             title="a red square and blue",
             size=256,
         )
-    assert picture.width == 256 and picture.height > 256  # legend below
+    assert picture.width == 256 and picture.height > 205  # the 80 x 64 image drawn 256 x 205, the legend below
     a = np.asarray(picture)
-    assert (np.abs(a[:256].astype(int) - (230, 25, 75)).sum(-1) < 30).any()  # first phrase colour drawn
-    assert (a[256:] < 100).any()  # legend text
+    assert (np.abs(a[:205].astype(int) - (230, 25, 75)).sum(-1) < 30).any()  # first phrase colour drawn
+    assert (a[205:] < 100).any()  # legend text
 
 
 def test_validation_pictures_written(trained) -> None:
@@ -237,7 +239,7 @@ def test_ground_api_from_checkpoint(trained) -> None:
     assert model.predict_image_size == 64  # from the checkpoint's datamodule
     out = model.ground(trained["images"][0], "a [red square] above [a blue square]", top_k=3)
     assert [p["phrase"] for p in out] == ["red square", "a blue square"]
-    grid = box_grid(64, 64).tolist()
+    grid = box_grid(80, 64).tolist()
     for p in out:
         assert p["box"] in [[round(v, 2) for v in b] for b in grid]
         assert len(p["alternatives"]) == 3
@@ -247,9 +249,12 @@ def test_ground_api_from_checkpoint(trained) -> None:
     with Image.open(trained["images"][1]) as img:
         plain = model.ground(img.copy(), "the blue square", proposals=[[0, 0, 64, 64], [30, 36, 58, 60]], top_k=5)
     assert len(plain) == 1 and plain[0]["phrase"] == "the blue square" and len(plain[0]["alternatives"]) == 1
+    # a wide tensor: the default proposals are the grid of its own 80 x 48 pixels
     t = torch.rand(3, 48, 80)
-    res = model.ground(t, "[a] and [b]")
-    assert len(res) == 2 and all(0 <= p["box"][2] <= 80 and p["box"][3] <= 48 for p in res)
+    res = model.ground(t, "[a] and [b]", top_k=3)
+    wide = [[round(v, 2) for v in b] for b in box_grid(80, 48).tolist()]
+    assert wide != [[round(v, 2) for v in b] for b in box_grid(48, 80).tolist()]
+    assert len(res) == 2 and all(b in wide for p in res for b in [p["box"]] + [a["box"] for a in p["alternatives"]])
 
 
 # ------------------------------------------------------------------- CLI predict
@@ -282,13 +287,13 @@ def test_cli_predict_writes_jsonl_and_pictures(trained, tmp_path: Path) -> None:
     lines = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert [x["sentence_id"] for x in lines] == ["img0#0", "img1#1", "img1#2"]
     first = lines[0]
-    assert first["image"].endswith("img0.png") and first["image_size"] == [64, 64]
+    assert first["image"].endswith("img0.png") and first["image_size"] == [80, 64]
     assert first["sentence"] == "a red square above a blue square"
     assert [p["phrase"] for p in first["phrases"]] == ["red square", "a blue square"]
     for line in lines:
         for p in line["phrases"]:
             assert set(p) >= {"phrase", "span", "box", "score", "alternatives"}
-            assert len(p["box"]) == 4 and 0 <= p["box"][0] < p["box"][2] <= 64 and 0 <= p["box"][1] < p["box"][3] <= 64
+            assert len(p["box"]) == 4 and 0 <= p["box"][0] < p["box"][2] <= 80 and 0 <= p["box"][1] < p["box"][3] <= 64
             assert len(p["alternatives"]) == 2 and all(a["score"] <= p["score"] for a in p["alternatives"])
         _assert_picture(out / line["picture"])
     assert lines[2]["phrases"][1]["phrase"] == "a blue one"

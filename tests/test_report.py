@@ -39,7 +39,12 @@ NUM_GALLERY = 3
 
 
 class Page(HTMLParser):
-    """What a test checks in a report: counts of phrases, metric rows, gallery items, chart bars, URLs."""
+    """What a test checks in a report: counts of phrases, metric rows, gallery items, chart bars, URLs.
+
+    ``cards`` maps each summary card's label to the text it shows; ``rows`` holds per chart one
+    ``(label, value text, accuracy bar share, upper-bound bar share)`` per bar, the shares read
+    from the drawn widths against the chart's 0 % and 100 % grid lines.
+    """
 
     def __init__(self, text: str) -> None:
         super().__init__()
@@ -47,9 +52,17 @@ class Page(HTMLParser):
         self.metric_rows: list[str] = []
         self.gallery: dict[str, list[float]] = defaultdict(list)
         self.bars: dict[str, list[int]] = defaultdict(list)
+        self.cards: dict[str, str] = {}
+        self.rows: dict[str, list[tuple[str, str, float, float]]] = defaultdict(list)
         self.sources: list[str] = []
         self.tags: Counter[str] = Counter()
         self._chart: str | None = None
+        self._card_value: str | None = None
+        self._capture: str | None = None  # the field whose text is being read
+        self._text = ""
+        self._label = ""
+        self._grid: list[float] = []
+        self._row: dict = {}
         self.feed(text)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -63,12 +76,46 @@ class Page(HTMLParser):
         if tag == "figure" and "item" in classes:
             self.gallery[a["data-kind"]].append(float(a["data-iou"]))
         if tag == "figure" and "chart" in classes:
-            self._chart = a["data-chart"]
+            self._chart, self._grid = a["data-chart"], []
+        if tag == "div" and classes in (["v"], ["l"]):
+            self._capture, self._text = classes[0], ""
+        if tag == "line" and self._chart is not None:
+            self._grid.append(float(a["x1"]))
+        if tag == "title" and self._chart is not None:
+            self._capture, self._text = "title", ""
+        if tag == "rect" and "bar" not in classes and self._chart is not None:  # a row's upper-bound bar comes first
+            self._row = {"bound": self._share(a)}
         if tag == "rect" and "bar" in classes:
             self.bars[self._chart].append(int(a["data-n"]))
+            self._row["acc"] = self._share(a)
+        if tag == "tspan" and a.get("font-weight") == "600":
+            self._capture, self._text = "value", ""
         for name in ("src", "href"):
             if name in a:
                 self.sources.append(a[name])
+
+    def _share(self, rect: dict[str, str]) -> float:
+        zero, full = min(self._grid), max(self._grid)
+        assert float(rect["x"]) == zero, "a bar starts at the 0 % line"
+        return float(rect["width"]) / (full - zero)
+
+    def handle_data(self, data: str) -> None:
+        if self._capture is not None:
+            self._text += data
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "div" and self._capture == "v":
+            self._card_value, self._capture = self._text, None
+        elif tag == "div" and self._capture == "l":
+            self.cards[self._text] = self._card_value or ""
+            self._capture = None
+        elif tag == "title" and self._capture == "title":
+            self._row, self._label, self._capture = {}, self._text, None
+        elif tag == "tspan" and self._capture == "value":
+            self.rows[self._chart].append((self._label, self._text, self._row["acc"], self._row["bound"]))
+            self._capture = None
+        elif tag == "figure":
+            self._chart = None
 
 
 # ---------------------------------------------------------------- a real `lightning test` run
@@ -106,6 +153,10 @@ def test_report_holds_the_runs_phrases_metrics_charts_and_gallery(tested) -> Non
     records = tested["callback"].records
     assert sum(r.correct for r in records) / n == pytest.approx(metrics["test/acc"], abs=1e-6)
     assert sum(r.reachable for r in records) / n == pytest.approx(metrics["test/upper_bound"], abs=1e-6)
+    # and the page's cards show the logged values
+    assert page.cards["accuracy"] == f"{100 * metrics['test/acc']:.1f}%"
+    assert page.cards["upper bound"] == f"{100 * metrics['test/upper_bound']:.1f}%"
+    assert page.cards["phrases"] == f"{n:,}"
     # one table row per logged metric but the per-type accuracies (charted instead)
     logged = {k[5:] for k in metrics if k.startswith("test/") and (k == "test/acc_any" or "/acc_" not in k)}
     assert sorted(page.metric_rows) == sorted(logged) and "acc" in page.metric_rows
@@ -123,37 +174,74 @@ def test_report_holds_the_runs_phrases_metrics_charts_and_gallery(tested) -> Non
     assert not re.search(r"https?:|//[a-z0-9]|@import|url\(", outside_pictures, re.IGNORECASE)
 
 
-def test_charts_and_gallery_order_on_hand_records() -> None:
-    def record(k: int, correct: bool, types: list[str], area: float, proposals: int) -> PhraseRecord:
-        return PhraseRecord(
-            "test", f"s{k}", f"i{k}", "a dog and a cat", (0, 2), "a dog", types, correct,
-            0.9 if correct else 0.1, 0.5, area, proposals, True,
-        )  # fmt: skip
+def _record(k: int, correct: bool, reachable: bool, types: list[str], area: float, proposals: int) -> PhraseRecord:
+    return PhraseRecord(
+        "test", f"s{k}", f"i{k}", "a dog and a cat", (0, 2), "a dog", types, correct,
+        0.9 if correct else 0.1, 0.5, area, proposals, reachable,
+    )  # fmt: skip
 
-    records = [
-        record(0, True, ["animals"], 0.004, 10),
-        record(1, False, ["animals", "people"], 0.25, 10),
-        record(2, True, [], 0.6, 30),
-        record(3, True, ["people"], 0.04, 30),
-    ]
+
+#: hand records where accuracy (3 of 7), accuracy among the reachable (3 of 5) and the upper
+#: bound (5 of 7) all differ, overall and in most bars: a chart or card that mixes them shows it
+HAND_RECORDS = [
+    _record(0, True, True, ["animals"], 0.004, 10),
+    _record(1, False, True, ["animals", "people"], 0.004, 10),
+    _record(2, False, False, ["animals"], 0.004, 30),
+    _record(3, True, True, [], 0.6, 30),
+    _record(4, True, True, ["people"], 0.04, 30),
+    _record(5, False, True, ["people"], 0.04, 10),
+    _record(6, False, False, ["people"], 0.25, 10),
+]
+
+
+def test_charts_and_gallery_order_on_hand_records() -> None:
+    records = HAND_RECORDS
     assert type_rows(records, known=("people", "animals")) == [
-        ("people", 2, 1, 2),
-        ("animals", 2, 1, 2),
+        ("people", 4, 1, 3),
+        ("animals", 3, 1, 2),
         ("(no type)", 1, 1, 1),
     ]
     assert size_rows(records) == [
-        ("< 0.5%", 1, 1, 1),
-        ("3%\u20135%", 1, 1, 1),
-        ("20%\u201330%", 1, 0, 1),
+        ("< 0.5%", 3, 1, 2),
+        ("3%\u20135%", 2, 1, 2),
+        ("20%\u201330%", 1, 0, 0),
         ("\u2265 50%", 1, 1, 1),
     ]
-    assert proposal_rows(records) == [("10", 2, 1, 2), ("30", 2, 2, 2)]
-    many = [record(k, k % 2 == 0, [], 0.1, 5 + k) for k in range(60)]
+    assert proposal_rows(records) == [("10", 4, 1, 3), ("30", 3, 2, 2)]
+    many = [_record(k, k % 2 == 0, True, [], 0.1, 5 + k) for k in range(60)]
     rows = proposal_rows(many)
     assert len(rows) <= 6 and sum(r[1] for r in rows) == 60 and rows[0][0].startswith("5\u2013")
     page = Page(render_report(records, {"test/acc": 0.75, "test/num_phrases": 4.0}, [(records[1], "data:,")]))
-    assert page.num_phrases == 4 and page.metric_rows == ["acc", "num_phrases"]
+    assert page.num_phrases == 7 and page.metric_rows == ["acc", "num_phrases"]
     assert page.gallery == {"worst": [0.1]}
+
+
+def test_cards_and_bars_show_accuracy_and_upper_bound_of_all_phrases() -> None:
+    """The shown percentages, worked out by hand: accuracy over every phrase, not the reachable ones."""
+    page = Page(render_report(HAND_RECORDS, {}, phrase_types=("people", "animals")))
+    assert page.cards == {
+        "phrases": "7",
+        "images": "7",
+        "sentences": "7",
+        "accuracy": "42.9%",  # 3 / 7 (3 / 5 reachable would read 60.0%)
+        "upper bound": "71.4%",  # 5 / 7
+    }
+    # per bar: label, the value written beside it (accuracy), the accuracy bar and the upper-bound bar behind it
+    expected = {
+        "type": [("people", 1, 3, 4), ("animals", 1, 2, 3), ("(no type)", 1, 1, 1)],
+        "size": [("< 0.5%", 1, 2, 3), ("3%\u20135%", 1, 2, 2), ("20%\u201330%", 0, 0, 1), ("\u2265 50%", 1, 1, 1)],
+        "proposals": [("10", 1, 3, 4), ("30", 2, 2, 3)],
+    }
+    assert set(page.rows) == set(expected)
+    for chart, rows in expected.items():
+        shown = page.rows[chart]
+        assert [(label, value) for label, value, _, _ in shown] == [
+            (label, f"{100 * correct / n:.1f}%") for label, correct, _, n in rows
+        ], chart
+        assert [acc for _, _, acc, _ in shown] == pytest.approx([c / n for _, c, _, n in rows], abs=1e-3), chart
+        assert [bound for *_, bound in shown] == pytest.approx([r / n for _, _, r, n in rows], abs=1e-3), chart
+        assert page.bars[chart] == [n for *_, n in rows], chart
+    assert page.rows["type"][0][1] == "25.0%" and page.rows["proposals"][1][1] == "66.7%"
 
 
 # ------------------------------------------------------------------------- a real browser

@@ -205,6 +205,56 @@ def test_chains_keep_their_object(world):
                 assert o["box"] in xml_to_corners(torch.tensor(boxes[str(chain)], dtype=torch.float32)).tolist()
 
 
+NEUTRAL = {"next to", "near", "and"}
+
+
+def _relations(a: list[float], b: list[float], s: int = 100) -> set[str]:
+    """Every word ``_relation`` says of box ``a`` to box ``b`` (corners, y downwards) over 200 draws."""
+    objs = [{"box": np.array(box, np.float64)} for box in (a, b)]
+    return {syn._relation(np.random.default_rng(k), *objs, s) for k in range(200)}
+
+
+@pytest.mark.parametrize(
+    "a, b, spatial",
+    [
+        ([10, 10, 30, 30], [60, 70, 80, 90], {"above", "to the left of"}),  # a high up on the left
+        ([60, 70, 80, 90], [10, 10, 30, 30], {"below", "to the right of"}),
+        ([40, 5, 60, 25], [40, 70, 60, 90], {"above"}),  # one column: no left or right
+        ([40, 70, 60, 90], [40, 5, 60, 25], {"below"}),
+        ([5, 40, 25, 60], [70, 45, 90, 65], {"to the left of"}),  # one row: no above or below
+        ([70, 45, 90, 65], [5, 40, 25, 60], {"to the right of"}),
+        ([40, 40, 60, 60], [50, 48, 70, 68], set()),  # centres closer than 0.15 of the image: only neutral words
+    ],
+    ids=["above-left", "below-right", "above", "below", "left", "right", "close"],
+)
+def test_relation_words_match_where_the_objects_are(a, b, spatial):
+    assert _relations(a, b) == NEUTRAL | spatial
+
+
+def test_captions_relate_their_objects_as_drawn(world):
+    """``[A] above [B]`` in a generated caption: A's box centre is higher than B's (image y grows downwards)."""
+    out, _ = world
+    relation = re.compile(r"\[/EN#(\d+)/\w+ [^\]]+\] (above|below|to the left of|to the right of) \[/EN#(\d+)/")
+    checked = {}
+    for image_id, objs in _objects(out).items():
+        for line in (out / "Sentences" / f"{image_id}.txt").read_text().splitlines():
+            for first, word, second in relation.findall(line):
+                a, b = ([o for o in objs if int(chain) in o["chains"]] for chain in (first, second))
+                if len(a) != 1 or len(b) != 1:  # "two dogs": the relation holds for one of them
+                    continue
+                (ax, ay), (bx, by) = ((np.add(o["box"][:2], o["box"][2:]) / 2) for o in (a[0], b[0]))
+                margin = 0.15 * SIZE
+                holds = {
+                    "above": ay < by - margin,
+                    "below": ay > by + margin,
+                    "to the left of": ax < bx - margin,
+                    "to the right of": ax > bx + margin,
+                }[word]
+                assert holds, (image_id, line, a[0]["box"], b[0]["box"])
+                checked[word] = checked.get(word, 0) + 1
+    assert set(checked) == {"above", "below", "to the left of", "to the right of"} and min(checked.values()) >= 5
+
+
 def test_boxes_match_the_drawing(world):
     """The centre pixel of a plain solid shape's XML box has its colour; boxes are tight."""
     out, _ = world

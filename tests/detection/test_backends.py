@@ -75,8 +75,60 @@ def test_torchvision_backend_names_categories_from_the_weights_without_downloadi
     assert backend.class_names[:2] == ["person", "bicycle"] and len(backend.class_names) == 90
     assert TorchvisionBackend("fasterrcnn_resnet50_fpn_v2", weights="COCO_V1").settings() == settings
     assert TorchvisionBackend("fasterrcnn_resnet50_fpn_v2", weights="DEFAULT", min_size=600).settings() != settings
-    with pytest.raises(ValueError, match="categories"):
+    with pytest.raises(ValueError, match=r"without torchvision weights, categories \(the class names, background"):
         TorchvisionBackend(weights=None)
+
+
+#: one change of each setting that changes a torchvision detector's boxes, from RANDOM_SETTINGS
+CHANGED_SETTINGS = {
+    "model": {"model": "fasterrcnn_resnet50_fpn"},
+    "weights": {"weights": "DEFAULT"},
+    "checkpoint": {"checkpoint": "detector.pt"},
+    "categories": {"categories": [*CATEGORIES[:-1], "bag"]},
+    "score_threshold": {"score_threshold": 0.3},
+    "max_boxes": {"max_boxes": 10},
+    "class_nms_iou": {"class_nms_iou": 0.7},
+    "nms_iou": {"nms_iou": None},
+    "min_size": {"min_size": 96},
+    "max_size": {"max_size": 160},
+    "class_probs": {"class_probs": True},
+    "box_features": {"box_features": True},
+    "seed": {"seed": 1},
+}
+RANDOM_SETTINGS = {
+    "model": "fasterrcnn_mobilenet_v3_large_fpn",
+    "weights": None,
+    "categories": CATEGORIES,
+    "score_threshold": 0.05,
+    "max_boxes": 15,
+    "class_nms_iou": 0.5,
+    "nms_iou": 0.5,
+    "min_size": 64,
+    "max_size": 128,
+}
+
+
+def _cache_folder(tmp_path, **settings) -> str:
+    return ShardedCache.for_backend(tmp_path / "cache", TorchvisionBackend(**settings)).path.name
+
+
+@pytest.mark.parametrize("name", list(CHANGED_SETTINGS))
+def test_torchvision_cache_fingerprint_changes_with_each_detection_setting(tmp_path, name):
+    """Each setting that changes the boxes names another cache folder: none reuses stale detections."""
+    import inspect
+
+    torch.save({}, tmp_path / "detector.pt")
+    change = {k: tmp_path / v if k == "checkpoint" else v for k, v in CHANGED_SETTINGS[name].items()}
+    base = _cache_folder(tmp_path, **RANDOM_SETTINGS)
+    assert base.startswith("torchvision-") and _cache_folder(tmp_path, **RANDOM_SETTINGS) == base
+    assert _cache_folder(tmp_path, **(RANDOM_SETTINGS | change)) != base
+    # every argument of the backend is here or said not to change the boxes
+    arguments = set(inspect.signature(TorchvisionBackend).parameters)
+    assert arguments == set(CHANGED_SETTINGS) | {"batch_size"}
+
+
+def test_torchvision_cache_fingerprint_ignores_the_batch_size(tmp_path):
+    assert _cache_folder(tmp_path, **RANDOM_SETTINGS, batch_size=4) == _cache_folder(tmp_path, **RANDOM_SETTINGS)
 
 
 def test_torchvision_backend_random_weights_detect_and_train_a_step(tiny, tmp_path):

@@ -65,6 +65,23 @@ def test_hdf5_files_of_a_folder_form_one_store(tmp_path, data, tiny):
     assert torch.equal(clone.features(train[0]), single.features(train[0]))
 
 
+@pytest.mark.parametrize("fixed", [False, True], ids=["pos_boxes", "fixed_size"])
+def test_hdf5_index_says_where_each_image_lies(tmp_path, data, fixed):
+    """The images lie in the file in another order than the index lists them: each gets its own rows."""
+    ids = list(data["images"])
+    path = write_hdf5(tmp_path / "f.hdf5", data, ids, fixed=fixed)
+    with (tmp_path / "f_imgid2idx.pkl").open("rb") as fh:
+        index = pickle.load(fh)
+    assert list(index) == [int(i) for i in ids] and all(index[int(i)] != k for k, i in enumerate(ids))
+    store = Hdf5Detections(path)
+    keep = min(len(d["boxes"]) for d in data["images"].values()) if fixed else None
+    assert set(store) == set(ids)
+    for image_id, d in data["images"].items():
+        assert torch.equal(store[image_id].boxes, torch.from_numpy(d["boxes"][:keep])), image_id
+        assert torch.equal(store.features(image_id), torch.from_numpy(d["features"][:keep])), image_id
+        assert store[image_id].image_size == d["size"], image_id
+
+
 def _tsv_row(image_id="1", n=2, dim=4, feature_rows=None, size=("40", "30")) -> str:
     boxes = np.array([[0, 0, 10, 10]] * n, np.float32)
     feats = np.zeros((feature_rows if feature_rows is not None else n, dim), np.float32)

@@ -43,6 +43,7 @@ def test_conversion_round_trip(tmp_path, data, kind):
     for image_id in original:
         a, b = original[image_id], native[image_id]
         assert torch.equal(a.boxes, b.boxes) and torch.equal(a.scores, b.scores) and a.labels == b.labels
+        assert torch.equal(b.boxes, torch.from_numpy(data["images"][image_id]["boxes"]))  # each image its own
         assert a.image_size == b.image_size
         want = original.features(image_id).numpy().astype(np.float16).astype(np.float32)
         assert np.array_equal(native.features(image_id).numpy(), want)

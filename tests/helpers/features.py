@@ -60,29 +60,39 @@ def write_vocabulary(path: Path, data: dict) -> Path:
     return path
 
 
-def write_hdf5(path: Path, data: dict, image_ids: list[str] | None = None) -> Path:
+def write_hdf5(path: Path, data: dict, image_ids: list[str] | None = None, fixed: bool = False) -> Path:
     """A BAN / MAF-style HDF5 file (image_features, image_bb, spatial_features, pos_boxes) and
-    its ``<stem>_imgid2idx.pkl`` index (integer image ids, as the pipelines pickle them)."""
+    its ``<stem>_imgid2idx.pkl`` index (integer image ids, as the pipelines pickle them).
+
+    The images lie in the file rotated by one against ``image_ids`` (the index's order): no
+    image sits at its own position, so a reader that ignored the index would read another
+    image's rows. ``fixed``: the fixed-size variant instead, ``[num_images, K, ...]`` without
+    ``pos_boxes``, each image's first ``K`` boxes (``K`` the fewest of any image).
+    """
     import h5py
 
     ids = image_ids if image_ids is not None else list(data["images"])
-    feats, boxes, spatial, pos, index, row = [], [], [], [], {}, 0
-    for i, image_id in enumerate(ids):
+    stored = ids[1:] + ids[:1]
+    keep = min(len(data["images"][i]["boxes"]) for i in ids) if fixed else None
+    feats, boxes, spatial, pos, row = [], [], [], [], 0
+    for image_id in stored:
         d = data["images"][image_id]
         w, h = d["size"]
-        bb = d["boxes"]
+        bb = d["boxes"][:keep]
         rel = bb / np.array([w, h, w, h], np.float32)
         spatial.append(np.concatenate([rel, rel[:, 2:] - rel[:, :2]], axis=1))
-        feats.append(d["features"])
+        feats.append(d["features"][:keep])
         boxes.append(bb)
         pos.append([row, row + len(bb)])
         row += len(bb)
-        index[int(image_id)] = i
+    index = {int(image_id): stored.index(image_id) for image_id in ids}
+    join = np.stack if fixed else np.concatenate
     with h5py.File(path, "w") as f:
-        f.create_dataset("image_features", data=np.concatenate(feats))
-        f.create_dataset("image_bb", data=np.concatenate(boxes))
-        f.create_dataset("spatial_features", data=np.concatenate(spatial))
-        f.create_dataset("pos_boxes", data=np.array(pos, np.int64))
+        f.create_dataset("image_features", data=join(feats))
+        f.create_dataset("image_bb", data=join(boxes))
+        f.create_dataset("spatial_features", data=join(spatial))
+        if not fixed:
+            f.create_dataset("pos_boxes", data=np.array(pos, np.int64))
     with path.with_name(f"{path.stem}_imgid2idx.pkl").open("wb") as fh:
         pickle.dump(index, fh)
     return path
