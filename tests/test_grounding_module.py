@@ -10,7 +10,7 @@ from helpers.model import TINY_TEXT, tiny_model
 
 from lightning_wsg.data import Flickr30kEntitiesDataModule
 from lightning_wsg.grounding_module import GroundingModule
-from lightning_wsg.losses import distillation_kl, image_sentence_scores, info_nce, kd_weight
+from lightning_wsg.losses import distillation_kl, image_sentence_scores, info_nce
 from lightning_wsg.metrics import GroundingMetrics
 
 
@@ -35,22 +35,28 @@ def _batch(dm, split):
     return next(iter(loader))
 
 
+def _noun_labelled_batch(dm):
+    """A training batch whose boxes are labelled by the captions' nouns (the tiny dataset's
+    labels are colours, which no phrase names): the lexical teacher then distils some phrases."""
+    nouns = ["man", "dog", "car", "shirt", "box"]
+    batch = _batch(dm, "train")
+    return dataclasses.replace(
+        batch, proposal_labels=[[nouns[k % 5] for k in range(len(labels))] for labels in batch.proposal_labels]
+    )
+
+
 def test_training_step_is_nce_plus_ramped_kd(datamodule) -> None:
     torch.manual_seed(0)
     model = tiny_module(kd_weight_initial=0.5, kd_weight_increment=1.0, kd_weight_every=2, kd_weight_max=3.0)
     logged = {}
     model.log = lambda name, value, **kw: logged.__setitem__(name, torch.as_tensor(value).detach())
-    batch = _batch(datamodule, "train")
+    batch = _noun_labelled_batch(datamodule)
     assert batch.gt_union is None  # weak supervision: no box reaches training
-    # the tiny dataset labels boxes by colour; name them by the captions' nouns instead
-    nouns = ["man", "dog", "car", "shirt", "box"]
-    batch = dataclasses.replace(
-        batch, proposal_labels=[[nouns[k % 5] for k in range(len(labels))] for labels in batch.proposal_labels]
-    )
     model.eval()  # deterministic features for the recomputation below
     loss = model.training_step(batch, 0)
 
-    regions, phrases = model.encode(batch)
+    with torch.no_grad():
+        regions, phrases = model.encode(batch)
     scores = image_sentence_scores(regions, batch.proposal_mask, phrases, batch.phrase_mask, tau=0.5)
     same = torch.tensor([[a == b for b in batch.image_ids] for a in batch.image_ids])
     same.fill_diagonal_(False)
@@ -71,16 +77,52 @@ def test_training_step_is_nce_plus_ramped_kd(datamodule) -> None:
     assert float(logged["train/nce"]) == pytest.approx(float(nce), rel=1e-5)
     assert float(logged["train/kd"]) == pytest.approx(float(kd), rel=1e-5)
     assert float(logged["train/kd_weight"]) == pytest.approx(0.5)  # step 0
-    assert float(loss) == pytest.approx(float(nce) + 0.5 * float(kd), rel=1e-5)
-    assert kd_weight(5, initial=0.5, increment=1.0, every=2, maximum=3.0) == pytest.approx(2.5)
+    assert loss.item() == pytest.approx(float(nce) + 0.5 * float(kd), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("step", "expected"),
+    [
+        (0, 0.25),  # initial
+        (2, 0.25),  # every: not yet a full period
+        (3, 0.85),  # one increment after `every` steps (500 would still give 0.25, increment 1.0 gives 1.25)
+        (5, 0.85),
+        (6, 1.45),
+        (9, 1.5),  # capped at the maximum (0.25 + 3 * 0.6 = 2.05 under the default maximum 3.0)
+        (10**6, 1.5),
+    ],
+)
+def test_training_step_ramps_kd_weight_with_the_modules_schedule(datamodule, step, expected) -> None:
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    model = tiny_module(kd_weight_initial=0.25, kd_weight_increment=0.6, kd_weight_every=3, kd_weight_max=1.5)
+    model.eval()  # the same features at every step
+    logged = {}
+    model.log = lambda name, value, **kw: logged.__setitem__(name, torch.as_tensor(value).detach())
+    model._trainer = SimpleNamespace(global_step=step)
+    assert model.global_step == step
+    loss = model.training_step(_noun_labelled_batch(datamodule), 0)
+    assert float(logged["train/kd_weight"]) == pytest.approx(expected)
+    assert float(logged["train/kd"]) > 0
+    assert loss.item() == pytest.approx(float(logged["train/nce"]) + expected * float(logged["train/kd"]), rel=1e-5)
+
+
+def test_distillation_alone_is_not_ramped(datamodule) -> None:
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    model = tiny_module(use_nce=False, kd_weight_initial=0.25, kd_weight_every=3).eval()
+    logged = {}
+    model.log = lambda name, value, **kw: logged.__setitem__(name, torch.as_tensor(value).detach())
+    model._trainer = SimpleNamespace(global_step=4)
+    loss = model.training_step(_noun_labelled_batch(datamodule), 0)
+    assert "train/nce" not in logged and float(logged["train/kd_weight"]) == 1.0
+    assert loss.item() == pytest.approx(float(logged["train/kd"])) and loss.item() > 0
 
 
 def test_kd_target_product_reaches_the_distillation_term(datamodule) -> None:
-    nouns = ["man", "dog", "car", "shirt", "box"]
-    batch = _batch(datamodule, "train")
-    batch = dataclasses.replace(
-        batch, proposal_labels=[[nouns[k % 5] for k in range(len(labels))] for labels in batch.proposal_labels]
-    )
+    batch = _noun_labelled_batch(datamodule)
     kd = {}
     for target in ("teacher", "product"):
         torch.manual_seed(0)
