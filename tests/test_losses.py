@@ -117,21 +117,64 @@ def test_top_k_keeps_the_regions_around_the_students_top_box():
                 [20.0, 20.0, 30.0, 30.0],  # IoU 0
                 [0.0, 0.0, 10.0, 8.0],  # IoU 0.8
                 [0.0, 0.0, 10.0, 10.0],  # padding, would have IoU 1
+                [20.0, 20.0, 30.0, 30.0],  # padding elsewhere, the student's highest score: not its top box
             ]
         ]
     )
-    student = torch.tensor([[[0.9, 0.1, 0.5, -0.3, 0.2, 5.0]]], requires_grad=True)
-    teacher = torch.tensor([[[0.0, 2.0, 1.0, 3.0, 0.5, 9.0]]])
-    proposal_mask = torch.tensor([[True] * 5 + [False]])
+    student = torch.tensor([[[0.9, 0.1, 0.5, -0.3, 0.2, 5.0, 9.0]]], requires_grad=True)
+    teacher = torch.tensor([[[0.0, 2.0, 1.0, 3.0, 0.5, 9.0, 9.0]]])
+    proposal_mask = torch.tensor([[True] * 5 + [False] * 2])
     kd_mask = torch.tensor([[True]])
     loss = distillation_kl(student, teacher, proposal_mask, kd_mask, top_k=3, proposals=proposals)
     loss.backward()
-    assert (student.grad[0, 0] != 0).tolist() == [True, True, False, False, True, False]
+    assert (student.grad[0, 0] != 0).tolist() == [True, True, False, False, True, False, False]
     keep = torch.tensor([0, 1, 4])
     sub = distillation_kl(
         student[..., keep], teacher[..., keep], torch.ones(1, 3, dtype=torch.bool), kd_mask, top_k=None
     )
     torch.testing.assert_close(loss, sub)
+
+
+def _kl_by_hand(teacher: list[float], student: list[float], tau_teacher: float = 2.0) -> float:
+    mean = sum(teacher) / len(teacher)
+    t = [math.exp((x - mean) / tau_teacher) for x in teacher]
+    q = [x / sum(t) for x in t]
+    log_z = math.log(sum(math.exp(x) for x in student))
+    return sum(qi * (math.log(qi) - (si - log_z)) for qi, si in zip(q, student))
+
+
+def test_top_k_never_takes_padding_when_an_image_has_fewer_real_regions_than_k():
+    # image 0: five real regions (so the batch pads to R = 5 and K = 4 < R restricts);
+    # image 1: three real regions, fewer than K, then two padding rows that would win every
+    # choice: boxes on its top box (IoU 1 and 0.95) and the highest student and teacher scores
+    top, far, half = [0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0], [0.0, 0.0, 5.0, 10.0]  # IoU 1, 0, 0.5
+    proposals = torch.tensor(
+        [
+            [top, [0.0, 0.0, 10.0, 9.0], half, far, [0.0, 0.0, 10.0, 8.0]],
+            [top, far, half, top, [0.0, 0.0, 10.0, 9.5]],
+        ]
+    )
+    student = torch.tensor([[[0.9, 0.1, 0.5, -0.3, 0.2]], [[0.9, 0.1, 0.4, 50.0, 40.0]]], requires_grad=True)
+    teacher = torch.tensor([[[0.0, 2.0, 1.0, 3.0, 0.5]], [[0.2, 1.5, -0.3, 9.0, 8.0]]])
+    proposal_mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    kd_mask = torch.ones(2, 1, dtype=torch.bool)
+    loss = distillation_kl(student, teacher, proposal_mask, kd_mask, top_k=4, proposals=proposals)
+    loss.backward()
+    # image 1 keeps all three real regions, the one far from its top box (IoU 0) included
+    image1 = _kl_by_hand([0.2, 1.5, -0.3], [0.9, 0.1, 0.4])
+    unpadded = distillation_kl(
+        student[1:, :, :3],
+        teacher[1:, :, :3],
+        torch.ones(1, 3, dtype=torch.bool),
+        kd_mask[1:],
+        top_k=4,
+        proposals=proposals[1:, :3],
+    )
+    assert unpadded.item() == pytest.approx(image1, rel=1e-6)
+    # image 0 drops its region of IoU 0 with the top box: the first case of this kind, checked above
+    image0 = _kl_by_hand([0.0, 2.0, 1.0, 0.5], [0.9, 0.1, 0.5, 0.2])
+    assert loss.item() == pytest.approx((image0 + image1) / 2, rel=1e-6)
+    assert student.grad[1, 0, 3:].tolist() == [0.0, 0.0] and (student.grad[1, 0, :3] != 0).all()
 
 
 def test_top_k_needs_proposals():
