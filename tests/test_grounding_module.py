@@ -45,9 +45,30 @@ def _noun_labelled_batch(dm):
     )
 
 
-def test_training_step_is_nce_plus_ramped_kd(datamodule) -> None:
+#: the module's defaults, and a value other than the default for each term's setting (a setting the module
+#: failed to pass on would then go unnoticed only if the loss functions defaulted to the same value)
+OBJECTIVES = {
+    "defaults": {},
+    "varied": {
+        "tau_sentence": 0.3,
+        "phrase_reduce": "mean",
+        "region_reduce": "logsumexp",
+        "symmetric_nce": True,
+        "tau_student": 0.7,
+        "tau_teacher": 1.5,
+        "kd_top_k": 5,
+    },
+}
+
+
+@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
+def test_training_step_is_nce_plus_ramped_kd(datamodule, objective) -> None:
     torch.manual_seed(0)
-    model = tiny_module(kd_weight_initial=0.5, kd_weight_increment=1.0, kd_weight_every=2, kd_weight_max=3.0)
+    settings = OBJECTIVES[objective]
+    model = tiny_module(
+        kd_weight_initial=0.5, kd_weight_increment=1.0, kd_weight_every=2, kd_weight_max=3.0, **settings
+    )
+    hp = model.hparams
     logged = {}
     model.log = lambda name, value, **kw: logged.__setitem__(name, torch.as_tensor(value).detach())
     batch = _noun_labelled_batch(datamodule)
@@ -57,10 +78,18 @@ def test_training_step_is_nce_plus_ramped_kd(datamodule) -> None:
 
     with torch.no_grad():
         regions, phrases = model.encode(batch)
-    scores = image_sentence_scores(regions, batch.proposal_mask, phrases, batch.phrase_mask, tau=0.5)
+    scores = image_sentence_scores(
+        regions,
+        batch.proposal_mask,
+        phrases,
+        batch.phrase_mask,
+        tau=settings.get("tau_sentence", 0.5),
+        phrase_reduce=settings.get("phrase_reduce", "sum"),
+        region_reduce=settings.get("region_reduce", "max"),
+    )
     same = torch.tensor([[a == b for b in batch.image_ids] for a in batch.image_ids])
     same.fill_diagonal_(False)
-    nce = info_nce(scores, torch.arange(len(batch)), same)
+    nce = info_nce(scores, torch.arange(len(batch)), same, symmetric=settings.get("symmetric_nce", False))
     texts = [[" ".join(w[s:e]) for s, e in spans] for w, spans in zip(batch.words, batch.phrase_spans)]
     teacher, kd_mask = model.teacher(texts, batch.proposal_labels, batch.proposal_scores, batch.proposal_mask)
     student = torch.einsum("bpd,brd->bpr", phrases, regions)
@@ -69,10 +98,12 @@ def test_training_step_is_nce_plus_ramped_kd(datamodule) -> None:
         teacher,
         batch.proposal_mask,
         kd_mask & batch.phrase_mask,
-        tau_teacher=2.0,
-        top_k=8,
+        tau_student=settings.get("tau_student", 1.0),
+        tau_teacher=settings.get("tau_teacher", 2.0),
+        top_k=settings.get("kd_top_k", 8),
         proposals=batch.proposals,
     )
+    assert {k: hp[k] for k in settings} == settings
     assert kd_mask.any(), "the lexical teacher should match some phrase of the tiny dataset"
     assert float(logged["train/nce"]) == pytest.approx(float(nce), rel=1e-5)
     assert float(logged["train/kd"]) == pytest.approx(float(kd), rel=1e-5)
@@ -130,7 +161,8 @@ def test_kd_target_product_reaches_the_distillation_term(datamodule) -> None:
         logged = {}
         model.log = lambda name, value, **kw: logged.__setitem__(name, torch.as_tensor(value).detach())
         model.training_step(batch, 0)
-        regions, phrases = model.encode(batch)
+        with torch.no_grad():
+            regions, phrases = model.encode(batch)
         texts = [[" ".join(w[s:e]) for s, e in spans] for w, spans in zip(batch.words, batch.phrase_spans)]
         teacher, kd_mask = model.teacher(texts, batch.proposal_labels, batch.proposal_scores, batch.proposal_mask)
         student = torch.einsum("bpd,brd->bpr", phrases, regions)
@@ -195,9 +227,15 @@ def test_metrics_are_kept_per_split(datamodule) -> None:
     with torch.no_grad():
         model.test_step(batch, 0)
         model.test_step(dataclasses.replace(batch, split="testB"), 0)
+        model.test_step(batch, 0)  # "test" sees the batch twice, "testB" once
     assert set(model.metrics) == {"test", "testB"}
     assert isinstance(model.metrics["testB"], GroundingMetrics)
-    assert model.metrics["test"].compute()["num_phrases"] == model.metrics["testB"].compute()["num_phrases"]
+    test, test_b = ({k: float(v) for k, v in model.metrics[s].compute().items()} for s in ("test", "testB"))
+    counted = int((batch.phrase_mask & batch.gt_box_mask.any(-1)).sum())
+    assert counted > 0 and test_b["num_phrases"] == counted and test["num_phrases"] == 2 * counted
+    assert {k: v for k, v in test.items() if k != "num_phrases"} == pytest.approx(
+        {k: v for k, v in test_b.items() if k != "num_phrases"}
+    )
 
 
 def test_predict_step_returns_boxes_in_original_pixels(datamodule) -> None:
@@ -206,14 +244,16 @@ def test_predict_step_returns_boxes_in_original_pixels(datamodule) -> None:
     with torch.no_grad():
         out = model.predict_step(batch, 0)
     assert len(out) == len(batch)
+    scores = out.scores.masked_fill(~batch.proposal_mask[:, None, :], float("-inf"))
     for i, record in enumerate(out):
-        assert len(record["phrases"]) == len(batch.phrase_spans[i])
-        w, h = batch.image_sizes[i].tolist()
-        for phrase in record["phrases"]:
-            x1, y1, x2, y2 = phrase["box"]
-            assert 0 <= x1 <= x2 <= w + 1e-3 and 0 <= y1 <= y2 <= h + 1e-3
-            proposals = batch.proposals[i][batch.proposal_mask[i]].tolist()
-            assert any(all(abs(a - b) < 0.01 for a, b in zip(phrase["box"], p)) for p in proposals)
+        assert record["image_id"] == batch.image_ids[i] and record["sentence_id"] == batch.sentence_ids[i]
+        assert record["image_size"] == batch.image_sizes[i].tolist()
+        assert [p["span"] for p in record["phrases"]] == [list(span) for span in batch.phrase_spans[i]]
+        for j, phrase in enumerate(record["phrases"]):
+            best = int(scores[i, j].argmax())  # the chosen box: the highest-scoring real proposal, as given
+            assert phrase["box"] == pytest.approx(batch.proposals[i, best].tolist(), abs=0.006)
+            assert phrase["score"] == pytest.approx(float(scores[i, j, best]), abs=1e-6)
+            assert phrase["phrase"] == " ".join(batch.words[i][slice(*batch.phrase_spans[i][j])])
 
 
 def test_teacher_uses_class_probability_vectors_when_the_batch_has_them(datamodule) -> None:
@@ -237,6 +277,23 @@ def test_teacher_uses_class_probability_vectors_when_the_batch_has_them(datamodu
     assert model._detector_class_names() == class_names
     model.training_step(batch, 0)
     kd_probs = float(logged["train/kd"])
+
+    with torch.no_grad():
+        regions, phrases = model.encode(batch)
+    student = torch.einsum("bpd,brd->bpr", phrases, regions)
+    texts = [[" ".join(w[s:e]) for s, e in spans] for w, spans in zip(batch.words, batch.phrase_spans)]
+    expected = {}
+    for name, extra in (("labels", ()), ("probs", (probs, class_names))):
+        teacher, kd_mask = model.teacher(
+            texts, batch.proposal_labels, batch.proposal_scores, batch.proposal_mask, *extra
+        )
+        expected[name] = float(
+            distillation_kl(
+                student, teacher, batch.proposal_mask, kd_mask & batch.phrase_mask, proposals=batch.proposals
+            )
+        )
+    assert kd_labels == pytest.approx(expected["labels"], rel=1e-5, abs=1e-7)
+    assert kd_probs == pytest.approx(expected["probs"], rel=1e-5)
     assert kd_probs > 0 and kd_probs != pytest.approx(kd_labels)
 
 
