@@ -187,8 +187,9 @@ def test_visual_genome_synonym_lists_are_aliases():
     assert class_aliases("man,men") == ["man", "men"]
     assert class_aliases("Traffic_Light") == ["traffic light"]
     names = ["person,people", "man,men", "dog"]
-    d = WordNetMatcher().distances("two men", names)
-    assert d[1] == 0 and d[0] > 0  # the nearest: the class named by the noun itself
+    # the class named by the noun itself, by an alias, is the nearest; man -> adult -> person
+    assert WordNetMatcher().distances("two men", names) == [2.0, 0.0, INF]
+    assert WordNetMatcher().distances("a crowd of people", names) == [0.0, INF, INF]
 
 
 def test_coco80_has_the_80_detector_names():
@@ -230,6 +231,12 @@ def test_wordnet_teacher_keeps_the_nearest_class_each_image_has():
     teacher = Teacher("wordnet")
     labels = [["woman", "person", "dog"], ["person", "dog", "dog"]]
     scores = torch.tensor([[0.9, 0.8, 0.7], [0.6, 0.5, 0.4]])
-    t, kd = teacher([["a woman"], ["a woman"]], labels, scores, torch.ones(2, 3, dtype=torch.bool))
-    torch.testing.assert_close(t[:, 0], torch.tensor([[0.9, 0.0, 0.0], [0.6, 0.0, 0.0]]))
-    assert kd.tolist() == [[True], [True]]
+    # the images list their phrases in different orders (and numbers): a mix-up between them shows
+    texts = [["a woman", "a dog"], ["two dogs", "a woman", "the sky"]]
+    t, kd = teacher(texts, labels, scores, torch.ones(2, 3, dtype=torch.bool))
+    expected = [
+        [[0.9, 0.0, 0.0], [0.0, 0.0, 0.7], [0.0, 0.0, 0.0]],  # woman; dog; padding
+        [[0.0, 0.5, 0.4], [0.6, 0.0, 0.0], [0.0, 0.0, 0.0]],  # dogs; woman, taught by "person" here; sky
+    ]
+    torch.testing.assert_close(t, torch.tensor(expected))
+    assert kd.tolist() == [[True, True, False], [True, True, False]]
