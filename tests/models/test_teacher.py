@@ -97,8 +97,16 @@ def test_teacher_scores_from_class_probs_by_hand():
 
 def test_rescale_off_gives_raw_cosines():
     raw = Teacher("glove", rescale=False)
-    sim = raw.similarity(CLASSES, ["a puppy"])
-    torch.testing.assert_close(raw.match(CLASSES, ["a puppy"]), sim.clamp(min=0))
+    sim = raw.similarity(CLASSES, ["a puppy", "the red ball"])
+    torch.testing.assert_close(raw.match(CLASSES, ["a puppy", "the red ball"]), sim.clamp(min=0))
+
+
+def test_rescale_maps_min_match_to_zero_and_one_to_one():
+    teacher = Teacher("glove", min_match=0.4)
+    phrases = ["a puppy", "the red ball", "two dogs"]
+    sim = teacher.similarity(CLASSES, phrases)
+    assert ((sim > 0.4) & (sim < 1.0)).any() and (sim < 0.4).any()  # values on both sides of the threshold
+    torch.testing.assert_close(teacher.match(CLASSES, phrases), ((sim - 0.4) / 0.6).clamp(0.0, 1.0))
 
 
 def test_phrase_texts_helper():
