@@ -34,6 +34,20 @@ def test_info_nce_symmetric_by_hand():
     assert loss.item() == pytest.approx((s2i + i2s) / 2, rel=1e-6)
 
 
+def test_info_nce_symmetric_with_gathered_columns_by_hand():
+    # rank 1 of two: columns 0-1 are rank 0's images, 2-4 this rank's (positives 2, 3, 4).
+    # Sentences 1 and 2 describe one image (columns 3 and 4); rank 0's column 0 shows sentence 0's
+    scores = torch.tensor([[0.4, 0.1, 2.0, 0.3, 0.2], [0.5, 0.6, 0.1, 1.5, 0.9], [0.2, 0.7, 0.3, 0.8, 1.2]])
+    positives = torch.tensor([2, 3, 4])
+    same = torch.tensor(
+        [[True, False, True, False, False], [False, False, False, True, True], [False, False, False, True, True]]
+    )
+    loss = info_nce(scores, positives, same, symmetric=True)
+    s2i = (_ce([0.1, 2.0, 0.3, 0.2], 1) + _ce([0.5, 0.6, 0.1, 1.5], 3) + _ce([0.2, 0.7, 0.3, 1.2], 3)) / 3
+    # column positives[i] picks sentence i among the local rows; the other caption of its image is dropped
+    i2s = (_ce([2.0, 0.1, 0.3], 0) + _ce([0.3, 1.5], 1) + _ce([0.2, 1.2], 1)) / 3
+    assert loss.item() == pytest.approx((s2i + i2s) / 2, rel=1e-6)
+
 def test_info_nce_gathered_columns_use_explicit_positives():
     scores = torch.tensor([[0.1, 0.2, 3.0, 0.4], [0.5, 0.6, 0.7, 2.0]])  # 2 local sentences, 4 images
     loss = info_nce(scores, torch.tensor([2, 3]))
@@ -95,13 +109,14 @@ def test_kl_equals_soft_cross_entropy_minus_teacher_entropy():
     student, teacher = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
     proposal_mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
     kd_mask = torch.tensor([[True, False, True], [True, True, False]])
-    loss = distillation_kl(student, teacher, proposal_mask, kd_mask, tau_student=1.0, tau_teacher=2.0, top_k=None)
+    # temperatures other than 1 and the defaults: each must divide its own side
+    loss = distillation_kl(student, teacher, proposal_mask, kd_mask, tau_student=0.5, tau_teacher=1.5, top_k=None)
     terms = []
     for b, p in kd_mask.nonzero().tolist():
         keep = proposal_mask[b]
         t, s = teacher[b, p, keep], student[b, p, keep]
-        q = F.softmax((t - t.mean()) / 2.0, dim=0)
-        cross_entropy = -(q * F.log_softmax(s, dim=0)).sum()
+        q = F.softmax((t - t.mean()) / 1.5, dim=0)
+        cross_entropy = -(q * F.log_softmax(s / 0.5, dim=0)).sum()
         entropy = -(q * q.log()).sum()
         terms.append(cross_entropy - entropy)
     torch.testing.assert_close(loss, torch.stack(terms).mean())
@@ -223,8 +238,10 @@ def test_kd_weight_ramp(step, expected):
     assert kd_weight(step) == pytest.approx(expected)
 
 
-def test_kd_weight_custom():
-    assert kd_weight(250, initial=0.0, increment=0.5, every=100, maximum=10.0) == pytest.approx(1.0)
+@pytest.mark.parametrize(("step", "expected"), [(0, 0.2), (99, 0.2), (250, 1.2), (1000, 1.5)])
+def test_kd_weight_custom(step, expected):
+    # every setting off its default; 1000 steps would give 5.2 without the maximum
+    assert kd_weight(step, initial=0.2, increment=0.5, every=100, maximum=1.5) == pytest.approx(expected)
 
 
 def test_product_target_has_the_gradient_of_minus_log_expected_teacher_weight_not_its_value():
