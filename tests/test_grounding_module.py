@@ -159,7 +159,7 @@ def test_kd_target_product_reaches_the_distillation_term(datamodule) -> None:
         torch.manual_seed(0)
         model = tiny_module(kd_target=target, kd_top_k=None).eval()
         logged = {}
-        model.log = lambda name, value, **kw: logged.__setitem__(name, torch.as_tensor(value).detach())
+        model.log = lambda name, value, logged=logged, **kw: logged.__setitem__(name, torch.as_tensor(value).detach())
         model.training_step(batch, 0)
         with torch.no_grad():
             regions, phrases = model.encode(batch)
