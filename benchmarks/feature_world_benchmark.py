@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -53,11 +54,12 @@ from lightning_wsg.feature_world import (  # noqa: E402
 )
 
 REPO = Path(__file__).resolve().parents[1]
+REFERENCE_STEPS = 29_783 * 5 // 32 * 6  # the reference run: Flickr30K train, batch 32, 6 epochs
 PAPER = "paper"
 #: row -> (label, overrides of the paper's feature setting)
 ROWS = {
     "nce_only": ("InfoNCE only", ["--model.use_kd=false"]),
-    PAPER: ("paper: KL towards the teacher (tau_s 1, tau_t 2, top-8, ramp every 500 steps)", []),
+    PAPER: ("paper: KL towards the teacher (tau_s 1, tau_t 2, top-8)", []),
     "product": (
         "variant: KL towards teacher x student (tau_s 0.1, tau_t 0.5, no top-K)",
         ["--model.kd_target=product", "--model.tau_student=0.1", "--model.tau_teacher=0.5", "--model.kd_top_k=null"],
@@ -96,7 +98,18 @@ def world_args(args: argparse.Namespace) -> list[str]:
         f"--model.region_encoder.init_args.feature_dim={args.feature_dim}",
         "--model.phrase_encoder.init_args.vectors=glove-6b-50d",
         f"--trainer.max_epochs={args.epochs}",
+        f"--model.kd_weight_every={ramp_every(args)}",
     ]  # fmt: skip
+
+
+def ramp_every(args: argparse.Namespace) -> int:
+    """The reference's lambda ramp at this run's length: it steps every 500 of its ~27,900 steps
+    (29,783 images x 5 captions / 32 x 6 epochs), full weight at 5.4% of the run; at 500 absolute
+    steps a short run would distil at lambda 0.001 for most of it."""
+    if args.ramp_every is not None:
+        return args.ramp_every
+    steps = math.ceil(args.num_train * 5 / 32) * args.epochs
+    return max(1, round(500 * steps / REFERENCE_STEPS))
 
 
 def error_kinds(batches, score_fn, provenance: dict, iou: float = 0.5) -> dict[str, float]:
@@ -248,6 +261,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runs", nargs="+", choices=list(ROWS), default=DEFAULT_RUNS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=6, help="the paper's 6")
+    p.add_argument("--ramp-every", type=int, default=None,
+                   help="kd_weight_every (default: the reference's 500 scaled to this run's steps)")  # fmt: skip
     p.add_argument("--select", action="store_true", help="train CANDIDATES on the first seed, validation only")
     p.add_argument("--retrain", action="store_true")
     p.add_argument("--work-dir", type=Path, default=REPO / "outputs" / "feature_world")
