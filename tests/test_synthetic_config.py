@@ -18,7 +18,8 @@ from pytorch_lightning import LightningDataModule
 
 from lightning_wsg.data.synthetic import WORLD_ARGUMENTS, SyntheticWorldDataModule
 from lightning_wsg.synthetic import WorldConfig, generate_world, world_is_complete
-from lightning_wsg.synthetic.cli import build_parser, parse_args
+from lightning_wsg.synthetic.cli import build_features_parser, build_parser, parse_args
+from lightning_wsg.synthetic.feature_world import FeatureWorldConfig
 
 REPO = Path(__file__).resolve().parents[1]
 HINTS = get_type_hints(WorldConfig)
@@ -76,6 +77,18 @@ def test_the_cli_refuses_an_unknown_caption_noun_choice(capsys):
     with pytest.raises(SystemExit, match="^2$"):
         parse_args(["--out", "w", "--caption-nouns", "poetic"])
     assert "invalid choice: 'poetic'" in capsys.readouterr().err
+
+
+def test_the_feature_world_cli_is_derived_from_its_config_the_same_way():
+    parser = build_features_parser()
+    actions = {a.dest: a for a in parser._actions}
+    assert set(actions) - {"help", "flickr", "out", "force"} == {f.name for f in fields(FeatureWorldConfig)}
+    assert all(actions[f.name].default == f.default for f in fields(FeatureWorldConfig))
+    assert tuple(actions["format"].choices) == ("native", "tsv") and actions["miss_rate"].type is float
+    options = vars(parser.parse_args(["--flickr", "f", "--out", "o", "--num-val", "7", "--format", "tsv"]))
+    assert FeatureWorldConfig(**{f.name: options[f.name] for f in fields(FeatureWorldConfig)}) == FeatureWorldConfig(
+        num_val=7, format="tsv"
+    )
 
 
 def test_the_datamodule_world_arguments_are_the_config_fields():
@@ -149,7 +162,9 @@ def test_a_config_and_keyword_settings_name_the_same_world(tmp_path):
     small = WorldConfig(num_train=3, num_val=1, num_test=1, image_size=64, seed=1)
     generate_world(tmp_path, small, workers=1)
     assert world_is_complete(tmp_path, small) and world_is_complete(tmp_path, **small.to_dict())
-    assert world_is_complete(tmp_path, WorldConfig(num_train=9, num_val=1, num_test=1, image_size=64, seed=1), num_train=3)
+    assert world_is_complete(
+        tmp_path, WorldConfig(num_train=9, num_val=1, num_test=1, image_size=64, seed=1), num_train=3
+    )
     assert not world_is_complete(tmp_path, small, seed=2)
     with pytest.raises(TypeError, match=r"unknown world arguments: \['colour_count'\]"):
         generate_world(tmp_path / "other", small, colour_count=3)

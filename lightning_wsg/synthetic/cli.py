@@ -21,7 +21,15 @@ from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 from .world import WorldConfig, generate_world, world_is_complete
 
-__all__ = ["add_config_options", "build_parser", "config_from_options", "features_main", "main", "parse_args"]
+__all__ = [
+    "add_config_options",
+    "build_features_parser",
+    "build_parser",
+    "config_from_options",
+    "features_main",
+    "main",
+    "parse_args",
+]
 
 C = TypeVar("C")
 
@@ -93,8 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
-def features_main(argv: list[str] | None = None) -> dict:
-    """``python -m lightning_wsg.synthetic features``: build (or reuse) a feature world, print its stats."""
+def build_features_parser() -> argparse.ArgumentParser:
+    """The feature world's parser: ``--flickr``, ``--out``, ``--force``, one option per ``FeatureWorldConfig`` field."""
     from . import feature_world  # reads the Flickr release through lightning_wsg.data: imported only here
 
     p = argparse.ArgumentParser(
@@ -105,7 +113,14 @@ def features_main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--force", action="store_true", help="rebuild even if an identical world exists")
     add_config_options(p, feature_world.FeatureWorldConfig)
-    options = vars(p.parse_args(argv))
+    return p
+
+
+def features_main(argv: list[str] | None = None) -> dict:
+    """``python -m lightning_wsg.synthetic features``: build (or reuse) a feature world, print its stats."""
+    from . import feature_world
+
+    options = vars(build_features_parser().parse_args(argv))
     cfg = config_from_options(feature_world.FeatureWorldConfig, options)
     out = options["out"]
     if not options["force"] and feature_world.world_is_complete(out, cfg):

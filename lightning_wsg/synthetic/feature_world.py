@@ -54,8 +54,9 @@ import shutil
 import time
 import zlib
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -89,8 +90,12 @@ class FeatureWorldConfig:
     seed: int = 0
     feature_dim: int = 128
     proposals: int = 30
-    vocabulary: str = "coco"  # "coco" or a class-name file (one class a line, e.g. vg_objects_vocab.txt)
-    format: str = "native"  # "native" (features + class probabilities) or "tsv" (top-1 labels only)
+    vocabulary: str = field(
+        default="coco", metadata={"help": "'coco' or a class-name file (one class a line, e.g. vg_objects_vocab.txt)"}
+    )
+    format: Literal["native", "tsv"] = field(
+        default="native", metadata={"help": "'native' (features + class probabilities) or 'tsv' (top-1 labels only)"}
+    )
     feature_noise: float = 0.25
     miss_rate: float = 0.05
     wrong_rate: float = 0.08
