@@ -1,6 +1,6 @@
 """What distillation adds on real language: the method on the Flickr30K feature world.
 
-The world (:mod:`lightning_wsg.feature_world`): real Flickr30K Entities captions, phrases,
+The world (:mod:`lightning_wsg.synthetic.feature_world`): real Flickr30K Entities captions, phrases,
 chains and boxes for a sample of the official splits; simulated region features and a
 simulated detector's class probabilities over COCO-80. Every run is the paper's feature setting
 (``cli_configs/flickr.yaml`` + ``cli_configs/model/ckd_features.yaml``: 30 proposals, GloVe
@@ -46,7 +46,7 @@ from synthetic_benchmark import cli_main, fit_and_test, summarise  # noqa: E402
 from lightning_wsg.baselines import evaluate_scores, random_scores, teacher_scores  # noqa: E402
 from lightning_wsg.boxes import box_iou  # noqa: E402
 from lightning_wsg.callbacks import DistillationDiagnostics  # noqa: E402
-from lightning_wsg.feature_world import (  # noqa: E402
+from lightning_wsg.synthetic.feature_world import (  # noqa: E402
     FeatureWorldConfig,
     build_feature_world,
     read_provenance,

@@ -15,7 +15,7 @@ from helpers.shared import require_shared
 
 from lightning_wsg.data import Flickr30kEntitiesDataModule
 from lightning_wsg.detection.formats import open_detections
-from lightning_wsg.feature_world import (
+from lightning_wsg.synthetic.feature_world import (
     FeatureWorldConfig,
     _ClassTable,
     _detector_class,

@@ -358,12 +358,12 @@ def test_world_is_complete_semantics(tmp_path, monkeypatch):
             raise KeyboardInterrupt("simulated interruption")
         return real(job)
 
-    real = syn._make_image
-    monkeypatch.setattr(syn, "_make_image", crash)
+    real = syn.world._make_image  # generate_world's module: the one whose name it looks up
+    monkeypatch.setattr(syn.world, "_make_image", crash)
     with pytest.raises(KeyboardInterrupt, match="simulated interruption"):
         syn.generate_world(out, workers=1, **small)
     assert not syn.world_is_complete(out, **small) and not (out / "world.json").exists()
-    monkeypatch.setattr(syn, "_make_image", real)
+    monkeypatch.setattr(syn.world, "_make_image", real)
     syn.generate_world(out, **small)  # ...and generation into it recovers
     assert syn.world_is_complete(out, **small)
 

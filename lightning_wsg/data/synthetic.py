@@ -13,31 +13,34 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pytorch_lightning.utilities import rank_zero_info
 
 from ..detection.grid import DEFAULT_GRID_ASPECT_RATIOS, DEFAULT_GRID_SCALES, DEFAULT_GRID_STRIDE
-from ..synthetic import (
-    DIFFICULTY,
-    DISTRACTOR_RATE,
-    IMAGE_SIZE,
-    NUM_TEST,
-    NUM_TRAIN,
-    NUM_VAL,
-    PAIR_RATE,
-    generate_world,
-    world_is_complete,
-)
+from ..synthetic import CaptionNouns, WorldConfig, generate_world, world_is_complete
 from .flickr30k_entities import Flickr30kEntitiesDataModule
 
-__all__ = ["SyntheticWorldDataModule"]
+__all__ = ["WORLD_ARGUMENTS", "SyntheticWorldDataModule"]
 
+#: The init arguments of :class:`SyntheticWorldDataModule` that set the world: WorldConfig field ->
+#: argument name (its own name, but for the images' side: ``image_size`` is the model's input size).
+WORLD_ARGUMENTS = {f.name: "world_image_size" if f.name == "image_size" else f.name for f in fields(WorldConfig)}
+
+
+def _world_config(init_args: dict[str, Any]) -> WorldConfig:
+    """The :class:`WorldConfig` the datamodule's init arguments set (validated there)."""
+    return WorldConfig(**{name: init_args[argument] for name, argument in WORLD_ARGUMENTS.items()})
 
 
 class SyntheticWorldDataModule(Flickr30kEntitiesDataModule):
     """A generated world in the Flickr30K Entities layout (see :mod:`lightning_wsg.synthetic`).
+
+    The world arguments (``num_train`` ... ``caption_nouns``; :data:`WORLD_ARGUMENTS`) are the
+    fields of :class:`~lightning_wsg.synthetic.WorldConfig`, with its defaults; they build
+    ``self.world``, so an invalid setting fails here, not in ``prepare_data``.
 
     Args:
         root: where the world is written (and found again on later runs).
@@ -49,6 +52,8 @@ class SyntheticWorldDataModule(Flickr30kEntitiesDataModule):
         difficulty: detector faults, 0 (clean) to 1 (hard).
         distractor_rate: share of images with two objects of one category.
         pair_rate: share of images seeded with a co-occurring category pair.
+        caption_nouns: ``"category"`` (captions and detector both say the shape's category) or
+            ``"varied"`` (the detector says a COCO class, the captions a synonym or a kind of it).
         batch_size: samples per batch.
         num_workers: loader worker processes.
         image_size: images are resized to ``image_size x image_size`` for the model.
@@ -69,18 +74,18 @@ class SyntheticWorldDataModule(Flickr30kEntitiesDataModule):
     def __init__(
         self,
         root: str | Path = "outputs/demo/world",
-        num_train: int = NUM_TRAIN,
-        num_val: int = NUM_VAL,
-        num_test: int = NUM_TEST,
-        world_image_size: int = IMAGE_SIZE,
-        seed: int = 0,
-        difficulty: float = DIFFICULTY,
-        distractor_rate: float = DISTRACTOR_RATE,
-        pair_rate: float = PAIR_RATE,
-        caption_nouns: Literal["category", "varied"] = "category",
+        num_train: int = WorldConfig.num_train,
+        num_val: int = WorldConfig.num_val,
+        num_test: int = WorldConfig.num_test,
+        world_image_size: int = WorldConfig.image_size,
+        seed: int = WorldConfig.seed,
+        difficulty: float = WorldConfig.difficulty,
+        distractor_rate: float = WorldConfig.distractor_rate,
+        pair_rate: float = WorldConfig.pair_rate,
+        caption_nouns: CaptionNouns = WorldConfig.caption_nouns,
         batch_size: int = 32,
         num_workers: int = 2,
-        image_size: int = IMAGE_SIZE,
+        image_size: int = WorldConfig.image_size,
         max_proposals: int = 30,
         max_phrases: int = 16,
         pin_memory: bool = False,
@@ -94,6 +99,7 @@ class SyntheticWorldDataModule(Flickr30kEntitiesDataModule):
         vocabulary: str | Path | None = None,
         predict_split: str | None = None,
     ) -> None:
+        world = _world_config(locals())
         root = Path(root)
         super().__init__(
             root,
@@ -114,25 +120,15 @@ class SyntheticWorldDataModule(Flickr30kEntitiesDataModule):
             grid_stride=grid_stride,
             predict_split=predict_split,
         )
-        self.world_args = dict(
-            num_train=num_train,
-            num_val=num_val,
-            num_test=num_test,
-            image_size=world_image_size,
-            seed=seed,
-            difficulty=difficulty,
-            distractor_rate=distractor_rate,
-            pair_rate=pair_rate,
-            caption_nouns=caption_nouns,
-        )
+        self.world = world
 
     def prepare_data(self) -> None:
         """Generate the world unless a complete one with the same arguments is there."""
-        if world_is_complete(self.root, **self.world_args):
+        if world_is_complete(self.root, self.world):
             rank_zero_info(f"synthetic world found at {self.root}")
             return
-        a = self.world_args
-        total = a["num_train"] + a["num_val"] + a["num_test"]
-        rank_zero_info(f"generating the synthetic world at {self.root} ({total} images, seed {a['seed']}) ...")
-        stats = generate_world(self.root, **self.world_args)
+        w = self.world
+        total = w.num_train + w.num_val + w.num_test
+        rank_zero_info(f"generating the synthetic world at {self.root} ({total} images, seed {w.seed}) ...")
+        stats = generate_world(self.root, self.world)
         rank_zero_info(f"synthetic world written in {stats.get('seconds', 0):.0f} s")

@@ -43,44 +43,40 @@ tsv``, top-1 labels only), ``classes.txt``, ``provenance.jsonl`` (per proposal i
 ``tight`` / ``group`` / ``partial`` / ``background``, and the chains it frames: for error
 analysis, never for training) and, last, ``world.json`` (arguments and statistics).
 
-CLI: ``python -m lightning_wsg.synthetic features --flickr ROOT --out DIR [--num-train 4000 ...]``.
+CLI: ``python -m lightning_wsg.synthetic features --flickr ROOT --out DIR [--num-train 4000 ...]``
+(:func:`lightning_wsg.synthetic.cli.features_main`).
 """
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
-import tarfile
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
-from .boxes import box_iou
-from .data.flickr30k_entities import parse_annotation, parse_sentence
-from .detection.formats import Detections, DetectionStore, write_tsv
-from .lexicon.classes import COCO80, read_class_names
+from ..boxes import box_iou
+from ..data.flickr30k_entities import parse_annotation, parse_sentence
+from ..detection.formats import Detections, DetectionStore, write_tsv
+from .feature_inputs import (
+    COLOUR_WORDS,
+    SYNONYMS,
+    _annotation_files,
+    _choose,
+    _ClassTable,
+    _detector_class,
+    _vocabulary,
+)
 
 __all__ = ["FeatureWorldConfig", "SYNONYMS", "build_feature_world", "read_provenance"]
 
 VERSION = 1
-COLOUR_WORDS = frozenset(
-    "white black blue red green yellow brown orange pink purple gray grey tan blond blonde silver gold".split()
-)
-#: Words a detector of that vocabulary reports under another name (independent of WordNet).
-SYNONYMS = {
-    "bike": "bicycle", "bikes": "bicycle", "motorbike": "motorcycle", "plane": "airplane", "jet": "airplane",
-    "sofa": "couch", "television": "tv", "phone": "cell phone", "cellphone": "cell phone", "puppy": "dog",
-    "puppies": "dog", "kitten": "cat", "table": "dining table", "ball": "sports ball", "racket": "tennis racket",
-    "surf board": "surfboard", "skate board": "skateboard", "bag": "handbag", "purse": "handbag",
-}  # fmt: skip
-_IRREGULAR = {"men": "man", "women": "woman", "children": "child", "people": "person", "feet": "foot"}
 _KINDS = ("tight", "group", "partial", "background")
 
 
@@ -94,8 +90,12 @@ class FeatureWorldConfig:
     seed: int = 0
     feature_dim: int = 128
     proposals: int = 30
-    vocabulary: str = "coco"  # "coco" or a class-name file (one class a line, e.g. vg_objects_vocab.txt)
-    format: str = "native"  # "native" (features + class probabilities) or "tsv" (top-1 labels only)
+    vocabulary: str = field(
+        default="coco", metadata={"help": "'coco' or a class-name file (one class a line, e.g. vg_objects_vocab.txt)"}
+    )
+    format: Literal["native", "tsv"] = field(
+        default="native", metadata={"help": "'native' (features + class probabilities) or 'tsv' (top-1 labels only)"}
+    )
     feature_noise: float = 0.25
     miss_rate: float = 0.05
     wrong_rate: float = 0.08
@@ -112,97 +112,12 @@ class FeatureWorldConfig:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
 
 
-# ------------------------------------------------------------------------------ reading
-def _read_ids(path: Path) -> list[str]:
-    if not path.is_file():
-        raise FileNotFoundError(f"split file not found: {path} (expected the Flickr30K Entities release)")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def _choose(root: Path, cfg: FeatureWorldConfig) -> dict[str, list[str]]:
-    """A seeded sample of each official split (sorted ids)."""
-    out = {}
-    for k, split in enumerate(("train", "val", "test")):
-        ids = _read_ids(root / f"{split}.txt")
-        n = getattr(cfg, f"num_{split}")
-        if n > len(ids):
-            raise ValueError(f"{root / f'{split}.txt'} lists {len(ids)} images, fewer than num_{split}={n}")
-        pick = np.random.default_rng([cfg.seed, 7919, k]).choice(len(ids), size=n, replace=False)
-        out[split] = sorted(ids[i] for i in pick)
-    return out
-
-
-def _annotation_files(root: Path, wanted: set[str]) -> Iterator[tuple[str, str, bytes]]:
-    """``(folder, image_id, bytes)`` of the wanted ``Annotations`` / ``Sentences`` files, from
-    the unpacked release or from ``annotations.tar.gz``, read in one pass."""
-    if (root / "Annotations").is_dir() and (root / "Sentences").is_dir():
-        for image_id in sorted(wanted):
-            for folder, ext in (("Annotations", "xml"), ("Sentences", "txt")):
-                yield folder, image_id, (root / folder / f"{image_id}.{ext}").read_bytes()
-        return
-    tar_path = root / "annotations.tar.gz"
-    if not tar_path.is_file():
-        raise FileNotFoundError(f"{root}: neither Annotations/ + Sentences/ nor annotations.tar.gz")
-    pattern = re.compile(r"(?:^|/)(Annotations|Sentences)/(\d+)\.(?:xml|txt)$")
-    with tarfile.open(tar_path, "r:gz") as tar:
-        for member in tar:
-            match = pattern.search(member.name)
-            if member.isfile() and match and match.group(2) in wanted:
-                yield match.group(1), match.group(2), tar.extractfile(member).read()
-
-
-# ------------------------------------------------------------------------ vocabulary
-def _vocabulary(cfg: FeatureWorldConfig) -> list[str]:
-    if cfg.vocabulary == "coco":
-        return list(COCO80)
-    return read_class_names(cfg.vocabulary)
-
-
-def _singular(word: str) -> list[str]:
-    forms = [word, _IRREGULAR.get(word, word)]
-    if word.endswith("es") and len(word) > 3:
-        forms.append(word[:-2])
-    if word.endswith("s") and len(word) > 2:
-        forms.append(word[:-1])
-    return forms
-
-
-class _ClassTable:
-    """Word (or word pair) -> class index: the detector's names, their plurals, ``SYNONYMS``."""
-
-    def __init__(self, names: list[str]) -> None:
-        self.names = names
-        self.index: dict[str, int] = {}
-        for c, name in enumerate(names):
-            for alias in name.split(","):
-                alias = alias.strip().lower()
-                if alias and alias not in self.index:
-                    self.index[alias] = c
-        for word, name in SYNONYMS.items():
-            if name in self.index and word not in self.index:
-                self.index[word] = self.index[name]
-        self.person = self.index.get("person")
-
-    def lookup(self, words: list[str]) -> list[int]:
-        """Classes named in a phrase, later words (nearer the head) first."""
-        found = []
-        for i in range(len(words) - 1, -1, -1):
-            if words[i] in COLOUR_WORDS and i < len(words) - 1:
-                continue  # "an orange shirt" names no orange
-            pair = f"{words[i - 1]} {words[i]}" if i else None
-            for form in ([pair] if pair else []) + _singular(words[i]):
-                if form in self.index:
-                    found.append(self.index[form])
-                    break
-        return found
-
-
 # ----------------------------------------------------------------------------- vectors
 class _Vectors:
     """Deterministic unit vectors per word, type and colour; GloVe projected for head words."""
 
     def __init__(self, dim: int, seed: int) -> None:
-        from .models.embeddings import GloveEmbeddings
+        from ..models.embeddings import GloveEmbeddings
 
         self.dim, self.seed = dim, seed
         self.glove = GloveEmbeddings()
@@ -253,13 +168,6 @@ def _chains(sentences: list[tuple[list[str], list]], boxed: set[str]) -> dict[st
             "colours": colours,
         }
     return out
-
-
-def _detector_class(chain: dict, table: _ClassTable) -> int | None:
-    votes = Counter(c for m in chain["mentions"] for c in table.lookup(m)[:1])
-    if votes:
-        return votes.most_common(1)[0][0]
-    return table.person if chain["type"] == "people" else None
 
 
 def _jitter(rng: np.random.Generator, box: np.ndarray, width: int, height: int, lo: float, hi: float) -> np.ndarray:
@@ -464,7 +372,7 @@ def _summary(per_image: dict, splits: dict, table: _ClassTable) -> dict:
 def build_feature_world(flickr_root: str | Path, out_dir: str | Path, config: FeatureWorldConfig | None = None,
                         progress: bool = True) -> dict:  # fmt: skip
     """Build the world (see the module docstring) and return its statistics (also in ``world.json``)."""
-    from .detection.native import write_native
+    from ..detection.native import write_native
 
     cfg = config or FeatureWorldConfig()
     cfg.check()
@@ -568,26 +476,3 @@ def _progress(enabled: bool, total: int):
             bar.stop()
 
     return advance
-
-
-def main(argv: list[str] | None = None) -> dict:
-    """``python -m lightning_wsg.synthetic features``: build (or reuse) a feature world, print its stats."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m lightning_wsg.synthetic features", description=__doc__.split("\n")[0])
-    p.add_argument("--flickr", required=True, help="Flickr30K Entities release: annotations.tar.gz (or Annotations/ "
-                   "+ Sentences/) and train.txt / val.txt / test.txt")  # fmt: skip
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--force", action="store_true", help="rebuild even if an identical world exists")
-    for field, default in asdict(FeatureWorldConfig()).items():
-        p.add_argument(f"--{field.replace('_', '-')}", type=type(default), default=default)
-    ns = vars(p.parse_args(argv))
-    flickr, out, force = ns.pop("flickr"), ns.pop("out"), ns.pop("force")
-    cfg = FeatureWorldConfig(**ns)
-    if not force and world_is_complete(out, cfg):
-        stats = json.loads((Path(out) / "world.json").read_text(encoding="utf-8"))["stats"] | {"reused": True}
-    else:
-        stats = build_feature_world(flickr, out, cfg)
-    print(json.dumps(stats, indent=1))
-    return stats
-
