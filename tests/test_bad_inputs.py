@@ -3,8 +3,9 @@
 The rest of the catalogue lives beside its format: malformed Flickr30K Entities markup and XML
 (``tests/data/test_flickr30k_entities.py``), RefCOCO refs and ``instances.json``
 (``tests/data/test_refcoco.py``), TSV rows and JSON Lines records (``tests/detection/test_formats.py``),
-the detection cache's damaged files (``tests/detection/test_cache_kill.py``), region features
-(``tests/detection/test_features.py``, ``tests/detection/test_box_features.py``), model folders
+class probabilities that are no probabilities (``test_formats.py``, ``tests/detection/test_cache.py``,
+``tests/detection/test_native.py``), the detection cache's damaged files (``tests/detection/test_cache_kill.py``),
+region features (``tests/detection/test_features.py``, ``tests/detection/test_box_features.py``), model folders
 (``tests/test_model_folder.py``) and pseudo-label runs (``tests/test_pseudo_labels.py``).
 """
 

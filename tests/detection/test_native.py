@@ -205,6 +205,13 @@ def test_write_native_refuses_a_width_other_than_the_class_names_and_mixed_recor
         DetectionFormatError, match=r"^memory-world: image img3 carries no class_probs but the other images do"
     ):
         _write(store, tmp_path / "b")
+    store = _memory_store()
+    store["img0"].class_probs = None  # the first image with boxes says the source has none
+    with pytest.raises(
+        DetectionFormatError,
+        match=r"^memory-world: image img2 carries class_probs but the first image with boxes does not",
+    ):
+        _write(store, tmp_path / "d")
 
 
 def test_write_native_reads_the_written_probabilities_back(tmp_path, monkeypatch):
