@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers.shared import ANNOTATION_SOURCES, require_shared
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -170,3 +171,25 @@ def test_the_link_checker_sees_what_it_must(tmp_path):
         "docs/nowhere.md (no such file: docs/nowhere.md)",
         "docs/a.md#nowhere (no heading 'nowhere' in docs/a.md)",
     ]
+
+
+@pytest.mark.parametrize(
+    "folder, name, source",
+    [
+        ("flickr30k_entities", "annotations.tar.gz", "github.com/BryanPlummer/flickr30k_entities"),
+        ("refcoco", "refcoco_unc_testA.csv.gz", "github.com/lichengunc/refer"),
+        ("visual_genome", "vg_objects_vocab.txt", "github.com/peteanderson80/bottom-up-attention"),
+    ],
+)
+def test_a_missing_annotation_file_skips_naming_its_source_and_the_script(tmp_path, monkeypatch, folder, name, source):
+    monkeypatch.delenv("CI", raising=False)
+    missing = tmp_path / folder / name
+    with pytest.raises(pytest.skip.Exception, match=rf"^the files not found: {re.escape(str(missing))}\. Source: ") as info:
+        require_shared(missing, "the files")
+    message = str(info.value)
+    assert source in message and "scripts/get_annotations.sh <folder>" in message
+    assert [s for s in ANNOTATION_SOURCES.values() if s in message] == [ANNOTATION_SOURCES[folder]]
+    assert (REPO / "scripts" / "get_annotations.sh").is_file()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=rf"{re.escape(source)}.*CI=true, so a missing shared file is a failure"):
+        require_shared(missing, "the files")
