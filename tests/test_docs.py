@@ -184,12 +184,14 @@ def test_the_link_checker_sees_what_it_must(tmp_path):
 def test_a_missing_annotation_file_skips_naming_its_source_and_the_script(tmp_path, monkeypatch, folder, name, source):
     monkeypatch.delenv("CI", raising=False)
     missing = tmp_path / folder / name
-    with pytest.raises(pytest.skip.Exception, match=rf"^the files not found: {re.escape(str(missing))}\. Source: ") as info:
+    expected = rf"^the files not found: {re.escape(str(missing))}\. Source: "
+    with pytest.raises(pytest.skip.Exception, match=expected) as info:
         require_shared(missing, "the files")
     message = str(info.value)
     assert source in message and "scripts/get_annotations.sh <folder>" in message
     assert [s for s in ANNOTATION_SOURCES.values() if s in message] == [ANNOTATION_SOURCES[folder]]
     assert (REPO / "scripts" / "get_annotations.sh").is_file()
     monkeypatch.setenv("CI", "true")
-    with pytest.raises(pytest.fail.Exception, match=rf"{re.escape(source)}.*CI=true, so a missing shared file is a failure"):
+    failure = rf"{re.escape(source)}.*CI=true, so a missing shared file is a failure"
+    with pytest.raises(pytest.fail.Exception, match=failure):
         require_shared(missing, "the files")
