@@ -10,7 +10,7 @@ from helpers.model import TINY_TEXT, tiny_model
 
 from lightning_wsg.data import Flickr30kEntitiesDataModule
 from lightning_wsg.grounding_module import GroundingModule
-from lightning_wsg.losses import distillation_kl, image_sentence_scores, info_nce, kd_weight
+from lightning_wsg.losses import distillation_kl, image_sentence_scores, info_nce
 from lightning_wsg.metrics import GroundingMetrics
 
 
@@ -35,26 +35,61 @@ def _batch(dm, split):
     return next(iter(loader))
 
 
-def test_training_step_is_nce_plus_ramped_kd(datamodule) -> None:
-    torch.manual_seed(0)
-    model = tiny_module(kd_weight_initial=0.5, kd_weight_increment=1.0, kd_weight_every=2, kd_weight_max=3.0)
-    logged = {}
-    model.log = lambda name, value, **kw: logged.__setitem__(name, torch.as_tensor(value).detach())
-    batch = _batch(datamodule, "train")
-    assert batch.gt_union is None  # weak supervision: no box reaches training
-    # the tiny dataset labels boxes by colour; name them by the captions' nouns instead
+def _noun_labelled_batch(dm):
+    """A training batch whose boxes are labelled by the captions' nouns (the tiny dataset's
+    labels are colours, which no phrase names): the lexical teacher then distils some phrases."""
     nouns = ["man", "dog", "car", "shirt", "box"]
-    batch = dataclasses.replace(
+    batch = _batch(dm, "train")
+    return dataclasses.replace(
         batch, proposal_labels=[[nouns[k % 5] for k in range(len(labels))] for labels in batch.proposal_labels]
     )
+
+
+#: the module's defaults, and a value other than the default for each term's setting (a setting the module
+#: failed to pass on would then go unnoticed only if the loss functions defaulted to the same value)
+OBJECTIVES = {
+    "defaults": {},
+    "varied": {
+        "tau_sentence": 0.3,
+        "phrase_reduce": "mean",
+        "region_reduce": "logsumexp",
+        "symmetric_nce": True,
+        "tau_student": 0.7,
+        "tau_teacher": 1.5,
+        "kd_top_k": 5,
+    },
+}
+
+
+@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
+def test_training_step_is_nce_plus_ramped_kd(datamodule, objective) -> None:
+    torch.manual_seed(0)
+    settings = OBJECTIVES[objective]
+    model = tiny_module(
+        kd_weight_initial=0.5, kd_weight_increment=1.0, kd_weight_every=2, kd_weight_max=3.0, **settings
+    )
+    hp = model.hparams
+    logged = {}
+    model.log = lambda name, value, **kw: logged.__setitem__(name, torch.as_tensor(value).detach())
+    batch = _noun_labelled_batch(datamodule)
+    assert batch.gt_union is None  # weak supervision: no box reaches training
     model.eval()  # deterministic features for the recomputation below
     loss = model.training_step(batch, 0)
 
-    regions, phrases = model.encode(batch)
-    scores = image_sentence_scores(regions, batch.proposal_mask, phrases, batch.phrase_mask, tau=0.5)
+    with torch.no_grad():
+        regions, phrases = model.encode(batch)
+    scores = image_sentence_scores(
+        regions,
+        batch.proposal_mask,
+        phrases,
+        batch.phrase_mask,
+        tau=settings.get("tau_sentence", 0.5),
+        phrase_reduce=settings.get("phrase_reduce", "sum"),
+        region_reduce=settings.get("region_reduce", "max"),
+    )
     same = torch.tensor([[a == b for b in batch.image_ids] for a in batch.image_ids])
     same.fill_diagonal_(False)
-    nce = info_nce(scores, torch.arange(len(batch)), same)
+    nce = info_nce(scores, torch.arange(len(batch)), same, symmetric=settings.get("symmetric_nce", False))
     texts = [[" ".join(w[s:e]) for s, e in spans] for w, spans in zip(batch.words, batch.phrase_spans)]
     teacher, kd_mask = model.teacher(texts, batch.proposal_labels, batch.proposal_scores, batch.proposal_mask)
     student = torch.einsum("bpd,brd->bpr", phrases, regions)
@@ -63,32 +98,71 @@ def test_training_step_is_nce_plus_ramped_kd(datamodule) -> None:
         teacher,
         batch.proposal_mask,
         kd_mask & batch.phrase_mask,
-        tau_teacher=2.0,
-        top_k=8,
+        tau_student=settings.get("tau_student", 1.0),
+        tau_teacher=settings.get("tau_teacher", 2.0),
+        top_k=settings.get("kd_top_k", 8),
         proposals=batch.proposals,
     )
+    assert {k: hp[k] for k in settings} == settings
     assert kd_mask.any(), "the lexical teacher should match some phrase of the tiny dataset"
     assert float(logged["train/nce"]) == pytest.approx(float(nce), rel=1e-5)
     assert float(logged["train/kd"]) == pytest.approx(float(kd), rel=1e-5)
     assert float(logged["train/kd_weight"]) == pytest.approx(0.5)  # step 0
-    assert float(loss) == pytest.approx(float(nce) + 0.5 * float(kd), rel=1e-5)
-    assert kd_weight(5, initial=0.5, increment=1.0, every=2, maximum=3.0) == pytest.approx(2.5)
+    assert loss.item() == pytest.approx(float(nce) + 0.5 * float(kd), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("step", "expected"),
+    [
+        (0, 0.25),  # initial
+        (2, 0.25),  # every: not yet a full period
+        (3, 0.85),  # one increment after `every` steps (500 would still give 0.25, increment 1.0 gives 1.25)
+        (5, 0.85),
+        (6, 1.45),
+        (9, 1.5),  # capped at the maximum (0.25 + 3 * 0.6 = 2.05 under the default maximum 3.0)
+        (10**6, 1.5),
+    ],
+)
+def test_training_step_ramps_kd_weight_with_the_modules_schedule(datamodule, step, expected) -> None:
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    model = tiny_module(kd_weight_initial=0.25, kd_weight_increment=0.6, kd_weight_every=3, kd_weight_max=1.5)
+    model.eval()  # the same features at every step
+    logged = {}
+    model.log = lambda name, value, **kw: logged.__setitem__(name, torch.as_tensor(value).detach())
+    model._trainer = SimpleNamespace(global_step=step)
+    assert model.global_step == step
+    loss = model.training_step(_noun_labelled_batch(datamodule), 0)
+    assert float(logged["train/kd_weight"]) == pytest.approx(expected)
+    assert float(logged["train/kd"]) > 0
+    assert loss.item() == pytest.approx(float(logged["train/nce"]) + expected * float(logged["train/kd"]), rel=1e-5)
+
+
+def test_distillation_alone_is_not_ramped(datamodule) -> None:
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    model = tiny_module(use_nce=False, kd_weight_initial=0.25, kd_weight_every=3).eval()
+    logged = {}
+    model.log = lambda name, value, **kw: logged.__setitem__(name, torch.as_tensor(value).detach())
+    model._trainer = SimpleNamespace(global_step=4)
+    loss = model.training_step(_noun_labelled_batch(datamodule), 0)
+    assert "train/nce" not in logged and float(logged["train/kd_weight"]) == 1.0
+    assert loss.item() == pytest.approx(float(logged["train/kd"])) and loss.item() > 0
 
 
 def test_kd_target_product_reaches_the_distillation_term(datamodule) -> None:
-    nouns = ["man", "dog", "car", "shirt", "box"]
-    batch = _batch(datamodule, "train")
-    batch = dataclasses.replace(
-        batch, proposal_labels=[[nouns[k % 5] for k in range(len(labels))] for labels in batch.proposal_labels]
-    )
+    batch = _noun_labelled_batch(datamodule)
     kd = {}
     for target in ("teacher", "product"):
         torch.manual_seed(0)
         model = tiny_module(kd_target=target, kd_top_k=None).eval()
         logged = {}
-        model.log = lambda name, value, **kw: logged.__setitem__(name, torch.as_tensor(value).detach())
+        model.log = lambda name, value, logged=logged, **kw: logged.__setitem__(name, torch.as_tensor(value).detach())
         model.training_step(batch, 0)
-        regions, phrases = model.encode(batch)
+        with torch.no_grad():
+            regions, phrases = model.encode(batch)
         texts = [[" ".join(w[s:e]) for s, e in spans] for w, spans in zip(batch.words, batch.phrase_spans)]
         teacher, kd_mask = model.teacher(texts, batch.proposal_labels, batch.proposal_scores, batch.proposal_mask)
         student = torch.einsum("bpd,brd->bpr", phrases, regions)
@@ -177,9 +251,15 @@ def test_metrics_are_kept_per_split(datamodule) -> None:
     with torch.no_grad():
         model.test_step(batch, 0)
         model.test_step(dataclasses.replace(batch, split="testB"), 0)
+        model.test_step(batch, 0)  # "test" sees the batch twice, "testB" once
     assert set(model.metrics) == {"test", "testB"}
     assert isinstance(model.metrics["testB"], GroundingMetrics)
-    assert model.metrics["test"].compute()["num_phrases"] == model.metrics["testB"].compute()["num_phrases"]
+    test, test_b = ({k: float(v) for k, v in model.metrics[s].compute().items()} for s in ("test", "testB"))
+    counted = int((batch.phrase_mask & batch.gt_box_mask.any(-1)).sum())
+    assert counted > 0 and test_b["num_phrases"] == counted and test["num_phrases"] == 2 * counted
+    assert {k: v for k, v in test.items() if k != "num_phrases"} == pytest.approx(
+        {k: v for k, v in test_b.items() if k != "num_phrases"}
+    )
 
 
 def test_predict_step_returns_boxes_in_original_pixels(datamodule) -> None:
@@ -188,14 +268,16 @@ def test_predict_step_returns_boxes_in_original_pixels(datamodule) -> None:
     with torch.no_grad():
         out = model.predict_step(batch, 0)
     assert len(out) == len(batch)
+    scores = out.scores.masked_fill(~batch.proposal_mask[:, None, :], float("-inf"))
     for i, record in enumerate(out):
-        assert len(record["phrases"]) == len(batch.phrase_spans[i])
-        w, h = batch.image_sizes[i].tolist()
-        for phrase in record["phrases"]:
-            x1, y1, x2, y2 = phrase["box"]
-            assert 0 <= x1 <= x2 <= w + 1e-3 and 0 <= y1 <= y2 <= h + 1e-3
-            proposals = batch.proposals[i][batch.proposal_mask[i]].tolist()
-            assert any(all(abs(a - b) < 0.01 for a, b in zip(phrase["box"], p)) for p in proposals)
+        assert record["image_id"] == batch.image_ids[i] and record["sentence_id"] == batch.sentence_ids[i]
+        assert record["image_size"] == batch.image_sizes[i].tolist()
+        assert [p["span"] for p in record["phrases"]] == [list(span) for span in batch.phrase_spans[i]]
+        for j, phrase in enumerate(record["phrases"]):
+            best = int(scores[i, j].argmax())  # the chosen box: the highest-scoring real proposal, as given
+            assert phrase["box"] == pytest.approx(batch.proposals[i, best].tolist(), abs=0.006)
+            assert phrase["score"] == pytest.approx(float(scores[i, j, best]), abs=1e-6)
+            assert phrase["phrase"] == " ".join(batch.words[i][slice(*batch.phrase_spans[i][j])])
 
 
 def test_ground_scales_each_axis_of_a_wide_image_by_its_own_side() -> None:
@@ -238,6 +320,23 @@ def test_teacher_uses_class_probability_vectors_when_the_batch_has_them(datamodu
     assert model._detector_class_names() == class_names
     model.training_step(batch, 0)
     kd_probs = float(logged["train/kd"])
+
+    with torch.no_grad():
+        regions, phrases = model.encode(batch)
+    student = torch.einsum("bpd,brd->bpr", phrases, regions)
+    texts = [[" ".join(w[s:e]) for s, e in spans] for w, spans in zip(batch.words, batch.phrase_spans)]
+    expected = {}
+    for name, extra in (("labels", ()), ("probs", (probs, class_names))):
+        teacher, kd_mask = model.teacher(
+            texts, batch.proposal_labels, batch.proposal_scores, batch.proposal_mask, *extra
+        )
+        expected[name] = float(
+            distillation_kl(
+                student, teacher, batch.proposal_mask, kd_mask & batch.phrase_mask, proposals=batch.proposals
+            )
+        )
+    assert kd_labels == pytest.approx(expected["labels"], rel=1e-5, abs=1e-7)
+    assert kd_probs == pytest.approx(expected["probs"], rel=1e-5)
     assert kd_probs > 0 and kd_probs != pytest.approx(kd_labels)
 
 

@@ -7,6 +7,8 @@ from lightning_wsg.lexicon import WordNetNouns, head_noun
 from lightning_wsg.lexicon.classes import COCO80, MappingMatcher, WordNetMatcher, class_aliases
 from lightning_wsg.models import Teacher
 
+INF = float("inf")
+
 
 @pytest.mark.parametrize(
     ("phrase", "head"),
@@ -99,6 +101,46 @@ def test_members_still_make_up_groups_and_trains():
     assert wn.agent_noun("kayaker") and not wn.agent_noun("younger")
 
 
+# Words whose most often tagged senses tie: WordNet's order decides (the earlier sense wins).
+# word -> (synonyms of its main sense, its first hypernym, a name it reaches, the tied sense's name it must not reach)
+TIED_SENSES = {
+    "adult": (["adult", "grownup"], "person", "person", "animal"),
+    "banana": (["banana", "banana tree"], "herb", "herb", "edible fruit"),
+    "band": (["band", "banding", "stria", "striation"], "stripe", "stria", "adornment"),
+    "carriage": (["passenger car", "coach", "carriage"], "car", "railcar", "horse-drawn vehicle"),
+    "carrier": (["carrier", "bearer", "toter"], "traveler", "person", "warship"),
+    "grip": (["handle", "grip", "handgrip", "hold"], "appendage", "handle", "suitcase"),
+    "privy": (["toilet", "lavatory", "lav", "can", "john", "privy", "bathroom"], "room", "toilet", "outbuilding"),
+    "trunk": (["trunk", "tree trunk", "bole"], "stalk", "tree trunk", "luggage"),
+}
+
+
+@pytest.mark.parametrize("word", sorted(TIED_SENSES))
+def test_equally_tagged_senses_are_read_in_wordnet_order(word):
+    wn = WordNetNouns.load()
+    names, hypernym, reached, not_reached = TIED_SENSES[word]
+    (sense,) = wn.main_senses(word)
+    # a real tie: the word's most often tagged physical senses are tagged equally often
+    senses, counts = wn._senses[word], wn._sense_counts[word]
+    physical = [(n, i) for i, (s, n) in enumerate(zip(senses, counts)) if wn.physical(s)]
+    tied = [i for n, i in physical if n == max(physical)[0]]
+    assert len(tied) >= 2 and senses.index(sense) == tied[0]
+    assert wn.names(sense) == names
+    assert hypernym in wn.names(wn._synsets[sense][1][0])
+    ancestors = wn.ancestors(word)
+    assert reached in ancestors and not_reached not in ancestors
+
+
+@pytest.mark.parametrize(
+    ("phrase", "expected"),
+    [("an adult", ["person"]), ("the carrier", ["person"]), ("the privy", ["toilet"]), ("a grip", [])],
+)
+def test_tied_senses_decide_the_coco_class(phrase, expected):
+    d = WordNetMatcher().distances(phrase, list(COCO80))
+    best = min(d)
+    assert [COCO80[i] for i, x in enumerate(d) if x == best and best < float("inf")] == expected
+
+
 @pytest.mark.parametrize(
     ("phrase", "expected"),
     [
@@ -125,12 +167,29 @@ def test_wordnet_class_matching_on_whole_names(phrase, expected):
     assert nearest == ([expected] if expected else [])
 
 
+@pytest.mark.parametrize(
+    ("phrase", "names", "max_distance", "expected"),
+    [
+        # woman -> adult (1) -> person (2): a class exactly max_distance steps up is still reached
+        ("a woman", ["person", "dog"], 2, [2.0, INF]),
+        ("a woman", ["person", "dog"], 1, [INF, INF]),
+        ("a woman", ["person", "dog"], None, [2.0, INF]),
+        # sedan -> car (1) ... vehicle (5); the nearer car keeps the fallback readings out
+        ("a sedan", ["vehicle", "car"], 5, [5.0, 1.0]),
+        ("a sedan", ["vehicle", "car"], 4, [INF, 1.0]),
+    ],
+)
+def test_max_distance_is_inclusive(phrase, names, max_distance, expected):
+    assert WordNetMatcher(max_distance=max_distance).distances(phrase, names) == expected
+
+
 def test_visual_genome_synonym_lists_are_aliases():
     assert class_aliases("man,men") == ["man", "men"]
     assert class_aliases("Traffic_Light") == ["traffic light"]
     names = ["person,people", "man,men", "dog"]
-    d = WordNetMatcher().distances("two men", names)
-    assert d[1] == 0 and d[0] > 0  # the nearest: the class named by the noun itself
+    # the class named by the noun itself, by an alias, is the nearest; man -> adult -> person
+    assert WordNetMatcher().distances("two men", names) == [2.0, 0.0, INF]
+    assert WordNetMatcher().distances("a crowd of people", names) == [0.0, INF, INF]
 
 
 def test_coco80_has_the_80_detector_names():
@@ -172,6 +231,12 @@ def test_wordnet_teacher_keeps_the_nearest_class_each_image_has():
     teacher = Teacher("wordnet")
     labels = [["woman", "person", "dog"], ["person", "dog", "dog"]]
     scores = torch.tensor([[0.9, 0.8, 0.7], [0.6, 0.5, 0.4]])
-    t, kd = teacher([["a woman"], ["a woman"]], labels, scores, torch.ones(2, 3, dtype=torch.bool))
-    torch.testing.assert_close(t[:, 0], torch.tensor([[0.9, 0.0, 0.0], [0.6, 0.0, 0.0]]))
-    assert kd.tolist() == [[True], [True]]
+    # the images list their phrases in different orders (and numbers): a mix-up between them shows
+    texts = [["a woman", "a dog"], ["two dogs", "a woman", "the sky"]]
+    t, kd = teacher(texts, labels, scores, torch.ones(2, 3, dtype=torch.bool))
+    expected = [
+        [[0.9, 0.0, 0.0], [0.0, 0.0, 0.7], [0.0, 0.0, 0.0]],  # woman; dog; padding
+        [[0.0, 0.5, 0.4], [0.6, 0.0, 0.0], [0.0, 0.0, 0.0]],  # dogs; woman, taught by "person" here; sky
+    ]
+    torch.testing.assert_close(t, torch.tensor(expected))
+    assert kd.tolist() == [[True, True, False], [True, True, False]]

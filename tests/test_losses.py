@@ -34,6 +34,21 @@ def test_info_nce_symmetric_by_hand():
     assert loss.item() == pytest.approx((s2i + i2s) / 2, rel=1e-6)
 
 
+def test_info_nce_symmetric_with_gathered_columns_by_hand():
+    # rank 1 of two: columns 0-1 are rank 0's images, 2-4 this rank's (positives 2, 3, 4).
+    # Sentences 1 and 2 describe one image (columns 3 and 4); rank 0's column 0 shows sentence 0's
+    scores = torch.tensor([[0.4, 0.1, 2.0, 0.3, 0.2], [0.5, 0.6, 0.1, 1.5, 0.9], [0.2, 0.7, 0.3, 0.8, 1.2]])
+    positives = torch.tensor([2, 3, 4])
+    same = torch.tensor(
+        [[True, False, True, False, False], [False, False, False, True, True], [False, False, False, True, True]]
+    )
+    loss = info_nce(scores, positives, same, symmetric=True)
+    s2i = (_ce([0.1, 2.0, 0.3, 0.2], 1) + _ce([0.5, 0.6, 0.1, 1.5], 3) + _ce([0.2, 0.7, 0.3, 1.2], 3)) / 3
+    # column positives[i] picks sentence i among the local rows; the other caption of its image is dropped
+    i2s = (_ce([2.0, 0.1, 0.3], 0) + _ce([0.3, 1.5], 1) + _ce([0.2, 1.2], 1)) / 3
+    assert loss.item() == pytest.approx((s2i + i2s) / 2, rel=1e-6)
+
+
 def test_info_nce_gathered_columns_use_explicit_positives():
     scores = torch.tensor([[0.1, 0.2, 3.0, 0.4], [0.5, 0.6, 0.7, 2.0]])  # 2 local sentences, 4 images
     loss = info_nce(scores, torch.tensor([2, 3]))
@@ -95,13 +110,14 @@ def test_kl_equals_soft_cross_entropy_minus_teacher_entropy():
     student, teacher = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
     proposal_mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
     kd_mask = torch.tensor([[True, False, True], [True, True, False]])
-    loss = distillation_kl(student, teacher, proposal_mask, kd_mask, tau_student=1.0, tau_teacher=2.0, top_k=None)
+    # temperatures other than 1 and the defaults: each must divide its own side
+    loss = distillation_kl(student, teacher, proposal_mask, kd_mask, tau_student=0.5, tau_teacher=1.5, top_k=None)
     terms = []
     for b, p in kd_mask.nonzero().tolist():
         keep = proposal_mask[b]
         t, s = teacher[b, p, keep], student[b, p, keep]
-        q = F.softmax((t - t.mean()) / 2.0, dim=0)
-        cross_entropy = -(q * F.log_softmax(s, dim=0)).sum()
+        q = F.softmax((t - t.mean()) / 1.5, dim=0)
+        cross_entropy = -(q * F.log_softmax(s / 0.5, dim=0)).sum()
         entropy = -(q * q.log()).sum()
         terms.append(cross_entropy - entropy)
     torch.testing.assert_close(loss, torch.stack(terms).mean())
@@ -117,21 +133,64 @@ def test_top_k_keeps_the_regions_around_the_students_top_box():
                 [20.0, 20.0, 30.0, 30.0],  # IoU 0
                 [0.0, 0.0, 10.0, 8.0],  # IoU 0.8
                 [0.0, 0.0, 10.0, 10.0],  # padding, would have IoU 1
+                [20.0, 20.0, 30.0, 30.0],  # padding elsewhere, the student's highest score: not its top box
             ]
         ]
     )
-    student = torch.tensor([[[0.9, 0.1, 0.5, -0.3, 0.2, 5.0]]], requires_grad=True)
-    teacher = torch.tensor([[[0.0, 2.0, 1.0, 3.0, 0.5, 9.0]]])
-    proposal_mask = torch.tensor([[True] * 5 + [False]])
+    student = torch.tensor([[[0.9, 0.1, 0.5, -0.3, 0.2, 5.0, 9.0]]], requires_grad=True)
+    teacher = torch.tensor([[[0.0, 2.0, 1.0, 3.0, 0.5, 9.0, 9.0]]])
+    proposal_mask = torch.tensor([[True] * 5 + [False] * 2])
     kd_mask = torch.tensor([[True]])
     loss = distillation_kl(student, teacher, proposal_mask, kd_mask, top_k=3, proposals=proposals)
     loss.backward()
-    assert (student.grad[0, 0] != 0).tolist() == [True, True, False, False, True, False]
+    assert (student.grad[0, 0] != 0).tolist() == [True, True, False, False, True, False, False]
     keep = torch.tensor([0, 1, 4])
     sub = distillation_kl(
         student[..., keep], teacher[..., keep], torch.ones(1, 3, dtype=torch.bool), kd_mask, top_k=None
     )
     torch.testing.assert_close(loss, sub)
+
+
+def _kl_by_hand(teacher: list[float], student: list[float], tau_teacher: float = 2.0) -> float:
+    mean = sum(teacher) / len(teacher)
+    t = [math.exp((x - mean) / tau_teacher) for x in teacher]
+    q = [x / sum(t) for x in t]
+    log_z = math.log(sum(math.exp(x) for x in student))
+    return sum(qi * (math.log(qi) - (si - log_z)) for qi, si in zip(q, student))
+
+
+def test_top_k_never_takes_padding_when_an_image_has_fewer_real_regions_than_k():
+    # image 0: five real regions (so the batch pads to R = 5 and K = 4 < R restricts);
+    # image 1: three real regions, fewer than K, then two padding rows that would win every
+    # choice: boxes on its top box (IoU 1 and 0.95) and the highest student and teacher scores
+    top, far, half = [0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0], [0.0, 0.0, 5.0, 10.0]  # IoU 1, 0, 0.5
+    proposals = torch.tensor(
+        [
+            [top, [0.0, 0.0, 10.0, 9.0], half, far, [0.0, 0.0, 10.0, 8.0]],
+            [top, far, half, top, [0.0, 0.0, 10.0, 9.5]],
+        ]
+    )
+    student = torch.tensor([[[0.9, 0.1, 0.5, -0.3, 0.2]], [[0.9, 0.1, 0.4, 50.0, 40.0]]], requires_grad=True)
+    teacher = torch.tensor([[[0.0, 2.0, 1.0, 3.0, 0.5]], [[0.2, 1.5, -0.3, 9.0, 8.0]]])
+    proposal_mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    kd_mask = torch.ones(2, 1, dtype=torch.bool)
+    loss = distillation_kl(student, teacher, proposal_mask, kd_mask, top_k=4, proposals=proposals)
+    loss.backward()
+    # image 1 keeps all three real regions, the one far from its top box (IoU 0) included
+    image1 = _kl_by_hand([0.2, 1.5, -0.3], [0.9, 0.1, 0.4])
+    unpadded = distillation_kl(
+        student[1:, :, :3],
+        teacher[1:, :, :3],
+        torch.ones(1, 3, dtype=torch.bool),
+        kd_mask[1:],
+        top_k=4,
+        proposals=proposals[1:, :3],
+    )
+    assert unpadded.item() == pytest.approx(image1, rel=1e-6)
+    # image 0 drops its region of IoU 0 with the top box: the first case of this kind, checked above
+    image0 = _kl_by_hand([0.0, 2.0, 1.0, 0.5], [0.9, 0.1, 0.5, 0.2])
+    assert loss.item() == pytest.approx((image0 + image1) / 2, rel=1e-6)
+    assert student.grad[1, 0, 3:].tolist() == [0.0, 0.0] and (student.grad[1, 0, :3] != 0).all()
 
 
 def test_top_k_needs_proposals():
@@ -180,8 +239,10 @@ def test_kd_weight_ramp(step, expected):
     assert kd_weight(step) == pytest.approx(expected)
 
 
-def test_kd_weight_custom():
-    assert kd_weight(250, initial=0.0, increment=0.5, every=100, maximum=10.0) == pytest.approx(1.0)
+@pytest.mark.parametrize(("step", "expected"), [(0, 0.2), (99, 0.2), (250, 1.2), (1000, 1.5)])
+def test_kd_weight_custom(step, expected):
+    # every setting off its default; 1000 steps would give 5.2 without the maximum
+    assert kd_weight(step, initial=0.2, increment=0.5, every=100, maximum=1.5) == pytest.approx(expected)
 
 
 def test_product_target_has_the_gradient_of_minus_log_expected_teacher_weight_not_its_value():
@@ -225,7 +286,7 @@ def test_product_target_pull_vanishes_where_the_student_is_confidently_wrong():
         loss.backward()
         grads[target], losses[target] = student.grad[0, 0, 0].item(), loss.item()
         student.grad = None
-    assert losses["product"] < 0.01 < 1.0 < losses["teacher"]
+    assert losses["product"] < 0.01 and losses["teacher"] > 1.0
     assert -0.05 < grads["product"] < 0 and grads["teacher"] < -1.0
 
 

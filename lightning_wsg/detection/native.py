@@ -98,7 +98,7 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
 def _image_probs(store: DetectionStore, det: Detections, width: int | None) -> np.ndarray | None:
     """An image's ``[N, C]`` float16 class probabilities (``None`` when the store carries none), checked."""
     if width is None:
-        if det.class_probs is not None and len(det):
+        if det.class_probs is not None and len(det) and store.class_names:  # without names: dropped
             raise DetectionFormatError(
                 f"{store.path}: image {det.image_id} carries class_probs but the first image with boxes does not: "
                 "a source's records carry them all or none"

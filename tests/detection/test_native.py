@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 
 import numpy as np
@@ -154,6 +155,16 @@ def test_a_source_without_class_probs_gives_top1_labels_only(tmp_path):
     native = NativeDetections(folder)
     assert native.class_probs_width() is None
     assert all(native[i].class_probs is None for i in native) and native["img0"].labels is not None
+
+
+def test_class_probs_without_class_names_are_left_out_with_a_warning(tmp_path, caplog):
+    store = _memory_store()
+    store.class_names = None
+    with caplog.at_level(logging.WARNING, logger="lightning_wsg"):
+        native = NativeDetections(_write(store, tmp_path / "native"))
+    assert "memory-world: the records carry class_probs but the source names no classes" in caplog.text
+    assert native["img0"].class_probs is None and native["img0"].labels == store["img0"].labels
+    assert not list((tmp_path / "native" / "shards").glob("*.probs.npy"))
 
 
 def _spoil(store: MemoryStore, image_id: str, row: list[float]) -> None:

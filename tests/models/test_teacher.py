@@ -158,8 +158,16 @@ def test_teacher_from_class_probs_lexical_by_hand():
 
 def test_rescale_off_gives_raw_cosines():
     raw = Teacher("glove", rescale=False)
-    sim = raw.similarity(CLASSES, ["a puppy"])
-    torch.testing.assert_close(raw.match(CLASSES, ["a puppy"]), sim.clamp(min=0))
+    sim = raw.similarity(CLASSES, ["a puppy", "the red ball"])
+    torch.testing.assert_close(raw.match(CLASSES, ["a puppy", "the red ball"]), sim.clamp(min=0))
+
+
+def test_rescale_maps_min_match_to_zero_and_one_to_one():
+    teacher = Teacher("glove", min_match=0.4)
+    phrases = ["a puppy", "the red ball", "two dogs"]
+    sim = teacher.similarity(CLASSES, phrases)
+    assert ((sim > 0.4) & (sim < 1.0)).any() and (sim < 0.4).any()  # values on both sides of the threshold
+    torch.testing.assert_close(teacher.match(CLASSES, phrases), ((sim - 0.4) / 0.6).clamp(0.0, 1.0))
 
 
 def test_phrase_texts_helper():
@@ -196,3 +204,21 @@ def test_score_floor_lifts_every_box_of_the_class_above_the_rest():
     torch.testing.assert_close(t, torch.tensor([[[0.95, 0.75, 0.0], [0.0, 0.0, 0.9]]]))
     with pytest.raises(ValueError, match="score_floor"):
         Teacher("lexical", score_floor=1.0)
+
+
+@pytest.mark.parametrize("rescale", [False, True])
+@pytest.mark.parametrize("matching", ["glove", "minilm"])
+def test_kd_mask_reads_only_the_classes_of_the_phrases_own_image(matching, rescale):
+    # "dog" is among the batch's class names (image 1 has a dog) but image 0 saw only cars:
+    # there the phrase's best class is "car", below min_match, so it must not be distilled
+    teacher = Teacher(matching, rescale=rescale)
+    labels = [["car", "car"], ["dog", "car"]]
+    scores = torch.tensor([[0.9, 0.5], [0.8, 0.3]])
+    t, kd = teacher([["the dog"], ["the dog"]], labels, scores, torch.ones(2, 2, dtype=torch.bool))
+    cos = teacher.similarity(["car"], ["the dog"]).item()
+    assert 0.0 < cos < teacher.min_match  # a weak, positive similarity: not a match, yet not zero
+    match = cos if not rescale else 0.0  # raw cosine, or rescaled below min_match to 0
+    torch.testing.assert_close(t[:, 0], torch.tensor([[0.9 * match, 0.5 * match], [0.8, 0.3 * match]]))
+    # without rescaling image 0's teacher is not flat (0.9 cos vs 0.5 cos): only the image's own
+    # classes keep it out of the distillation
+    assert kd.tolist() == [[False], [True]]
