@@ -6,7 +6,7 @@ so that they go through the same :class:`~lightning_wsg.metrics.GroundingMetrics
 trained model:
 
 * :func:`random_scores`: uniform random scores, i.e. a random proposal per phrase;
-* :func:`teacher_scores`: the teacher's ``t(r, p)`` (METHOD.md item 6) from the detector's
+* :func:`teacher_scores`: the teacher's ``t(r, p)`` (``docs/method.md``, section 6) from the detector's
   labels and scores; its argmax is the detector's best-scored box among those whose label
   matches the phrase (the first proposal, the detector's top box, when none matches).
   The teacher knows categories, never attributes: this is what distillation starts from.

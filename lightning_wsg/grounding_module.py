@@ -124,7 +124,7 @@ class GroundingModule(LightningModule):
         tau_teacher: temperature of the mean-subtracted teacher scores.
         kd_top_k: restrict the distillation to the K regions with the highest IoU to the
             student's current top-1 box (``None``: all regions).
-        kd_target: ``"teacher"`` (METHOD.md: distil towards the teacher's distribution) or
+        kd_target: ``"teacher"`` (the paper's, ``docs/method.md``: distil towards the teacher's distribution) or
             ``"product"`` (towards the teacher's distribution times the student's, which
             moves mass between classes but leaves the choice inside a class to the student;
             see :func:`~lightning_wsg.losses.distillation_kl`).

@@ -1,4 +1,4 @@
-"""Scores and losses of the method (METHOD.md items 3-8).
+"""Scores and losses of the method (``docs/method.md``, sections 3-8).
 
 * :func:`region_phrase_scores`: ``s(r, p)``, cosines of paired regions and phrases.
 * :func:`image_sentence_scores`: ``S(I_j, T_i) = (1 / tau) * reduce_p max_r s(r, p)``
@@ -262,7 +262,7 @@ def distillation_kl(
     ``train/kd`` is not that quantity. Its weakness: where the student is confidently wrong
     (nearly all of ``p`` on a box of another class), ``q`` is nearly ``p`` and the pull
     vanishes, where the teacher's own target pulls hardest. This is the "teacher that spreads
-    its mass over every region of the matching category" of METHOD.md item 7, with the spread
+    its mass over every region of the matching category" of ``docs/method.md`` (section 7), with the spread
     set by the student.
 
     Args:
@@ -274,7 +274,7 @@ def distillation_kl(
         tau_teacher: teacher temperature.
         top_k: number of regions around the student's top box, or ``None`` for all.
         proposals: ``[B, R, 4]`` proposal boxes, needed when ``top_k`` is set.
-        target: ``"teacher"`` (METHOD.md: ``q`` is the teacher's distribution) or
+        target: ``"teacher"`` (the paper's, ``docs/method.md``: ``q`` is the teacher's distribution) or
             ``"product"`` (``q`` is the teacher's distribution times the student's).
 
     Returns:

@@ -1,6 +1,6 @@
 """Phrase grounding metrics (torchmetrics, sum-reduced states: exact under DDP).
 
-Protocol (``/work/shared/docs/DATA.md``, "Evaluation protocol"): only real phrases whose
+Protocol (``docs/data.md``, "Evaluation protocol"): only real phrases whose
 chain has at least one ground-truth box count; the prediction is the top-scoring valid
 proposal; it is correct when its IoU with the chain's UNION box is ``>= 0.5``. Boxes are
 corners (:mod:`lightning_wsg.boxes`), so plain IoU equals the +1-pixel IoU of phraseloceval.

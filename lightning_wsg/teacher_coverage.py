@@ -9,17 +9,18 @@ a kind of person, animal or vehicle).
 
 Usage::
 
-    python -m lightning_wsg.teacher_coverage --flickr ../shared/data/flickr30k_entities --split test \\
+    python -m lightning_wsg.teacher_coverage --flickr data/annotations/flickr30k_entities --split test \\
         --vocabulary coco80
     python -m lightning_wsg.teacher_coverage --flickr data/flickr30k_entities \\
-        --vocabulary ../shared/data/visual_genome/vg_objects_vocab.txt --matching glove
+        --vocabulary data/annotations/visual_genome/vg_objects_vocab.txt --matching glove
 
 ``--flickr`` is a Flickr30K Entities folder: unpacked (``Sentences/``) or holding the
 release's ``annotations.tar.gz``, with the split files. ``--refcoco`` takes phraseloceval
 RefCOCO-family files, whose expressions carry the referred object's COCO category: it prints
-how often the teacher's class (COCO-80) is that category::
+how often the teacher's class (COCO-80) is that category (``scripts/get_annotations.sh
+data/annotations`` fetches the files these examples name)::
 
-    python -m lightning_wsg.teacher_coverage --refcoco ../shared/data/refcoco/phraseloceval_refcoco*.json.gz
+    python -m lightning_wsg.teacher_coverage --refcoco data/annotations/refcoco/phraseloceval_refcoco*.json.gz
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ def _distillation_in_use(model: GroundingModule, monkeypatch: pytest.MonkeyPatch
     weights = {}
     for step in (0, 6, 7, 499, 500, 1500, 10_000):
         model._trainer = SimpleNamespace(global_step=step)
-        weights[step] = model._kd_weight()
+        weights[step] = model.current_kd_weight()
     seen = {}
     monkeypatch.setattr(
         "lightning_wsg.grounding_module.distillation_kl", lambda *args, **kwargs: seen.update(kwargs) or 0.0

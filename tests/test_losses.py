@@ -1,4 +1,4 @@
-"""Losses and scores checked by hand on small tensors (METHOD.md items 3-8)."""
+"""Losses and scores checked by hand on small tensors (docs/method.md, sections 3-8)."""
 
 import math
 

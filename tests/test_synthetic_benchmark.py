@@ -1,5 +1,5 @@
 """benchmarks/synthetic_benchmark.py: its arguments and its report (the runs themselves are
-measured by hand; README has the numbers)."""
+measured by hand; docs/benchmarks.md has the numbers)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The teacher on real captions: coverage of the Flickr30K Entities test phrases (../shared/data)."""
+"""The teacher on real captions: coverage of the Flickr30K Entities test phrases (the real annotation files)."""
 
 import pytest
 from helpers.flickr import SHARED_DATA
@@ -21,7 +21,7 @@ def coco_report(test_phrases):
 
 
 def test_real_test_phrases_are_all_read(test_phrases):
-    assert len(test_phrases) == 17_519  # DATA.md: phrases of the test split
+    assert len(test_phrases) == 17_519  # docs/data.md: phrases of the test split
 
 
 def test_coco80_kinds_from_wordnet():
@@ -32,7 +32,7 @@ def test_coco80_kinds_from_wordnet():
 
 
 # The targets of the teacher on the real test phrases, with the rules chosen on the train and
-# val phrases (README, "Coverage"). Measured: people 95.9%, animals 92.5%, vehicles 86.2%,
+# val phrases (docs/teacher.md). Measured: people 95.9%, animals 92.5%, vehicles 86.2%,
 # wrong kind 0.98% (171 of 17,519 phrases).
 
 

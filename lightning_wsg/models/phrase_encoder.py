@@ -1,4 +1,4 @@
-"""Phrase features: a transformers text encoder pooled over each phrase span (METHOD.md item 2).
+"""Phrase features: a transformers text encoder pooled over each phrase span (``docs/method.md``, section 2).
 
 The sentence's words (the dataset's tokenisation) are tokenised with
 ``is_split_into_words=True``; :func:`span_token_indices` maps a word span

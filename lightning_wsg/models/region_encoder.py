@@ -1,4 +1,4 @@
-"""The image tower: a timm backbone, RoIAlign over the proposals, an MLP (METHOD.md item 1).
+"""The image tower: a timm backbone, RoIAlign over the proposals, an MLP (``docs/method.md``, section 1).
 
 One stage of the backbone (the last by default) gives a feature map; each proposal box (in pixels of the
 input image tensor, ``GroundingBatch.roi_boxes``) is pooled with

@@ -1,4 +1,4 @@
-"""The distillation teacher (METHOD.md item 6): detector classes matched to phrases.
+"""The distillation teacher (``docs/method.md``, section 6): detector classes matched to phrases.
 
 For region ``r`` and phrase ``p`` the teacher scores ``t(r, p) = sum_c P(c | r) m(c, p)``,
 where ``m(c, p)`` says how well the phrase describes the detector class NAME ``c``:

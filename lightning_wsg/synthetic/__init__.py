@@ -3,7 +3,7 @@
 Each image shows 2-5 coloured shapes on a cluttered background. An object has a CATEGORY
 (the simulated detector's vocabulary: ``ball`` is a circle, ``box`` a square...) and
 ATTRIBUTES (colour, size, texture) that only the captions name. Two properties make the
-world a test of the method (docs METHOD.md, items 6-8):
+world a test of the method (``docs/method.md``, sections 6-8):
 
 * same-category distractors: in about half the images two objects share a category and
   the captions name the attribute that tells them apart ("the red ball" beside a blue

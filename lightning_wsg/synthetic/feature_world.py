@@ -419,14 +419,14 @@ def build_feature_world(flickr_root: str | Path, out_dir: str | Path, config: Fe
     records = {i: per_image[i][0] for i in ids}
     if cfg.format == "native":
         store = _MemoryStore(out / "regions.native", records, feats, table.names)
-        write_native(store, out / "regions.native", {"source": "lightning_wsg.feature_world", "config": asdict(cfg)})
+        write_native(store, out / "regions.native", {"source": "lightning_wsg.synthetic.feature_world", "config": asdict(cfg)})
     else:
         (out / "regions_vocab.txt").write_text("".join(n + "\n" for n in table.names), encoding="utf-8")
         write_tsv(out / "regions.tsv", ((records[i], feats[i]) for i in ids), class_names=table.names)
     with (out / "provenance.jsonl").open("w", encoding="utf-8") as fh:
         fh.writelines(json.dumps({"image_id": i, "proposals": provenance[i]}) + "\n" for i in ids)
     stats = _summary(per_image, splits, table)
-    meta = {"version": VERSION, "generator": "lightning_wsg.feature_world", "config": asdict(cfg), "stats": stats}
+    meta = {"version": VERSION, "generator": "lightning_wsg.synthetic.feature_world", "config": asdict(cfg), "stats": stats}
     tmp = out / "world.json.tmp"
     tmp.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     tmp.replace(out / "world.json")
@@ -447,7 +447,7 @@ def read_provenance(root: str | Path) -> dict[str, list[dict]]:
     """``image_id -> [{"kind", "chains"}, ...]``, one per proposal in store order."""
     path = Path(root) / "provenance.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {root} a world written by lightning_wsg.feature_world?")
+        raise FileNotFoundError(f"{path} not found: is {root} a world written by lightning_wsg.synthetic.feature_world?")
     out = {}
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         try:

@@ -164,7 +164,7 @@ def test_read_unrelated_captions_is_one_based(tmp_path):
 
 # --- the real annotations ------------------------------------------------------------------
 
-# DATA.md: (phrases, phrases whose chain has >= 1 box, of those > 1 box)
+# docs/data.md: (phrases, phrases whose chain has >= 1 box, of those > 1 box)
 REAL_COUNTS = {"test": (17_519, 14_481, 2_907), "val": (17_728, 14_433, 3_177), "train": (524_520, 427_226, 94_309)}
 
 
