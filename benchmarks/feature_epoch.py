@@ -32,7 +32,7 @@ from pytorch_lightning import Callback, Trainer
 
 from lightning_wsg.data import Flickr30kEntitiesDataModule
 from lightning_wsg.data.flickr30k_entities import read_split
-from lightning_wsg.detection.formats import Detections, DetectionStore
+from lightning_wsg.detection.base import Detections, DetectionStore
 from lightning_wsg.detection.native import write_native
 from lightning_wsg.grounding_module import GroundingModule
 from lightning_wsg.lexicon.classes import COCO80

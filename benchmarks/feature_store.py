@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lightning_wsg.detection.formats import open_detections
 from lightning_wsg.detection.native import convert
+from lightning_wsg.detection.sources import open_detections
 
 
 def _boxes(rng: np.random.Generator, n: int) -> np.ndarray:

@@ -26,8 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .detection.formats import Detections, DetectionStore, open_detections, write_tsv
+from .detection.base import Detections, DetectionStore
 from .detection.native import convert
+from .detection.sources import open_detections
+from .detection.tsv import write_tsv
 
 __all__ = ["extract_features", "main"]
 

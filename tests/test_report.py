@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 from collections import Counter, defaultdict
+from fnmatch import fnmatch
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from PIL import Image
 
 from lightning_wsg.callbacks.report import PhraseRecord, TestReport, proposal_rows, render_report, size_rows, type_rows
 from lightning_wsg.cli import main
+from lightning_wsg.report_html import stylesheet
 
 REPORT_YAML = str(REPO / "cli_configs" / "report.yaml")
 DDP_SIM_YAML = str(REPO / "cli_configs" / "trainer" / "ddp_sim.yaml")
@@ -242,6 +244,27 @@ def test_cards_and_bars_show_accuracy_and_upper_bound_of_all_phrases() -> None:
         assert [bound for *_, bound in shown] == pytest.approx([r / n for _, _, r, n in rows], abs=1e-3), chart
         assert page.bars[chart] == [n for *_, n in rows], chart
     assert page.rows["type"][0][1] == "25.0%" and page.rows["proposals"][1][1] == "66.7%"
+
+
+def test_the_page_inlines_the_stylesheet_as_it_is() -> None:
+    css = (REPO / "lightning_wsg" / "report.css").read_text(encoding="utf-8")
+    assert stylesheet() == css and css.startswith("body{") and css.endswith("}\n")
+    assert f"<style>\n{css}</style></head>" in render_report(HAND_RECORDS, {})
+
+
+def test_a_wheel_carries_every_data_file_of_the_package() -> None:
+    """``[tool.setuptools.package-data]`` names each non-Python file under ``lightning_wsg/`` (the stylesheet too)."""
+    tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11's tomllib")
+    package = REPO / "lightning_wsg"
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["lightning_wsg"]
+    data = [
+        p.relative_to(package).as_posix()
+        for p in package.rglob("*")
+        if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts
+    ]
+    assert "report.css" in data
+    assert [f for f in data if not any(fnmatch(f, pattern) for pattern in patterns)] == []
 
 
 # ------------------------------------------------------------------------- a real browser

@@ -17,6 +17,7 @@ from pytorch_lightning import Trainer
 
 from ..data.batch import GroundingBatch
 from ..data.dataset import IMAGENET_MEAN, IMAGENET_STD
+from ..palette import PALETTE
 
 __all__ = [
     "PALETTE",
@@ -27,12 +28,6 @@ __all__ = [
     "original_image",
     "picture_grid",
 ]
-
-#: one colour per phrase (cycled), distinguishable on photos and on each other
-PALETTE: tuple[tuple[int, int, int], ...] = (
-    (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 190), (0, 128, 128),
-)  # fmt: skip
 
 
 def _font(size: int) -> ImageFont.ImageFont:

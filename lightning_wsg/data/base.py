@@ -20,8 +20,9 @@ from typing import Literal
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from ..detection.formats import DetectionFormatError, DetectionStore, open_detections, read_vocabulary
+from ..detection.base import DetectionFormatError, DetectionStore, read_vocabulary
 from ..detection.grid import DEFAULT_GRID_ASPECT_RATIOS, DEFAULT_GRID_SCALES, DEFAULT_GRID_STRIDE
+from ..detection.sources import open_detections
 from .batch import collate
 from .dataset import (
     IMAGENET_MEAN,

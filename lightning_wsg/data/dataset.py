@@ -2,7 +2,7 @@
 
 A concrete dataset family (Flickr30K Entities, RefCOCO...) turns its annotation files into a
 list of :class:`GroundingEntry` per split; :class:`GroundingDataset` joins each entry to its
-image and its proposals (a :class:`~lightning_wsg.detection.formats.DetectionStore`) and
+image and its proposals (a :class:`~lightning_wsg.detection.base.DetectionStore`) and
 yields :class:`~lightning_wsg.data.batch.GroundingSample`.
 
 Example:
@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from ..boxes import scale_boxes
-from ..detection.formats import DetectionStore
+from ..detection.base import DetectionStore
 from .batch import GroundingSample
 
 __all__ = [

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..detection.formats import DetectionStore
+from ..detection.base import DetectionStore
 from ..detection.grid import box_grid
 from .batch import GroundingSample
 from .dataset import GroundingDataset, GroundingEntry, top_scored

@@ -7,23 +7,17 @@ package imports neither MMDetection nor a detector model.
 """
 
 from .backend import DetectorBackend, PrecomputedBackend
+from .base import DetectionFormatError, Detections, DetectionStore, read_vocabulary
 from .cache import ShardedCache
 from .callback import DetectionCache
 from .digests import file_digest, fingerprint
-from .formats import (
-    DetectionFormatError,
-    Detections,
-    DetectionStore,
-    JsonlDetections,
-    TsvDetections,
-    open_detections,
-    read_vocabulary,
-    write_jsonl,
-)
 from .hdf5 import Hdf5Detections
+from .jsonl import JsonlDetections, write_jsonl
 from .mmdet import MMDetectionBackend
+from .sources import open_detections
 from .store import CachedDetections
 from .torchvision import TorchvisionBackend
+from .tsv import TsvDetections
 
 __all__ = [
     "CachedDetections",

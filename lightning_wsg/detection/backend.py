@@ -1,6 +1,6 @@
 """Detector backends: the interface every detector implements, and the precomputed one.
 
-A backend turns ``(image_id, path)`` pairs into :class:`~lightning_wsg.detection.formats.Detections`
+A backend turns ``(image_id, path)`` pairs into :class:`~lightning_wsg.detection.base.Detections`
 and names everything that changes its output (:meth:`DetectorBackend.settings`, the cache's
 fingerprint). The torchvision and MMDetection backends live in their own files;
 :class:`PrecomputedBackend` replays a detections file.
@@ -19,8 +19,9 @@ from typing import Any
 
 import torch
 
+from .base import Detections, DetectionStore, read_vocabulary
 from .digests import file_digest
-from .formats import Detections, DetectionStore, open_detections, read_vocabulary
+from .sources import open_detections
 
 __all__ = ["DetectorBackend", "PrecomputedBackend", "keep_top_boxes"]
 

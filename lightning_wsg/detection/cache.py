@@ -66,8 +66,8 @@ import torch
 
 from ..files import atomic_path, atomic_write_text
 from .backend import DetectorBackend, PrecomputedBackend, keep_top_boxes
+from .base import DetectionFormatError, Detections
 from .digests import file_digest, fingerprint
-from .formats import DetectionFormatError, Detections
 from .store import (
     _REDO,
     CACHE_FORMAT,

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .formats import DetectionFormatError, Detections, DetectionStore
+from .base import DetectionFormatError, Detections, DetectionStore, register_reader
 
 __all__ = ["HDF5_SUFFIXES", "Hdf5Detections", "index_path", "write_hdf5"]
 
@@ -53,6 +53,14 @@ def _h5py():
     return h5py
 
 
+def _is_hdf5_source(path: Path) -> bool:
+    """An HDF5 file, or a folder holding one (asked after the cache's and the native store's markers)."""
+    if path.is_dir():
+        return any(p.suffix.lower() in HDF5_SUFFIXES for p in path.iterdir())
+    return path.suffix.lower() in HDF5_SUFFIXES
+
+
+@register_reader(_is_hdf5_source, order=30)
 class Hdf5Detections(DetectionStore):
     """Boxes and per-box features from BAN / MAF-style HDF5 files (see the module docstring).
 

@@ -48,8 +48,8 @@ from typing import Any
 import torch
 
 from .backend import DetectorBackend, keep_top_boxes
+from .base import Detections, read_vocabulary
 from .digests import file_digest
-from .formats import Detections, read_vocabulary
 
 __all__ = ["MMDetectionBackend", "mmdet_config_path"]
 

@@ -2,7 +2,7 @@
 
 A bottom-up TSV decodes base64 per image and an HDF5 file goes through h5py's chunk cache;
 both are slow to read in random order. :func:`convert` copies any detections source with
-features (:func:`~lightning_wsg.detection.formats.open_detections`) once into this layout::
+features (:func:`~lightning_wsg.detection.sources.open_detections`) once into this layout::
 
     <folder>/
       features.json            manifest: format, feature width, shard size, image and shard
@@ -26,12 +26,13 @@ Class probabilities are carried when the source has ``class_names`` and its reco
 and the teacher reads ``t(r, p) = sum_c P(c | r) m(c, p)``. Rows that are no probabilities
 (negative or non-finite values, a row summing to more than 1, a width other than the class
 names') are refused when written and when read
-(:func:`~lightning_wsg.detection.formats.check_class_probs`). A source without them gives a
+(:func:`~lightning_wsg.detection.base.check_class_probs`). A source without them gives a
 store of top-1 labels and scores only.
 
-:class:`NativeDetections` maps the shards (``numpy.load(mmap_mode="r")``): DataLoader workers
-share the page cache, and reading an image's features is one slice and one float32 cast
-(19,000 images of 100 x 2048 a second on one core here, ``benchmarks/feature_store.py``).
+:class:`NativeDetections` (:mod:`~lightning_wsg.detection.native_store`) maps the shards
+(``numpy.load(mmap_mode="r")``): DataLoader workers share the page cache, and reading an
+image's features is one slice and one float32 cast (19,000 images of 100 x 2048 a second on
+one core here, ``benchmarks/feature_store.py``).
 
 Example:
     >>> convert("flickr30k_vg.tsv", "flickr30k_vg.native", vocabulary="vg_objects_vocab.txt")  # doctest: +SKIP
@@ -52,17 +53,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from ..files import atomic_write_text, temp_name
-from .formats import DetectionFormatError, Detections, DetectionStore, check_class_probs, open_detections
+from .base import DetectionFormatError, Detections, DetectionStore, check_class_probs
+from .native_store import NATIVE_FORMAT, NATIVE_MANIFEST, PROBS_SUFFIX, SHARDS, NativeDetections, read_manifest
+from .sources import open_detections
 
 __all__ = ["NATIVE_FORMAT", "NATIVE_MANIFEST", "NativeDetections", "convert", "write_native"]
 
-NATIVE_FORMAT = 1
-NATIVE_MANIFEST = "features.json"
-_SHARDS = "shards"
-_PROBS = ".probs.npy"
 
 logger = logging.getLogger("lightning_wsg")
 
@@ -80,19 +78,6 @@ def _source_identity(path: Path) -> dict[str, Any]:
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _read_manifest(folder: Path) -> dict[str, Any]:
-    path = folder / NATIVE_MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise DetectionFormatError(
-            f"{path}: unreadable native-store manifest ({err}); convert the source again"
-        ) from None
-    if not isinstance(manifest, dict) or manifest.get("format") != NATIVE_FORMAT:
-        raise DetectionFormatError(f"{path}: not a format-{NATIVE_FORMAT} native feature store")
-    return manifest
 
 
 def _image_probs(store: DetectionStore, det: Detections, width: int | None) -> np.ndarray | None:
@@ -164,8 +149,8 @@ def _write_shard(
     probs = None
     if probs_width is not None:
         probs = np.concatenate(prob_blocks) if prob_blocks else np.zeros((0, probs_width), np.float16)
-    shards = folder / _SHARDS
-    npy, pt, probs_npy = shards / f"{k:06d}.npy", shards / f"{k:06d}.pt", shards / f"{k:06d}{_PROBS}"
+    shards = folder / SHARDS
+    npy, pt, probs_npy = shards / f"{k:06d}.npy", shards / f"{k:06d}.pt", shards / f"{k:06d}{PROBS_SUFFIX}"
     tmp_npy, tmp_pt = temp_name(npy).with_suffix(".npy"), temp_name(pt)
     tmp_probs = temp_name(probs_npy).with_suffix(".npy")
     try:
@@ -254,7 +239,7 @@ def write_native(
     Raises:
         DetectionFormatError: the folder holds another conversion; an image's features have
             another width or overflow float16; class probabilities that are no probabilities
-            (:func:`~lightning_wsg.detection.formats.check_class_probs`) or that some images
+            (:func:`~lightning_wsg.detection.base.check_class_probs`) or that some images
             carry and others not.
     """
     folder = Path(folder)
@@ -294,7 +279,7 @@ def write_native(
     }
     manifest_path = folder / NATIVE_MANIFEST
     if manifest_path.is_file():
-        old = _read_manifest(folder)
+        old = read_manifest(folder)
         changed = [k for k in settings if old.get(k) != settings[k]]
         if changed:
             raise DetectionFormatError(
@@ -304,144 +289,13 @@ def write_native(
         manifest = old
     else:
         manifest = {**settings, "created": _now(), "complete": False}
-    (folder / _SHARDS).mkdir(parents=True, exist_ok=True)
+    (folder / SHARDS).mkdir(parents=True, exist_ok=True)
     atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
     for k, ids in enumerate(plan):
-        if not (folder / _SHARDS / f"{k:06d}.pt").is_file():
+        if not (folder / SHARDS / f"{k:06d}.pt").is_file():
             _write_shard(folder, k, store, ids, label_names, probs_width)
         if progress is not None:
             progress(k + 1, len(plan))
     manifest.update(complete=True, finished=_now())
     atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
     return folder
-
-
-class NativeDetections(DetectionStore):
-    """A native feature store (see the module docstring), read through memory maps.
-
-    ``store[image_id]`` carries ``class_probs`` (``[N, C]`` float32 over ``class_names``) when
-    the store was converted from a source whose records carry them, ``None`` otherwise; each
-    image's rows are checked when read
-    (:func:`~lightning_wsg.detection.formats.check_class_probs`).
-
-    Args:
-        folder: the store's folder (holding ``features.json``).
-
-    Raises:
-        DetectionFormatError: an unreadable or unfinished store, or a manifest whose class
-            probabilities disagree with its class names.
-    """
-
-    def __init__(self, folder: str | Path) -> None:
-        folder = Path(folder)
-        manifest = _read_manifest(folder)
-        if not manifest.get("complete"):
-            raise DetectionFormatError(
-                f"{folder}: an unfinished conversion ({manifest.get('num_shards')} shards planned); run the "
-                "converter again to finish it"
-            )
-        super().__init__(folder, {}, manifest.get("class_names"))
-        self.manifest = manifest
-        self.feature_dim = int(manifest["feature_dim"])
-        probs = manifest.get("class_probs")
-        self._probs_width: int | None = int(probs["width"]) if probs else None
-        if self._probs_width is not None and self._probs_width != len(self.class_names or []):
-            raise DetectionFormatError(
-                f"{folder / NATIVE_MANIFEST}: class_probs of width {self._probs_width}, but "
-                f"{len(self.class_names or [])} class names: one column per class name; convert the source again"
-            )
-        self._probs: dict[int, np.ndarray] = {}
-        names = list(manifest["label_names"])
-        self._where: dict[str, tuple[int, int]] = {}  # image id -> (shard, position in it)
-        self._indexes: list[dict[str, Any]] = []
-        self._features: dict[int, np.ndarray] = {}
-        for k in range(int(manifest["num_shards"])):
-            path = folder / _SHARDS / f"{k:06d}.pt"
-            try:
-                index = torch.load(path, weights_only=True)
-            except (OSError, RuntimeError, EOFError) as err:
-                raise DetectionFormatError(f"{path}: unreadable shard index (truncated or corrupt?): {err}") from None
-            self._indexes.append(index)
-            for n, image_id in enumerate(index["image_ids"]):
-                self._where[image_id] = (k, n)
-        self._names = np.array([*names, ""], dtype=object)
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_features"], state["_probs"] = {}, {}  # each process maps the shards again
-        return state
-
-    def __len__(self) -> int:
-        return len(self._where)
-
-    def __iter__(self):
-        return iter(self._where)
-
-    def __contains__(self, image_id: object) -> bool:
-        return str(image_id) in self._where
-
-    def __getitem__(self, image_id: str) -> Detections:
-        k, n = self._where[str(image_id)]
-        index = self._indexes[k]
-        start, end = int(index["offsets"][n]), int(index["offsets"][n + 1])
-        labels = None
-        if bool(index["has_labels"][n]):
-            labels = self._names[index["labels"][start:end].numpy()].tolist()
-        width, height = (int(v) for v in index["image_sizes"][n])
-        probs = None
-        if self._probs_width is not None:
-            probs = torch.from_numpy(self._shard_probs(k)[start:end]).float()
-            check_class_probs(probs, str(self._probs_path(k)), str(image_id), self._probs_width)
-        return Detections(
-            str(image_id),
-            index["boxes"][start:end],
-            labels,
-            index["scores"][start:end],
-            probs,
-            image_size=(width, height) if width > 0 else None,
-        )
-
-    def class_probs_width(self) -> int | None:
-        """The width of the stored class probabilities (``None`` when the store has none)."""
-        return self._probs_width
-
-    def _probs_path(self, k: int) -> Path:
-        return self.path / _SHARDS / f"{k:06d}{_PROBS}"
-
-    def _shard_probs(self, k: int) -> np.ndarray:
-        """Shard ``k``'s ``[rows, C]`` float16 class probabilities, mapped once and checked for shape."""
-        array = self._probs.get(k)
-        if array is None:
-            path = self._probs_path(k)
-            rows = int(self._indexes[k]["offsets"][-1])
-            try:
-                array = np.load(path, mmap_mode="c")
-            except (OSError, ValueError) as err:
-                raise DetectionFormatError(
-                    f"{path}: unreadable class probabilities (missing, truncated or corrupt?): {err}"
-                ) from None
-            if array.shape != (rows, self._probs_width) or array.dtype != np.float16:
-                raise DetectionFormatError(
-                    f"{path}: class probabilities {array.dtype}{list(array.shape)}, but the shard holds {rows} boxes "
-                    f"of {self._probs_width} classes (float16); convert the source again"
-                )
-            self._probs[k] = array
-        return array
-
-    def _shard_features(self, k: int) -> np.ndarray:
-        array = self._features.get(k)
-        if array is None:
-            path = self.path / _SHARDS / f"{k:06d}.npy"
-            try:
-                # copy-on-write: a writable view (torch takes it without a warning), never written
-                array = self._features[k] = np.load(path, mmap_mode="c")
-            except (OSError, ValueError) as err:
-                raise DetectionFormatError(f"{path}: unreadable features (truncated or corrupt?): {err}") from None
-        return array
-
-    def features(self, image_id: str) -> Tensor:
-        k, n = self._where[str(image_id)]
-        offsets = self._indexes[k]["offsets"]
-        start, end = int(offsets[n]), int(offsets[n + 1])
-        # torch's vectorised float16 -> float32 cast: about 10x numpy's astype
-        return torch.from_numpy(self._shard_features(k)[start:end]).float()

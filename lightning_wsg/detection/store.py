@@ -2,7 +2,7 @@
 
 :func:`pack_shard` turns detections into one shard's flat arrays, :class:`CachedDetections`
 reads a cache folder (memory-mapped shards) as a
-:class:`~lightning_wsg.detection.formats.DetectionStore`, and the manifest helpers check a
+:class:`~lightning_wsg.detection.base.DetectionStore`, and the manifest helpers check a
 folder against its fingerprint. The writer is :class:`~lightning_wsg.detection.cache.ShardedCache`
 (its module docstring describes the layout).
 
@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .base import DetectionFormatError, Detections, DetectionStore, check_class_probs, register_reader
 from .digests import fingerprint
-from .formats import DetectionFormatError, Detections, DetectionStore, check_class_probs
 
 __all__ = ["CACHE_FORMAT", "MANIFEST", "SHARDS", "CachedDetections", "pack_shard", "plan_shards"]
 
@@ -43,7 +43,7 @@ def pack_shard(detections: Sequence[Detections], class_names: Sequence[str] | No
     ``class_names`` (the detector's vocabulary) seeds ``label_names`` so that label indices
     are the detector's class indices; labels outside it are appended. ``class_probs`` (all
     images or none) are stored as float16, one column per class name; rows that are no
-    probabilities are refused (:func:`~lightning_wsg.detection.formats.check_class_probs`).
+    probabilities are refused (:func:`~lightning_wsg.detection.base.check_class_probs`).
     Per-box ``features`` (all images or none) are stored as float16; a value float16 cannot
     hold is an error.
     """
@@ -206,6 +206,7 @@ class _Shard:
         )
 
 
+@register_reader(lambda path: path.is_dir() and (path / MANIFEST).is_file(), order=10)
 class CachedDetections(DetectionStore):
     """A read-only :class:`DetectionStore` over one cache folder (see the module docstring).
 

@@ -35,8 +35,8 @@ from PIL import Image
 from torch import Tensor
 
 from .backend import DetectorBackend, keep_top_boxes
+from .base import Detections, read_vocabulary
 from .digests import file_digest
-from .formats import Detections, read_vocabulary
 
 __all__ = ["TorchvisionBackend"]
 
