@@ -227,6 +227,8 @@ def write_table(results: dict, args: argparse.Namespace, command: str, world: di
     def versus(r: dict, base: dict | None) -> str:
         if base is None or r is base or "test_std" not in r:
             return "-"
+        if len(r["seeds"]) < 2:
+            return f"{100 * (r['test']['acc'] - base['test']['acc']):+.1f} pts (1 seed: no spread)"
         diff = r["test"]["acc"] - base["test"]["acc"]
         se = (r["test_std"]["acc"] ** 2 / len(r["seeds"]) + base["test_std"]["acc"] ** 2 / len(base["seeds"])) ** 0.5
         return f"{100 * diff:+.1f} pts" + (" (> 2 SE)" if abs(diff) > 2 * se else " (within 2 SE)")
@@ -247,7 +249,34 @@ def write_table(results: dict, args: argparse.Namespace, command: str, world: di
     for key in order:
         if results[key].get("errors"):
             lines.append(f"| {results[key]['label']} | " + " | ".join(f"{results[key]['errors'][k]:.1%}" for k in ERRORS) + " |")
+    lines += diagnosis_table(results)
     return "\n".join(lines) + "\n"
+
+
+def diagnosis_table(results: dict) -> list[str]:
+    """Per distilling row (first seed), per epoch: the entropies of the target q and the student p
+    over the distilled regions (divided by log of their number), lambda, the gradient norms of the
+    two terms, and on validation batches how often the teacher's top box differs from the
+    student's and is right (and the other way round)."""
+    lines = ["", "Diagnosis (first seed; `lightning_wsg.callbacks.DistillationDiagnostics` every 50 steps on the "
+             "training batch, and on 8 validation batches at each validation):", "",
+             "| method | epoch | H(q)/log K | H(p)/log K | lambda | grad KD | grad NCE | lambda grad KD / grad NCE "
+             "| teacher's top differs, right | student's top differs, right |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for key in ROWS:
+        runs = results.get(key, {}).get("runs", [])
+        diag = runs[0].get("diagnostics") if runs else None
+        if not diag:
+            continue
+        for epoch, t in sorted(diag.get("train", {}).items(), key=lambda kv: int(kv[0])):
+            v = diag.get("val", {}).get(epoch, {})
+            lines.append(
+                f"| {key} | {int(epoch) + 1} | {t['entropy_teacher_norm']:.3f} | {t['entropy_student_norm']:.3f} | "
+                f"{t['kd_weight']:.3g} | {t['grad_norm_kd']:.3g} | {t['grad_norm_nce']:.3g} | "
+                f"{t['grad_ratio_kd_nce']:.3g} | {v.get('teacher_differs_right', float('nan')):.1%} | "
+                f"{v.get('student_differs_right', float('nan')):.1%} |"
+            )
+    return lines
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -263,6 +292,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=6, help="the paper's 6")
     p.add_argument("--ramp-every", type=int, default=None,
                    help="kd_weight_every (default: the reference's 500 scaled to this run's steps)")  # fmt: skip
+    p.add_argument("--one-seed", nargs="*", default=[], choices=list(ROWS),
+                   help="rows run on the first seed only (candidates left behind on validation)")  # fmt: skip
     p.add_argument("--select", action="store_true", help="train CANDIDATES on the first seed, validation only")
     p.add_argument("--retrain", action="store_true")
     p.add_argument("--work-dir", type=Path, default=REPO / "outputs" / "feature_world")
@@ -299,7 +330,8 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     results, _ = baselines(args, provenance)
     for name in args.runs:
-        results[name] = summarise([run_row(name, args, seed, provenance) for seed in args.seeds])
+        seeds = args.seeds[:1] if name in args.one_seed else args.seeds
+        results[name] = summarise([run_row(name, args, seed, provenance) for seed in seeds])
         (args.out / "feature_world.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     table = write_table(results, args, command, world)
     (args.out / "feature_world.md").write_text(table, encoding="utf-8")

@@ -157,3 +157,35 @@ def test_the_synthetic_cli_builds_and_then_reuses_it(tmp_path, capsys):
     assert json.loads((tmp_path / "world.json").read_text())["config"]["feature_dim"] == 16
     assert main(argv)["reused"] is True
     assert '"images": 9' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("fragment", "expected"),
+    [
+        ("paper.yaml", {"kd_target": "teacher", "tau_student": 1.0, "tau_teacher": 2.0, "kd_top_k": 8}),
+        ("recommended.yaml", {"kd_target": "product", "tau_student": 0.1, "tau_teacher": 0.5, "kd_top_k": None}),
+    ],
+)
+def test_paper_and_recommended_fragments_train_on_the_feature_world(worlds, tmp_path, fragment, expected):
+    """``flickr.yaml`` + ``model/ckd_features.yaml`` + the fragment: the settings reach the module, and
+    one training step distils from the world's class probabilities (a batch with them, a finite loss)."""
+    from helpers.cli import FLICKR_YAML, REPO, trainer_args
+
+    from lightning_wsg.cli import main
+
+    _, world, _, _ = worlds
+    args = [
+        "--config", FLICKR_YAML, "--config", str(REPO / "cli_configs" / "model" / "ckd_features.yaml"),
+        "--config", str(REPO / "cli_configs" / "model" / fragment),
+        f"--data.root={world}", f"--data.detections={world / 'regions.native'}", "--data.num_workers=0",
+        "--data.batch_size=4", "--model.region_encoder.feature_dim=32", "--model.region_encoder.hidden_dim=16",
+        "--model.region_encoder.embed_dim=8", "--model.phrase_encoder.vectors=glove-6b-50d",
+        "--model.phrase_encoder.hidden_size=8", "--model.phrase_encoder.hidden_dim=16",
+        "--model.phrase_encoder.embed_dim=8", "--trainer.accelerator=cpu", "--trainer.devices=1",
+        "--trainer.fast_dev_run=1", *trainer_args(tmp_path),
+    ]  # fmt: skip
+    fit = main(["fit", *args])
+    assert {k: fit.model.hparams[k] for k in expected} == expected
+    assert fit.model.hparams.teacher["init_args"]["matching"] == "wordnet"
+    assert fit.datamodule.store.class_names == list(COCO80)
+    assert torch.isfinite(fit.trainer.callback_metrics["train/kd"]) and fit.trainer.global_step == 1
