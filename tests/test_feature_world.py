@@ -189,3 +189,17 @@ def test_paper_and_recommended_fragments_train_on_the_feature_world(worlds, tmp_
     assert fit.model.hparams.teacher["init_args"]["matching"] == "wordnet"
     assert fit.datamodule.store.class_names == list(COCO80)
     assert torch.isfinite(fit.trainer.callback_metrics["train/kd"]) and fit.trainer.global_step == 1
+
+
+def test_a_visual_genome_vocabulary_gives_1600_probability_columns(tmp_path):
+    """The Visual Genome detector's 1,600 classes (first synonym of each line): a man is a man there."""
+    flickr = require_shared(FLICKR_FILES / "annotations.tar.gz", "the Flickr30K Entities annotations").parent
+    vocab = require_shared(FLICKR_FILES.parent / "visual_genome" / "vg_objects_vocab.txt", "the VG vocabulary")
+    config = FeatureWorldConfig(num_train=4, num_val=1, num_test=1, feature_dim=16, vocabulary=str(vocab))
+    build_feature_world(flickr, tmp_path, config, progress=False)
+    store = open_detections(tmp_path / "regions.native")
+    assert len(store.class_names) == 1600 and store.class_names[:3] == ["yolk", "goal", "bathroom"]
+    det = store[next(iter(store))]
+    assert det.class_probs.shape == (len(det), 1600)
+    table = _ClassTable(store.class_names)
+    assert store.class_names[_detector_class({"mentions": [["a", "man"]], "type": "people"}, table)] == "man"
