@@ -173,7 +173,7 @@ def xml_to_xywh1(xml: torch.Tensor) -> torch.Tensor:
     return torch.cat([xml[:, :2], xml[:, 2:] - xml[:, :2] + 1], dim=1)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(inclusive_boxes())
 def test_property_xml_round_trips_through_corners_and_phraseloceval(xml: torch.Tensor) -> None:
     """XML -> corners -> XML, and XML -> corners -> phraseloceval -> corners: the same pixels each way."""
@@ -189,7 +189,7 @@ def test_property_xml_round_trips_through_corners_and_phraseloceval(xml: torch.T
     assert torch.equal(corners_to_coco(corners), torch.cat([xml[:, :2] - 1, xywh1[:, 2:]], dim=1))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(corner_boxes())
 def test_property_corners_round_trip_through_coco_and_phraseloceval(corners: torch.Tensor) -> None:
     assert torch.equal(coco_to_corners(corners_to_coco(corners)), corners)
@@ -197,7 +197,7 @@ def test_property_corners_round_trip_through_coco_and_phraseloceval(corners: tor
     assert torch.equal(xml_to_corners(corners_to_xml(corners)), corners)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(coco_boxes())
 def test_property_coco_and_phraseloceval_round_trip_through_corners(xywh: torch.Tensor) -> None:
     assert torch.equal(corners_to_coco(coco_to_corners(xywh)), xywh)
@@ -207,7 +207,7 @@ def test_property_coco_and_phraseloceval_round_trip_through_corners(xywh: torch.
     assert torch.equal(phraseloceval_to_corners(xywh1), coco_to_corners(xywh))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(corner_boxes(), corner_boxes())
 def test_property_box_iou_is_symmetric_and_in_unit_interval(a: torch.Tensor, b: torch.Tensor) -> None:
     ab, ba = box_iou(a, b), box_iou(b, a)
@@ -220,7 +220,7 @@ def test_property_box_iou_is_symmetric_and_in_unit_interval(a: torch.Tensor, b: 
     assert ((defined >= 0) & (defined <= 1)).all()
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(inclusive_boxes())
 def test_property_an_inclusive_box_has_iou_one_with_itself(xml: torch.Tensor) -> None:
     """Every XML box covers at least one pixel, so its IoU with itself is exactly 1."""
@@ -230,7 +230,7 @@ def test_property_an_inclusive_box_has_iou_one_with_itself(xml: torch.Tensor) ->
     assert torch.equal(iou, iou.T) and ((iou >= 0) & (iou <= 1)).all()
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(corner_boxes(max_boxes=8))
 def test_property_union_box_contains_each_box_and_is_the_smallest(boxes: torch.Tensor) -> None:
     union = union_box(boxes)
