@@ -89,7 +89,7 @@ def test_verify_images_finds_unreadable_images_before_the_first_epoch(tiny, caps
     unchecked = _dm(tiny)
     unchecked.setup("test")  # without the check, set-up does not notice: a worker would, mid-epoch
     assert len(unchecked.datasets["test"]) > 0
-    with pytest.raises(OSError) as err:
+    with pytest.raises(OSError, match=r"split test: 2 of \d+ images cannot be used \(data\.verify_images\)") as err:
         _dm(tiny, verify_images=True).setup("test")
     message = str(err.value)
     n = len(tiny.splits["test"])

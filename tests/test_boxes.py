@@ -6,11 +6,14 @@ import random
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lightning_wsg.boxes import (
     box_centers,
     box_iou,
     coco_to_corners,
+    corners_to_coco,
     corners_to_xywh1,
     phraseloceval_to_corners,
     points_in_boxes,
@@ -120,3 +123,123 @@ def test_box_centers_and_scale():
     boxes = torch.tensor([[0.0, 0.0, 10.0, 20.0], [2.0, 4.0, 4.0, 8.0]])
     assert box_centers(boxes).tolist() == [[5.0, 10.0], [3.0, 6.0]]
     assert scale_boxes(boxes, 0.5, 2.0).tolist() == [[0.0, 0.0, 5.0, 40.0], [1.0, 8.0, 2.0, 16.0]]
+
+
+# ------------------------------------------------------------------------- properties
+# Coordinates are multiples of 1/8 below 2^13 (or integers, for the inclusive conventions): every sum and
+# difference the conversions take is then exact in float32, so round trips must hold exactly.
+PIXELS = 8000
+eighths = st.integers(0, 8 * PIXELS).map(lambda v: v / 8)
+
+
+@st.composite
+def inclusive_boxes(draw: st.DrawFn, max_boxes: int = 6) -> torch.Tensor:
+    """``[N, 4]`` 1-based inclusive integer boxes ``xmin, ymin, xmax, ymax`` (Flickr XML)."""
+    n = draw(st.integers(1, max_boxes))
+    rows = []
+    for _ in range(n):
+        xmin, xmax = sorted(draw(st.lists(st.integers(1, PIXELS), min_size=2, max_size=2)))
+        ymin, ymax = sorted(draw(st.lists(st.integers(1, PIXELS), min_size=2, max_size=2)))
+        rows.append([xmin, ymin, xmax, ymax])
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+@st.composite
+def corner_boxes(draw: st.DrawFn, max_boxes: int = 6) -> torch.Tensor:
+    """``[N, 4]`` 0-based corner boxes with ``x1 <= x2``, ``y1 <= y2`` (empty boxes allowed)."""
+    n = draw(st.integers(1, max_boxes))
+    rows = []
+    for _ in range(n):
+        x1, x2 = sorted(draw(st.lists(eighths, min_size=2, max_size=2)))
+        y1, y2 = sorted(draw(st.lists(eighths, min_size=2, max_size=2)))
+        rows.append([x1, y1, x2, y2])
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+@st.composite
+def coco_boxes(draw: st.DrawFn, max_boxes: int = 6) -> torch.Tensor:
+    """``[N, 4]`` COCO ``x, y, w, h`` boxes (0-based, ``w, h >= 0``)."""
+    n = draw(st.integers(1, max_boxes))
+    return torch.tensor([[draw(eighths) for _ in range(4)] for _ in range(n)], dtype=torch.float32)
+
+
+def corners_to_xml(corners: torch.Tensor) -> torch.Tensor:
+    """The Flickr XML box of corners (the package reads XML only, so the inverse is written here)."""
+    return corners + torch.tensor([1.0, 1.0, 0.0, 0.0])
+
+
+def xml_to_xywh1(xml: torch.Tensor) -> torch.Tensor:
+    """The phraseloceval ``x, y, w, h`` of an XML box, by its definition ``w = xmax - xmin + 1``."""
+    return torch.cat([xml[:, :2], xml[:, 2:] - xml[:, :2] + 1], dim=1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(inclusive_boxes())
+def test_property_xml_round_trips_through_corners_and_phraseloceval(xml: torch.Tensor) -> None:
+    """XML -> corners -> XML, and XML -> corners -> phraseloceval -> corners: the same pixels each way."""
+    corners = xml_to_corners(xml)
+    assert torch.equal(corners_to_xml(corners), xml)
+    # an inclusive box of n pixels is n wide in corners
+    assert torch.equal(corners[:, 2:] - corners[:, :2], xml[:, 2:] - xml[:, :2] + 1)
+    xywh1 = corners_to_xywh1(corners)
+    assert torch.equal(xywh1, xml_to_xywh1(xml))
+    assert torch.equal(phraseloceval_to_corners(xywh1), corners)
+    # COCO width is the pixel count too, its x the 0-based column
+    assert torch.equal(coco_to_corners(corners_to_coco(corners)), corners)
+    assert torch.equal(corners_to_coco(corners), torch.cat([xml[:, :2] - 1, xywh1[:, 2:]], dim=1))
+
+
+@settings(max_examples=40, deadline=None)
+@given(corner_boxes())
+def test_property_corners_round_trip_through_coco_and_phraseloceval(corners: torch.Tensor) -> None:
+    assert torch.equal(coco_to_corners(corners_to_coco(corners)), corners)
+    assert torch.equal(phraseloceval_to_corners(corners_to_xywh1(corners)), corners)
+    assert torch.equal(xml_to_corners(corners_to_xml(corners)), corners)
+
+
+@settings(max_examples=40, deadline=None)
+@given(coco_boxes())
+def test_property_coco_and_phraseloceval_round_trip_through_corners(xywh: torch.Tensor) -> None:
+    assert torch.equal(corners_to_coco(coco_to_corners(xywh)), xywh)
+    # phraseloceval is COCO shifted by one pixel (1-based x, y)
+    xywh1 = xywh + torch.tensor([1.0, 1.0, 0.0, 0.0])
+    assert torch.equal(corners_to_xywh1(phraseloceval_to_corners(xywh1)), xywh1)
+    assert torch.equal(phraseloceval_to_corners(xywh1), coco_to_corners(xywh))
+
+
+@settings(max_examples=40, deadline=None)
+@given(corner_boxes(), corner_boxes())
+def test_property_box_iou_is_symmetric_and_in_unit_interval(a: torch.Tensor, b: torch.Tensor) -> None:
+    ab, ba = box_iou(a, b), box_iou(b, a)
+    assert ab.shape == (len(a), len(b))
+    non_empty = (a[:, 2:] > a[:, :2]).all(1)[:, None] & (b[:, 2:] > b[:, :2]).all(1)[None, :]
+    # an empty box against an empty box is 0 / 0; every other pair has a defined IoU
+    assert not ab[non_empty].isnan().any()
+    torch.testing.assert_close(ab, ba.T, rtol=0, atol=0, equal_nan=True)
+    defined = ab[~ab.isnan()]
+    assert ((defined >= 0) & (defined <= 1)).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(inclusive_boxes())
+def test_property_an_inclusive_box_has_iou_one_with_itself(xml: torch.Tensor) -> None:
+    """Every XML box covers at least one pixel, so its IoU with itself is exactly 1."""
+    corners = xml_to_corners(xml)
+    iou = box_iou(corners, corners)
+    assert torch.equal(iou.diagonal(), torch.ones(len(xml)))
+    assert torch.equal(iou, iou.T) and ((iou >= 0) & (iou <= 1)).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(corner_boxes(max_boxes=8))
+def test_property_union_box_contains_each_box_and_is_the_smallest(boxes: torch.Tensor) -> None:
+    union = union_box(boxes)
+    assert union.shape == (4,)
+    assert (union[:2] <= boxes[:, :2]).all() and (union[2:] >= boxes[:, 2:]).all()
+    # the smallest such box: each side touches one of the boxes
+    assert torch.equal(union, torch.cat([boxes[:, :2].amin(0), boxes[:, 2:].amax(0)]))
+    # and each box lies inside it: its intersection with the union is the box itself
+    if ((boxes[:, 2:] > boxes[:, :2]).all(1)).all():
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        union_area = (union[2] - union[0]) * (union[3] - union[1])
+        torch.testing.assert_close(box_iou(boxes, union[None])[:, 0], area / union_area)

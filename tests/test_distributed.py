@@ -17,15 +17,19 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers.cli import FLICKR_YAML, REPO, TINY_MODEL_YAML, TINY_TEXT, data_args, tiny_model_args, trainer_args
-from helpers.ddp import CASES, SPLITS, B, hand_loss, loss_and_grads, run_two_ranks
+from helpers.ddp import CASES, SPLITS, B, ThreadGroup, hand_loss, loss_and_grads, run_two_ranks
 from helpers.flickr import make_tiny_flickr
 from helpers.model import tiny_model
 from helpers.trainer import quiet_trainer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pytorch_lightning import Callback, Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DistributedSampler
 
+from lightning_wsg import distributed
 from lightning_wsg.data import Flickr30kEntitiesDataModule
 from lightning_wsg.data.samplers import (
     ResumableDataLoader,
@@ -33,7 +37,7 @@ from lightning_wsg.data.samplers import (
     evaluation_sampler,
     training_sampler,
 )
-from lightning_wsg.distributed import image_id_codes, slurm_environment
+from lightning_wsg.distributed import gathered_info_nce, image_id_codes, slurm_environment
 from lightning_wsg.grounding_module import GroundingModule
 
 DDP_SIM_YAML = str(REPO / "cli_configs" / "trainer" / "ddp_sim.yaml")
@@ -98,6 +102,72 @@ def test_two_processes_give_the_hand_computed_values(two_rank_results) -> None:
     (plain0, symmetric0), (plain1, symmetric1) = (r[-1] for r in two_rank_results)
     assert (plain0 + plain1) / 2 == pytest.approx(HAND_SENTENCE_TO_IMAGE, rel=1e-6)
     assert (symmetric0 + symmetric1) / 2 == pytest.approx(HAND_SYMMETRIC, rel=1e-6)
+
+
+@st.composite
+def split_batches(draw: st.DrawFn) -> dict:
+    """A batch of 2-7 pairs with ragged regions and phrases and repeated images, cut into 2-4 ranks'
+    shares of any sizes (at least one pair each)."""
+    n = draw(st.integers(2, 7))
+    world = draw(st.integers(2, min(4, n)))
+    cuts = sorted(draw(st.lists(st.integers(1, n - 1), min_size=world - 1, max_size=world - 1, unique=True)))
+    return {
+        "sizes": [b - a for a, b in zip([0, *cuts], [*cuts, n])],
+        "image_ids": draw(st.lists(st.sampled_from("abcd"), min_size=n, max_size=n)),
+        "n_regions": draw(st.lists(st.integers(1, 5), min_size=n, max_size=n)),
+        "n_phrases": draw(st.lists(st.integers(1, 4), min_size=n, max_size=n)),
+        "case": draw(st.sampled_from(CASES)),
+        "seed": draw(st.integers(0, 2**16)),
+    }
+
+
+def _features(rows: slice, split: dict, n_dims: int = 8) -> dict:
+    """Leaf features of the pairs ``rows``, trimmed to their own largest R and P (as one rank holds them)."""
+    g = torch.Generator().manual_seed(split["seed"])
+    n = len(split["image_ids"])
+    r_mask = torch.arange(5)[None] < torch.tensor(split["n_regions"])[:, None]
+    p_mask = torch.arange(4)[None] < torch.tensor(split["n_phrases"])[:, None]
+    regions = F.normalize(torch.randn(n, 5, n_dims, generator=g), dim=-1) * r_mask[..., None]
+    phrases = F.normalize(torch.randn(n, 4, n_dims, generator=g), dim=-1) * p_mask[..., None]
+    r_len, p_len = max(split["n_regions"][rows]), max(split["n_phrases"][rows])
+    return {
+        "regions": regions[rows, :r_len].clone().requires_grad_(),
+        "region_mask": r_mask[rows, :r_len],
+        "phrases": phrases[rows, :p_len].clone().requires_grad_(),
+        "phrase_mask": p_mask[rows, :p_len],
+        "image_ids": split["image_ids"][rows],
+    }
+
+
+def _loss_and_grads(x: dict, case: dict) -> tuple[float, torch.Tensor, torch.Tensor]:
+    loss = gathered_info_nce(**x, tau=0.5, **case)
+    loss.backward()
+    return loss.item(), x["regions"].grad, x["phrases"].grad
+
+
+@settings(max_examples=40, deadline=None)
+@given(split_batches())
+def test_property_gathered_loss_equals_the_one_process_loss_for_any_split(split: dict) -> None:
+    """Ranks simulated by threads (:class:`helpers.ddp.ThreadGroup`, gloo's collectives) hold any shares
+    of a batch: the mean of their losses is the one-process loss, and their input gradients, averaged
+    as DDP averages, the one-process gradients. The real 2-process group runs the fixed splits above."""
+    case = split["case"]
+    n = len(split["image_ids"])
+    full_loss, full_region_grad, full_phrase_grad = _loss_and_grads(_features(slice(0, n), split), case)
+    world = len(split["sizes"])
+    starts = [sum(split["sizes"][:r]) for r in range(world)]
+    rows = [slice(s, s + k) for s, k in zip(starts, split["sizes"])]
+    group = ThreadGroup(world)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(distributed, "dist", group)
+        results = group.run(lambda rank: _loss_and_grads(_features(rows[rank], split), case))
+    assert sum(loss for loss, _, _ in results) / world == pytest.approx(full_loss, rel=1e-5, abs=1e-6)
+    for r, (_, region_grad, phrase_grad) in enumerate(results):
+        # DDP averages over ranks; the full batch's gradient beyond a rank's own R and P is padding (zero)
+        for grad, full_grad in ((region_grad, full_region_grad), (phrase_grad, full_phrase_grad)):
+            expected = full_grad[rows[r]]
+            torch.testing.assert_close(grad / world, expected[:, : grad.shape[1]], atol=1e-6, rtol=1e-4)
+            assert not expected[:, grad.shape[1] :].any()
 
 
 def test_image_id_codes_are_stable_and_distinct() -> None:

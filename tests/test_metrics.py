@@ -8,10 +8,12 @@ import warnings
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torchmetrics.utilities.data import dim_zero_sum
 
 from lightning_wsg.boxes import phraseloceval_to_corners, xml_to_corners
-from lightning_wsg.metrics import FLICKR_PHRASE_TYPES, GroundingMetrics, predict_boxes
+from lightning_wsg.metrics import FLICKR_PHRASE_TYPES, GroundingMetrics, phrase_results, predict_boxes
 
 # ----------------------------------------------------------------------------- reference
 
@@ -356,3 +358,127 @@ def test_padded_gt_boxes_never_match():
     m.update(**inputs)
     out = m.compute()
     assert (out["num_phrases"].item(), out["acc_any"].item(), out["pointing"].item()) == (1, 0.0, 0.0)
+
+
+# ------------------------------------------------------------------------- properties
+# Small integer boxes on a 24-pixel canvas: proposals often reach IoU 0.5 with a ground-truth box
+# and often do not, so every outcome (correct, any-box, pointing, recall@k) takes both values.
+PROPERTY_TYPES = ("people", "clothing", "notvisual")
+
+
+def canvas_box(draw: st.DrawFn) -> list[float]:
+    x, y = draw(st.integers(0, 20)), draw(st.integers(0, 20))
+    return [float(x), float(y), float(x + draw(st.integers(1, 10))), float(y + draw(st.integers(1, 10)))]
+
+
+def near_box(draw: st.DrawFn, targets: torch.Tensor) -> list[float]:
+    """A proposal: a random box, or one of ``targets`` ``[N, 4]`` moved by up to a pixel per side."""
+    if draw(st.integers(0, 2)) == 0:
+        return canvas_box(draw)
+    x1, y1, x2, y2 = (v + draw(st.integers(-1, 1)) for v in targets[draw(st.integers(0, len(targets) - 1))].tolist())
+    return [x1, y1, max(x2, x1 + 1), max(y2, y1 + 1)]
+
+
+@st.composite
+def grounding_batches(draw: st.DrawFn) -> dict:
+    """The arguments of :meth:`GroundingMetrics.update`, with padded proposals, phrases and gt boxes.
+
+    Scores are distinct along the proposals of a phrase: with ties the stable sort keeps the
+    proposal order, so the pick would rightly depend on it.
+    """
+    B, P, R, K = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 6)), draw(st.integers(1, 3))
+    gt_boxes = torch.tensor([[[canvas_box(draw) for _ in range(K)] for _ in range(P)] for _ in range(B)])
+    gt_box_mask = torch.tensor(draw(st.lists(st.booleans(), min_size=B * P * K, max_size=B * P * K))).reshape(B, P, K)
+    gt_box_mask[..., 0] |= draw(st.booleans())  # mostly phrases with a box (those that count)
+    big = torch.tensor(1e9)
+    union = torch.cat(
+        [torch.where(gt_box_mask[..., None], gt_boxes[..., :2], big).amin(2),
+         torch.where(gt_box_mask[..., None], gt_boxes[..., 2:], -big).amax(2)], -1,
+    )  # fmt: skip
+    union = torch.where(gt_box_mask.any(-1, keepdim=True), union, torch.zeros(()))
+    # proposals near the union boxes (the hits of the metric) and near single boxes (any-box, pointing)
+    targets = torch.cat([union, gt_boxes.reshape(B, P * K, 4)], 1)
+    proposals = torch.tensor([[near_box(draw, targets[b]) for _ in range(R)] for b in range(B)])
+    proposal_mask = torch.tensor([draw(st.lists(st.booleans(), min_size=R, max_size=R)) for _ in range(B)])
+    proposal_mask[:, 0] |= ~proposal_mask.any(1)  # every image has a real proposal (a prediction to report)
+    scores = [
+        draw(st.lists(st.floats(-10, 10, width=32), min_size=R, max_size=R, unique=True))
+        for _ in range(B * P)
+    ]
+    types = [[draw(st.lists(st.sampled_from(PROPERTY_TYPES), min_size=1, max_size=2)) for _ in range(P)]
+             for _ in range(B)]  # fmt: skip
+    phrase_mask = torch.tensor([draw(st.lists(st.booleans(), min_size=P, max_size=P)) for _ in range(B)])
+    phrase_mask[:, 0] |= draw(st.booleans())
+    return {
+        "scores": torch.tensor(scores, dtype=torch.float32).reshape(B, P, R),
+        "proposals": proposals,
+        "proposal_mask": proposal_mask,
+        "phrase_mask": phrase_mask,
+        "gt_union": union,
+        "gt_boxes": gt_boxes * gt_box_mask[..., None],
+        "gt_box_mask": gt_box_mask,
+        "phrase_types": types,
+    }
+
+
+def evaluate(batch: dict, ks: tuple[int, ...] = (1, 2, 3)) -> tuple[dict[str, float], list]:
+    """The metrics of one batch and its :func:`phrase_results` (one word per phrase)."""
+    metric = GroundingMetrics(phrase_types=PROPERTY_TYPES, ks=ks)
+    metric.update(**batch)
+    out = {k: float(v) for k, v in metric.compute().items()}
+    B, P, _ = batch["scores"].shape
+    words = [[f"w{b}{p}" for p in range(P)] for b in range(B)]
+    spans = [[(p, p + 1) for p in range(P)] for _ in range(B)]
+    rows = phrase_results(batch["scores"], batch["proposals"], batch["proposal_mask"], words, spans, top_k=2)
+    return out, rows
+
+
+def take_proposals(batch: dict, columns: torch.Tensor) -> dict:
+    """The batch with each image's proposals (and their scores) reordered: ``columns`` is ``[B, R']``."""
+    B, P, _ = batch["scores"].shape
+    return batch | {
+        "scores": batch["scores"].gather(2, columns[:, None, :].expand(B, P, -1)),
+        "proposals": batch["proposals"].gather(1, columns[..., None].expand(-1, -1, 4)),
+        "proposal_mask": batch["proposal_mask"].gather(1, columns),
+    }
+
+
+@settings(max_examples=40, deadline=None)
+@given(grounding_batches(), st.data())
+def test_property_metrics_do_not_depend_on_proposal_order(batch: dict, data: st.DataObject) -> None:
+    B, _, R = batch["scores"].shape
+    perm = torch.tensor([data.draw(st.permutations(range(R))) for _ in range(B)])
+    permuted = take_proposals(batch, perm)
+    assert evaluate(permuted) == evaluate(batch)
+
+
+@settings(max_examples=40, deadline=None)
+@given(grounding_batches(), st.data())
+def test_property_metrics_do_not_depend_on_padded_proposals(batch: dict, data: st.DataObject) -> None:
+    """Padded proposals inserted anywhere, with any box (the ground truth itself) and any score
+    (+inf, NaN), change nothing."""
+    B, P, R = batch["scores"].shape
+    n_pad = data.draw(st.integers(1, 4))
+    # column n of the padded batch: an original proposal (index < R) or a pad (R + i), originals in order
+    columns = []
+    for _ in range(B):
+        is_pad = data.draw(st.permutations([False] * R + [True] * n_pad))
+        originals, pads = iter(range(R)), iter(range(R, R + n_pad))
+        columns.append([next(pads) if pad else next(originals) for pad in is_pad])
+    gt_like = batch["gt_boxes"].reshape(B, -1, 4)
+    pad_boxes = torch.stack([
+        torch.stack([gt_like[b, data.draw(st.integers(0, gt_like.shape[1] - 1))] if data.draw(st.booleans())
+                     else torch.tensor(canvas_box(data.draw)) for _ in range(n_pad)])
+        for b in range(B)
+    ])  # fmt: skip
+    pad_scores = torch.tensor(
+        data.draw(st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=B * P * n_pad,
+                           max_size=B * P * n_pad))
+    ).reshape(B, P, n_pad)  # fmt: skip
+    wide = batch | {
+        "scores": torch.cat([batch["scores"], pad_scores], 2),
+        "proposals": torch.cat([batch["proposals"], pad_boxes], 1),
+        "proposal_mask": torch.cat([batch["proposal_mask"], torch.zeros(B, n_pad, dtype=torch.bool)], 1),
+    }
+    padded = take_proposals(wide, torch.tensor(columns))
+    assert evaluate(padded) == evaluate(batch)

@@ -337,6 +337,6 @@ def test_a_jsonl_write_that_fails_part_way_keeps_the_previous_labels(tmp_path: P
     before = path.read_text()
     # the third label's box cannot be written: the first two were already in the file object
     bad = [label(1, [1.0, 1.0, 4.0, 4.0]), label(2, [2.0, 2.0, 3.0, 3.0]), label(3, ["not a number"])]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="could not convert string to float: 'not a number'"):
         write_phrase_jsonl(path, bad)
     assert path.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["pseudo_labels.jsonl"]

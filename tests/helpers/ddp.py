@@ -1,4 +1,5 @@
-"""Two CPU processes (gloo) computing the gathered InfoNCE of their share of a fixed batch.
+"""Two CPU processes (gloo) computing the gathered InfoNCE of their share of a fixed batch, and
+:class:`ThreadGroup`, ranks simulated by threads in one process (many splits cheaply).
 
 Kept light (torch and :mod:`lightning_wsg.distributed` only): every spawned process imports it.
 """
@@ -6,7 +7,10 @@ Kept light (torch and :mod:`lightning_wsg.distributed` only): every spawned proc
 from __future__ import annotations
 
 import socket
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -18,7 +22,7 @@ from lightning_wsg.distributed import gathered_info_nce
 
 __all__ = [
     "B", "IMAGE_IDS", "SPLITS", "CASES", "HAND_IMAGE_IDS", "inputs", "hand_inputs", "hand_loss", "loss_and_grads",
-    "free_port", "run_two_ranks",
+    "free_port", "run_two_ranks", "ThreadGroup",
 ]  # fmt: skip
 
 B, R, P, D_IN, D = 6, 7, 4, 10, 8
@@ -118,3 +122,79 @@ def run_two_ranks(out: Path) -> list[list[tuple[float, torch.Tensor]]]:
     last, the hand case's ``[plain, symmetric]`` losses of the rank's rows."""
     mp.spawn(_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
     return [torch.load(Path(out) / f"rank{r}.pt") for r in range(2)]
+
+
+_T = TypeVar("_T")
+
+
+class ThreadGroup:
+    """A process group of ``world`` ranks simulated by threads of this process.
+
+    Stands in for ``torch.distributed`` inside :mod:`lightning_wsg.distributed` (patch its ``dist``)
+    with the calls that module makes: the rank is the calling thread's, and the collectives
+    exchange tensors between the threads as gloo does, with gloo's rule that every rank
+    all-gathers a tensor of one shape and dtype. Spawning processes costs seconds per group;
+    this lets a property test try many splits of a batch over 2-4 ranks.
+    """
+
+    def __init__(self, world: int, timeout: float = 60.0) -> None:
+        self.world = world
+        self._barrier = threading.Barrier(world, timeout=timeout)
+        self._slots: list[torch.Tensor | None] = [None] * world
+        self._local = threading.local()
+
+    # -- the torch.distributed calls of lightning_wsg.distributed
+    def is_available(self) -> bool:
+        return True
+
+    def is_initialized(self) -> bool:
+        return True
+
+    def get_world_size(self) -> int:
+        return self.world
+
+    def get_rank(self) -> int:
+        return self._local.rank
+
+    def get_backend(self) -> str:
+        return "gloo"
+
+    def all_gather(self, out: list[torch.Tensor], tensor: torch.Tensor) -> None:
+        got = self._exchange(tensor)
+        if any(t.shape != tensor.shape or t.dtype != tensor.dtype for t in got):
+            raise RuntimeError(f"all_gather of unequal tensors: {[(tuple(t.shape), t.dtype) for t in got]}")
+        for o, t in zip(out, got, strict=True):
+            o.copy_(t)
+
+    def all_reduce(self, tensor: torch.Tensor) -> None:
+        tensor.copy_(torch.stack(self._exchange(tensor)).sum(0))
+
+    # -- running the ranks
+    def _exchange(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        self._slots[self.get_rank()] = tensor.detach().clone()
+        self._barrier.wait()
+        got = list(self._slots)
+        self._barrier.wait()  # every rank has read the slots before any rank writes the next ones
+        return got
+
+    def run(self, fn: Callable[[int], _T]) -> list[_T]:
+        """``fn(rank)`` on every rank at once; the results in rank order (the first error is raised)."""
+        results: list = [None] * self.world
+        errors: list[BaseException] = []
+
+        def target(rank: int) -> None:
+            self._local.rank = rank
+            try:
+                results[rank] = fn(rank)
+            except BaseException as error:  # noqa: BLE001 - raised again in the caller's thread
+                errors.append(error)
+                self._barrier.abort()  # the other ranks stop waiting for this one
+
+        threads = [threading.Thread(target=target, args=(r,)) for r in range(self.world)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        return results
