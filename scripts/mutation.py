@@ -59,7 +59,7 @@ MODULES: tuple[Module, ...] = (
         "samplers",
         ("lightning_wsg/data/samplers.py",),
         # the sampler tests; the mid-epoch resume (a fit, ~20 s a mutant) is left out
-        ("tests/test_distributed.py", "-k", "evaluation_split or training_loader_resumes or training_order"),
+        ("tests/test_distributed.py", "-k", "sampler or evaluation_split or training_loader or training_order"),
     ),
     Module("losses", ("lightning_wsg/losses.py",), ("tests/test_losses.py",)),
     Module("model_folder", ("lightning_wsg/model_folder.py",), ("tests/test_model_folder.py",)),
