@@ -15,6 +15,7 @@ Usage::
     python scripts/mutation.py boxes samplers     # only these
     python scripts/mutation.py --list             # the modules and their tests
     python scripts/mutation.py --table-only       # the table of the runs already done
+    python scripts/mutation.py boxes --survivors  # after adding tests: re-run only the survivors
 
 Each run writes ``.mutation/<module>/summary.json`` (counts, wall time, the surviving mutants'
 names); the table of all the summaries is printed at the end and written to
@@ -134,24 +135,38 @@ def _mutmut() -> str:
     return found
 
 
-def run(module: Module, fresh: bool, max_children: int) -> dict:
+def run(module: Module, fresh: bool, max_children: int, survivors: bool = False) -> dict:
     """Run mutmut over one module and return its summary (also written to ``summary.json``).
 
     Args:
         module: the run.
         fresh: start without an earlier run's verdicts.
         max_children: mutmut's worker processes.
+        survivors: re-run only the mutants the last run did not kill (after adding tests); the
+            wall time stays the last full run's, this re-run's goes to ``survivors_rerun_s``.
 
     Returns:
         The counts per status, the wall time in seconds and the surviving mutants' names.
     """
-    folder = prepare(module, fresh)
+    previous_file = WORK / module.name / "summary.json"
+    previous = json.loads(previous_file.read_text(encoding="utf-8")) if previous_file.exists() else None
+    names: list[str] = []
+    if survivors:
+        if previous is None or previous.get("failed"):
+            raise SystemExit(f"{module.name}: no finished run whose survivors could be re-run")
+        names = [n for status, group in previous["not_killed"].items() if status != "skipped" for n in group]
+        if not names:
+            return previous
+    folder = prepare(module, fresh and not survivors)
+    # an interrupted run leaves mutants "not checked"; resuming it (no --fresh) adds to its time
+    interrupted = previous is not None and bool(previous.get("not_killed", {}).get("not checked"))
+    earlier = previous["wall_s"] if interrupted else 0.0
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     env.pop("PYTHONPATH", None)  # the copy in mutants/ must be the one the tests import
     mutmut = _mutmut()
     print(f"== {module.name}: {' '.join(module.files)} against {' '.join(module.tests)}", flush=True)
     start = time.monotonic()
-    proc = subprocess.run([mutmut, "run", "--max-children", str(max_children)], cwd=folder, env=env)
+    proc = subprocess.run([mutmut, "run", "--max-children", str(max_children), *names], cwd=folder, env=env)
     wall = time.monotonic() - start
     subprocess.run([mutmut, "export-cicd-stats"], cwd=folder, env=env, check=True, stdout=subprocess.DEVNULL)
     stats = json.loads((folder / "mutants" / "mutmut-cicd-stats.json").read_text(encoding="utf-8"))
@@ -172,11 +187,14 @@ def run(module: Module, fresh: bool, max_children: int) -> dict:
         "files": list(module.files),
         "tests": list(module.tests),
         "exit_code": proc.returncode,
-        "wall_s": round(wall, 1),
+        "wall_s": previous["wall_s"] if survivors else round(wall + (earlier if not fresh else 0.0), 1),
         "mutants": stats["total"],
         **{key: stats.get(key, 0) for key in STATUS_KEYS},
         "not_killed": not_killed,
     }
+    if survivors:
+        summary["first_run"] = previous.get("first_run") or {k: previous[k] for k in ("killed", "survived", "no_tests")}
+        summary["survivors_rerun_s"] = round(wall, 1)
     (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
 
@@ -202,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="*", help="run only these (default: all, smallest first)")
     parser.add_argument("--fresh", action="store_true", help="forget earlier verdicts")
+    parser.add_argument("--survivors", action="store_true", help="re-run only the last run's surviving mutants")
     parser.add_argument("--max-children", type=int, default=1, help="mutmut workers (default 1)")
     parser.add_argument("--list", action="store_true", help="print the modules and their tests")
     parser.add_argument("--table-only", action="store_true", help="print the table of the runs already done")
@@ -218,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.table_only:
         for m in chosen:
-            s = run(m, args.fresh, args.max_children)
+            s = run(m, args.fresh, args.max_children, args.survivors)
             if s.get("failed"):
                 continue
             print(f"   {s['module']}: {s['killed']}/{s['mutants']} killed, {s['survived']} survived, "

@@ -19,6 +19,7 @@ from lightning_wsg.cli import RUN_KEY, expand_model_folders, main
 from lightning_wsg.export import main as lightning_wsg
 from lightning_wsg.grounding_module import GroundingModule
 from lightning_wsg.models import FeatureRegionEncoder, PhraseEncoder
+from lightning_wsg.model_folder import folder_config, load_weights, offline_towers, write_folder
 
 
 def _metrics(cli) -> dict[str, float]:
@@ -223,3 +224,39 @@ def test_an_export_that_fails_part_way_keeps_the_previous_weights(feature_folder
     assert (target / "model.safetensors").read_bytes() == before
     assert sorted(p.name for p in target.iterdir()) == ["README.md", "config.yaml", "model.safetensors"]
     GroundingModule.from_pretrained(target)
+
+
+def test_offline_towers_turns_pretrained_off_in_a_copy() -> None:
+    config = {
+        "region_encoder": {"init_args": {"pretrained": True, "pretrained_path": "/weights.pt", "dim": 8}},
+        "phrase_encoder": {"init_args": {"pretrained": True}},
+        "teacher": None,
+    }
+    offline = offline_towers(config)
+    assert offline["region_encoder"]["init_args"] == {"pretrained": False, "pretrained_path": None, "dim": 8}
+    assert offline["phrase_encoder"]["init_args"] == {"pretrained": False}
+    # the caller's configuration (the module's hyperparameters) is left alone
+    assert config["region_encoder"]["init_args"] == {"pretrained": True, "pretrained_path": "/weights.pt", "dim": 8}
+    assert config["phrase_encoder"]["init_args"] == {"pretrained": True}
+
+
+def test_folder_config_leaves_out_private_keys_and_the_weights_path() -> None:
+    hparams = {"lr": 0.1, "_instantiator": "x", "weights": "old/model.safetensors", "region_encoder": {"a": 1}}
+    assert folder_config(hparams, None) == {"model": {"region_encoder": {"a": 1}, "lr": 0.1}}
+    assert folder_config(hparams, 320)["data"] == {"init_args": {"image_size": 320}}
+
+
+@pytest.mark.parametrize(
+    ("extra", "listed"),
+    [(4, "a0, a1, a2, a3"), (5, "a0, a1, a2, a3, ..."), (6, "a0, a1, a2, a3, ...")],
+)
+def test_a_refused_load_lists_at_most_four_names(tmp_path: Path, extra: int, listed: str) -> None:
+    saved = torch.nn.Linear(2, 2)
+    write_folder(saved, tmp_path / "folder", {"model": {}}, "card")
+    wider = torch.nn.Module()
+    for name, param in saved.named_parameters():
+        wider.register_parameter(name, torch.nn.Parameter(param.detach().clone()))
+    for i in range(extra):
+        wider.register_buffer(f"a{i}", torch.zeros(1))
+    with pytest.raises(ValueError, match=rf": {extra} missing \({listed}\)$"):
+        load_weights(wider, tmp_path / "folder")
