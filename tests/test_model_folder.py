@@ -260,3 +260,19 @@ def test_a_refused_load_lists_at_most_four_names(tmp_path: Path, extra: int, lis
         wider.register_buffer(f"a{i}", torch.zeros(1))
     with pytest.raises(ValueError, match=rf": {extra} missing \({listed}\)$"):
         load_weights(wider, tmp_path / "folder")
+
+
+def test_write_folder_makes_missing_parents_and_records_its_origin(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    from lightning_wsg import __version__
+
+    folder = tmp_path / "exports" / "run 1" / "model"  # neither parent exists yet
+    write_folder(torch.nn.Linear(2, 2), folder, {"model": {"lr": 0.1}}, "card")
+    config = (folder / "config.yaml").read_text(encoding="utf-8")
+    # the header's commands name this folder
+    assert f"--model {folder}\n" in config and f'from_pretrained("{folder}")' in config
+    assert yaml.safe_load(config) == {"model": {"lr": 0.1}}
+    # "format": "pt" is what other safetensors readers (transformers) expect of a torch file
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as weights:
+        assert weights.metadata() == {"format": "pt", "lightning_wsg": __version__}
