@@ -268,11 +268,12 @@ def test_write_folder_makes_missing_parents_and_records_its_origin(tmp_path: Pat
     from lightning_wsg import __version__
 
     folder = tmp_path / "exports" / "run 1" / "model"  # neither parent exists yet
-    write_folder(torch.nn.Linear(2, 2), folder, {"model": {"lr": 0.1}}, "card")
+    doc = {"model": {"region_encoder": {"class_path": "R"}, "lr": 0.1}}  # folder_config's order: towers first
+    write_folder(torch.nn.Linear(2, 2), folder, doc, "card")
     config = (folder / "config.yaml").read_text(encoding="utf-8")
     # the header's commands name this folder
     assert f"--model {folder}\n" in config and f'from_pretrained("{folder}")' in config
-    assert yaml.safe_load(config) == {"model": {"lr": 0.1}}
+    assert yaml.safe_load(config) == doc and list(yaml.safe_load(config)["model"]) == ["region_encoder", "lr"]
     # "format": "pt" is what other safetensors readers (transformers) expect of a torch file
     with safe_open(str(folder / "model.safetensors"), framework="pt") as weights:
         assert weights.metadata() == {"format": "pt", "lightning_wsg": __version__}
