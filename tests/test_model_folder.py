@@ -6,6 +6,7 @@ came from; a damaged folder must fail with an error naming its file.
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -277,3 +278,49 @@ def test_write_folder_makes_missing_parents_and_records_its_origin(tmp_path: Pat
     # "format": "pt" is what other safetensors readers (transformers) expect of a torch file
     with safe_open(str(folder / "model.safetensors"), framework="pt") as weights:
         assert weights.metadata() == {"format": "pt", "lightning_wsg": __version__}
+
+
+class _Buffers(torch.nn.Module):
+    def __init__(self, widths: list[int]) -> None:
+        super().__init__()
+        for i, width in enumerate(widths):
+            self.register_buffer(f"b{i}", torch.zeros(width))
+
+
+def _mismatch(i: int) -> str:
+    return (
+        f"size mismatch for b{i}: copying a param with shape torch.Size([2]) from checkpoint, "
+        "the shape in current model is torch.Size([4])."
+    )
+
+
+@pytest.mark.parametrize(
+    ("wrong", "detail"),
+    [
+        (1, _mismatch(0)),
+        (2, f"{_mismatch(0)}; {_mismatch(1)}"),
+        (3, f"{_mismatch(0)}; {_mismatch(1)}; and 1 more"),
+        (4, f"{_mismatch(0)}; {_mismatch(1)}; and 2 more"),
+    ],
+)
+def test_a_bare_weights_file_of_other_shapes_names_two_mismatches(tmp_path: Path, wrong: int, detail: str) -> None:
+    from safetensors.torch import save_model
+
+    file = tmp_path / "weights.safetensors"  # no config.yaml beside it: no "built from" hint
+    save_model(_Buffers([2, 2, 2, 2]), str(file))
+    expected = f"{file}: its weights do not fit the model: {detail}"
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+        load_weights(_Buffers([4] * wrong + [2] * (4 - wrong)), file)
+
+
+def test_a_load_with_missing_and_unexpected_names_lists_both(tmp_path: Path) -> None:
+    from safetensors.torch import save_model
+
+    file = tmp_path / "weights.safetensors"
+    save_model(_Buffers([2, 2]), str(file))
+    other = torch.nn.Module()
+    other.register_buffer("b0", torch.zeros(2))
+    other.register_buffer("c", torch.zeros(2))
+    expected = f"{file}: its weights do not fit the model: 1 missing (c); 1 unexpected (b1)"
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+        load_weights(other, file)
