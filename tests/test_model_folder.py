@@ -20,7 +20,7 @@ from lightning_wsg.cli import RUN_KEY, expand_model_folders, main
 from lightning_wsg.export import main as lightning_wsg
 from lightning_wsg.grounding_module import GroundingModule
 from lightning_wsg.models import FeatureRegionEncoder, PhraseEncoder
-from lightning_wsg.model_folder import folder_config, load_weights, offline_towers, write_folder
+from lightning_wsg.model_folder import folder_config, load_weights, offline_towers, read_config, write_folder
 
 
 def _metrics(cli) -> dict[str, float]:
@@ -324,3 +324,18 @@ def test_a_load_with_missing_and_unexpected_names_lists_both(tmp_path: Path) -> 
     expected = f"{file}: its weights do not fit the model: 1 missing (c); 1 unexpected (b1)"
     with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
         load_weights(other, file)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("model: [unclosed\n", "not valid YAML"),
+        ("- a list\n", "no `model:` section with the towers"),  # not a mapping
+        ("model: [region_encoder]\n", "no `model:` section with the towers"),  # model not a mapping
+        ("data: {}\n", "no `model:` section with the towers"),
+    ],
+)
+def test_read_config_names_the_file_and_what_is_wrong(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "config.yaml").write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=f"^{re.escape(str(tmp_path / 'config.yaml'))}: {re.escape(message)}"):
+        read_config(tmp_path)
