@@ -6,8 +6,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 MMDET_STAMP := $(VENV)/.mmdet-stamp
+MUTATION_STAMP := $(VENV)/.mutation-stamp
 
-.PHONY: demo test test-fast install clean-demo browser
+.PHONY: demo test test-fast install clean-demo browser mutation
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,3 +58,15 @@ browser:
 
 clean-demo:
 	rm -rf outputs/demo
+
+# Mutation testing (scripts/mutation.py, docs/mutation.md): mutmut over the core modules, each
+# against its own fast tests, one worker. Not part of `make test` or CI: it takes long.
+# MODULES=boxes losses picks modules; MUTATION_ARGS=--fresh forgets earlier verdicts.
+$(MUTATION_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[test,mutation]"
+	touch $(MUTATION_STAMP)
+
+MODULES ?=
+MUTATION_ARGS ?=
+mutation: $(MUTATION_STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python scripts/mutation.py $(MUTATION_ARGS) $(MODULES)

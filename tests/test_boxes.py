@@ -243,3 +243,38 @@ def test_property_union_box_contains_each_box_and_is_the_smallest(boxes: torch.T
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         union_area = (union[2] - union[0]) * (union[3] - union[1])
         torch.testing.assert_close(box_iou(boxes, union[None])[:, 0], area / union_area)
+
+
+@pytest.mark.parametrize(
+    "convert", [xml_to_corners, coco_to_corners, corners_to_coco, phraseloceval_to_corners, corners_to_xywh1]
+)
+@pytest.mark.parametrize("given", [torch.int64, torch.float64])
+def test_conversions_return_float32_whatever_they_are_given(convert, given: torch.dtype):
+    # integer boxes (JSON, XML) and float64 ones (numpy) must come out in the project's float32
+    out = convert(torch.tensor([[3, 4, 10, 12]], dtype=given))
+    assert out.dtype == torch.float32
+
+
+def test_union_box_of_integer_boxes_is_float32():
+    assert union_box([[3, 4, 10, 12], [1, 6, 8, 15]]).dtype == torch.float32
+    assert union_box([[3, 4, 10, 12], [1, 6, 8, 15]]).tolist() == [1.0, 4.0, 10.0, 15.0]
+
+
+def test_corners_to_coco_inverts_coco_to_corners():
+    coco = torch.tensor([[10.5, 20.0, 30.0, 40.25], [0.0, 0.0, 1.0, 1.0]])
+    assert corners_to_coco(torch.tensor([[10.5, 20.0, 40.5, 60.25]])).tolist() == [[10.5, 20.0, 30.0, 40.25]]
+    assert corners_to_coco(coco_to_corners(coco)).tolist() == coco.tolist()
+    boxes = torch.tensor([[3.0, 4.0, 9.0, 9.0]])
+    corners_to_coco(boxes)
+    assert boxes.tolist() == [[3.0, 4.0, 9.0, 9.0]]  # the input is left alone
+
+
+def test_scale_boxes_keeps_dtype_precision_and_device():
+    boxes64 = torch.tensor([[1.0, 2.0, 3.0, 7.0]], dtype=torch.float64)
+    out = scale_boxes(boxes64, 0.1, 1 / 3)
+    # a float32 factor would round 0.1 and 1/3 before the float64 product
+    assert out.dtype == torch.float64
+    assert out.tolist() == [[1.0 * 0.1, 2.0 * (1 / 3), 3.0 * 0.1, 7.0 * (1 / 3)]]
+    assert scale_boxes(torch.ones(2, 4, dtype=torch.float16), 2.0, 3.0).dtype == torch.float16
+    # the meta device stands in for a GPU: a factor left on the CPU cannot multiply it
+    assert scale_boxes(torch.ones(2, 4, device="meta"), 2.0, 3.0).device.type == "meta"

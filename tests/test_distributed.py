@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import subprocess
@@ -256,6 +257,89 @@ def test_training_order_follows_the_global_seed(monkeypatch: pytest.MonkeyPatch)
     expected = torch.randperm(len(data), generator=torch.Generator().manual_seed(7)).tolist()
     assert order("7") == expected and order("5", epoch=2) == expected
     assert order(None) == torch.randperm(len(data), generator=torch.Generator().manual_seed(0)).tolist()
+
+
+def test_sampler_skip_applies_to_the_next_iteration_only() -> None:
+    data = list(range(23))
+    sampler = training_sampler(data, shuffle=False)
+    assert list(sampler) == data  # shuffle=False is passed on: the dataset's order
+    sampler.skip_next(2)
+    assert list(sampler) == data[2:]
+    assert list(sampler) == data  # the skip is used up
+    for n in (0, -3):  # nothing to skip
+        sampler.skip_next(n)
+        assert list(sampler) == data
+
+
+def test_sampler_replicas_default_to_one_process() -> None:
+    data = list(range(15))
+
+    class _Trainer:
+        def __init__(self, **kwargs) -> None:
+            if kwargs:
+                self.distributed_sampler_kwargs = kwargs
+
+    single = training_sampler(data, _Trainer())  # a trainer without the attribute: one process
+    assert (single.num_replicas, single.rank) == (1, 0)
+    assert evaluation_sampler(data, _Trainer()) is None
+    only_rank = training_sampler(data, _Trainer(rank=0))
+    assert (only_rank.num_replicas, only_rank.rank) == (1, 0)
+    assert evaluation_sampler(data, _Trainer(rank=0)) is None
+    only_count = training_sampler(data, _Trainer(num_replicas=2))
+    assert (only_count.num_replicas, only_count.rank) == (2, 0)
+
+
+def test_evaluation_sampler_keeps_the_dataset_order() -> None:
+    data = list(range(15))
+    shares = [list(evaluation_sampler(data, _FakeTrainer(2, r))) for r in range(2)]
+    assert shares == [data[0::2], data[1::2]]  # strided, unshuffled: predictions stay in file order
+
+
+def test_training_loader_state_before_and_without_a_saved_position() -> None:
+    data = list(range(23))
+
+    def loader(batch_size: int = 4) -> ResumableDataLoader:
+        return ResumableDataLoader(data, batch_size=batch_size, sampler=training_sampler(data), drop_last=True)
+
+    fresh = loader()
+    assert fresh.state_dict() == {"epoch": 0, "batches": 0, "batch_size": 4, "num_replicas": 1, "num_samples": 23}
+    # an empty state (a checkpoint from before the loader was stateful) changes nothing
+    empty = loader()
+    empty.sampler.set_epoch(3)
+    empty.load_state_dict({})
+    assert empty.sampler.epoch == 3 and len(list(empty)) == 5
+    # missing keys: epoch 0, no batch skipped
+    partial = loader()
+    partial.sampler.set_epoch(5)
+    partial.load_state_dict({"batches": 1, "batch_size": 4, "num_replicas": 1, "num_samples": 23})
+    assert partial.sampler.epoch == 0 and len(list(partial)) == 4
+    no_batches = loader()
+    no_batches.load_state_dict({"epoch": 2, "batch_size": 4, "num_replicas": 1, "num_samples": 23})
+    assert no_batches.sampler.epoch == 2 and len(list(no_batches)) == 5
+    # a plain DataLoader (no resumable sampler) ignores the state and starts at its first batch
+    plain = ResumableDataLoader(data, batch_size=4)
+    plain.load_state_dict({"epoch": 1, "batches": 2})
+    assert plain.state_dict() == {} and next(iter(plain)).tolist() == [0, 1, 2, 3]
+
+
+def test_training_loader_warns_when_resumed_with_another_layout(caplog: pytest.LogCaptureFixture) -> None:
+    data = list(range(23))
+
+    def loader(batch_size: int) -> ResumableDataLoader:
+        return ResumableDataLoader(data, batch_size=batch_size, sampler=training_sampler(data), drop_last=True)
+
+    first = loader(4)
+    it = iter(first)
+    next(it)
+    state = first.state_dict()
+    with caplog.at_level(logging.WARNING, logger="lightning_wsg"):
+        loader(4).load_state_dict(state)
+        assert caplog.records == []  # the same layout: silent
+        loader(2).load_state_dict(state)
+    assert [r.getMessage() for r in caplog.records] == [
+        "resuming with another batch size, process count or dataset size (saved (4, 1, 23), now (2, 1, 23)): "
+        "the epoch goes on after the same number of batches, but not at the same samples"
+    ]
 
 
 # --------------------------------------------------------------- mid-epoch resume (fit)

@@ -6,7 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_wsg.losses import distillation_kl, image_sentence_scores, info_nce, kd_weight, region_phrase_scores
+from lightning_wsg.losses import (
+    distillation_distributions,
+    distillation_kl,
+    image_sentence_scores,
+    info_nce,
+    kd_weight,
+    region_phrase_scores,
+)
 
 
 def _ce(logits: list[float], target: int) -> float:
@@ -385,3 +392,99 @@ def test_distillation_distributions_are_the_k_regions_around_the_students_top_bo
     torch.testing.assert_close(d.log_q[0, 0, :2], F.log_softmax(torch.tensor([0.0, 2.0]) / 2.0, dim=0))
     torch.testing.assert_close(d.log_p[0, 0, :2], F.log_softmax(torch.tensor([0.9, 0.1]), dim=0))
     assert d.log_q[0, 0, 2:].tolist() == [0.0, 0.0] and not d.log_q.requires_grad
+
+
+def test_image_sentence_scores_defaults_are_the_reference_ones():
+    regions, region_mask, phrases, phrase_mask = _inputs()
+    torch.testing.assert_close(
+        image_sentence_scores(regions, region_mask, phrases, phrase_mask),
+        image_sentence_scores(regions, region_mask, phrases, phrase_mask, tau=0.5, region_reduce="max"),
+    )
+    # the soft maximum's temperature defaults to 0.1
+    torch.testing.assert_close(
+        image_sentence_scores(regions, region_mask, phrases, phrase_mask, region_reduce="logsumexp"),
+        image_sentence_scores(
+            regions, region_mask, phrases, phrase_mask, tau=0.5, region_reduce="logsumexp", lse_temperature=0.1
+        ),
+    )
+
+
+def test_image_without_regions_scores_zero():
+    regions, region_mask, phrases, phrase_mask = _inputs()
+    # a third image with no real region; 3 regions per image and 3 phrases per sentence would hide a wrong
+    # reduction axis, so one region is dropped
+    regions = torch.cat([regions, regions[:1]])[:, :2]
+    region_mask = torch.cat([region_mask, torch.zeros(1, 3, dtype=torch.bool)])[:, :2]
+    S = image_sentence_scores(regions, region_mask, phrases, phrase_mask, tau=0.5)
+    expected = torch.tensor([[(1.0 + 0.8) / 0.5, (-0.6 + 0.8) / 0.5, 0.0], [0.8 / 0.5, 0.8 / 0.5, 0.0]])
+    torch.testing.assert_close(S, expected)
+
+
+def test_image_sentence_scores_name_an_unknown_reduction():
+    regions, region_mask, phrases, phrase_mask = _inputs()
+    with pytest.raises(ValueError, match="unknown region_reduce 'min'"):
+        image_sentence_scores(regions, region_mask, phrases, phrase_mask, region_reduce="min")
+    with pytest.raises(ValueError, match="unknown phrase_reduce 'max'"):
+        image_sentence_scores(regions, region_mask, phrases, phrase_mask, phrase_reduce="max")
+
+
+def test_info_nce_accepts_a_0_1_same_image_mask():
+    scores = torch.tensor([[2.0, 1.0, 2.5], [0.5, 1.5, -1.0], [1.0, 0.0, 3.0]])
+    positives = torch.tensor([0, 1, 2])
+    same = torch.tensor([[True, False, True], [False, True, False], [True, False, True]])
+    for symmetric in (False, True):
+        expected = info_nce(scores, positives, same, symmetric=symmetric)
+        torch.testing.assert_close(info_nce(scores, positives, same.float(), symmetric=symmetric), expected)
+
+
+def test_info_nce_stays_on_the_scores_device():
+    # the meta device stands in for a GPU: an index or mask made on the CPU cannot meet it
+    scores, positives = torch.zeros(3, 3, device="meta"), torch.arange(3, device="meta")
+    assert info_nce(scores, positives, symmetric=True).device.type == "meta"
+
+
+def _ten_regions():
+    torch.manual_seed(3)
+    student, teacher = torch.randn(1, 2, 10), torch.randn(1, 2, 10)
+    xy = torch.rand(1, 10, 2) * 50
+    proposals = torch.cat([xy, xy + 5 + torch.rand(1, 10, 2) * 30], dim=-1)
+    return student, teacher, proposals, torch.ones(1, 10, dtype=torch.bool), torch.ones(1, 2, dtype=torch.bool)
+
+
+def test_distillation_top_k_defaults_to_8():
+    student, teacher, proposals, proposal_mask, kd_mask = _ten_regions()
+    d = distillation_distributions(student, teacher, proposal_mask, kd_mask, proposals=proposals)
+    assert d.valid.sum(dim=-1).tolist() == [[8, 8]]
+    loss = distillation_kl(student, teacher, proposal_mask, kd_mask, proposals=proposals)
+    assert loss == distillation_kl(student, teacher, proposal_mask, kd_mask, proposals=proposals, top_k=8)
+    assert loss != distillation_kl(student, teacher, proposal_mask, kd_mask, proposals=proposals, top_k=9)
+
+
+def test_distillation_top_k_of_all_regions_needs_no_proposals():
+    student, teacher, _, proposal_mask, kd_mask = _ten_regions()
+    torch.testing.assert_close(
+        distillation_kl(student, teacher, proposal_mask, kd_mask, top_k=10),
+        distillation_kl(student, teacher, proposal_mask, kd_mask, top_k=None),
+    )
+    with pytest.raises(ValueError, match="^distillation_kl: top_k needs the proposal boxes$"):
+        distillation_kl(student, teacher, proposal_mask, kd_mask, top_k=9)
+
+
+def test_distillation_left_out_phrases_are_zero_and_keep_gradients_finite():
+    torch.manual_seed(4)
+    student = torch.randn(2, 3, 4, requires_grad=True)
+    teacher = torch.randn(2, 3, 4)
+    proposal_mask = torch.tensor([[True, True, True, False], [False, False, False, False]])  # image 1: none
+    kd_mask = torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 0.0]])  # a 0/1 float mask is accepted
+    d = distillation_distributions(student, teacher, proposal_mask, kd_mask, top_k=None)
+    assert d.phrases.tolist() == [[True, False, True], [False, False, False]]
+    assert d.valid.sum(dim=-1).tolist() == [[3, 0, 3], [0, 0, 0]]
+    # log-probabilities are 0 outside valid (documented: callers sum them without a mask)
+    assert (d.log_p[~d.valid] == 0).all() and (d.log_q[~d.valid] == 0).all()
+    loss = distillation_kl(student, teacher, proposal_mask, kd_mask, top_k=None)
+    # no NaN even inside the backward pass (an all -inf row's log-softmax), which anomaly detection
+    # (Trainer(detect_anomaly=True)) would report
+    with torch.autograd.detect_anomaly():
+        loss.backward()
+    assert torch.isfinite(student.grad).all()
+    assert (student.grad[0, 1] == 0).all() and (student.grad[1] == 0).all() and (student.grad[0, 0] != 0).any()

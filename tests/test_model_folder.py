@@ -6,6 +6,7 @@ came from; a damaged folder must fail with an error naming its file.
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from lightning_wsg.cli import RUN_KEY, expand_model_folders, main
 from lightning_wsg.export import main as lightning_wsg
 from lightning_wsg.grounding_module import GroundingModule
 from lightning_wsg.models import FeatureRegionEncoder, PhraseEncoder
+from lightning_wsg.model_folder import folder_config, load_weights, offline_towers, read_config, write_folder
 
 
 def _metrics(cli) -> dict[str, float]:
@@ -223,3 +225,117 @@ def test_an_export_that_fails_part_way_keeps_the_previous_weights(feature_folder
     assert (target / "model.safetensors").read_bytes() == before
     assert sorted(p.name for p in target.iterdir()) == ["README.md", "config.yaml", "model.safetensors"]
     GroundingModule.from_pretrained(target)
+
+
+def test_offline_towers_turns_pretrained_off_in_a_copy() -> None:
+    config = {
+        "region_encoder": {"init_args": {"pretrained": True, "pretrained_path": "/weights.pt", "dim": 8}},
+        "phrase_encoder": {"init_args": {"pretrained": True}},
+        "teacher": None,
+    }
+    offline = offline_towers(config)
+    assert offline["region_encoder"]["init_args"] == {"pretrained": False, "pretrained_path": None, "dim": 8}
+    assert offline["phrase_encoder"]["init_args"] == {"pretrained": False}
+    # the caller's configuration (the module's hyperparameters) is left alone
+    assert config["region_encoder"]["init_args"] == {"pretrained": True, "pretrained_path": "/weights.pt", "dim": 8}
+    assert config["phrase_encoder"]["init_args"] == {"pretrained": True}
+
+
+def test_folder_config_leaves_out_private_keys_and_the_weights_path() -> None:
+    hparams = {"lr": 0.1, "_instantiator": "x", "weights": "old/model.safetensors", "region_encoder": {"a": 1}}
+    assert folder_config(hparams, None) == {"model": {"region_encoder": {"a": 1}, "lr": 0.1}}
+    assert folder_config(hparams, 320)["data"] == {"init_args": {"image_size": 320}}
+
+
+@pytest.mark.parametrize(
+    ("extra", "listed"),
+    [(4, "a0, a1, a2, a3"), (5, "a0, a1, a2, a3, ..."), (6, "a0, a1, a2, a3, ...")],
+)
+def test_a_refused_load_lists_at_most_four_names(tmp_path: Path, extra: int, listed: str) -> None:
+    saved = torch.nn.Linear(2, 2)
+    write_folder(saved, tmp_path / "folder", {"model": {}}, "card")
+    wider = torch.nn.Module()
+    for name, param in saved.named_parameters():
+        wider.register_parameter(name, torch.nn.Parameter(param.detach().clone()))
+    for i in range(extra):
+        wider.register_buffer(f"a{i}", torch.zeros(1))
+    with pytest.raises(ValueError, match=rf": {extra} missing \({listed}\)$"):
+        load_weights(wider, tmp_path / "folder")
+
+
+def test_write_folder_makes_missing_parents_and_records_its_origin(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    from lightning_wsg import __version__
+
+    folder = tmp_path / "exports" / "run 1" / "model"  # neither parent exists yet
+    doc = {"model": {"region_encoder": {"class_path": "R"}, "lr": 0.1}}  # folder_config's order: towers first
+    write_folder(torch.nn.Linear(2, 2), folder, doc, "card")
+    config = (folder / "config.yaml").read_text(encoding="utf-8")
+    # the header's commands name this folder
+    assert f"--model {folder}\n" in config and f'from_pretrained("{folder}")' in config
+    assert yaml.safe_load(config) == doc and list(yaml.safe_load(config)["model"]) == ["region_encoder", "lr"]
+    # "format": "pt" is what other safetensors readers (transformers) expect of a torch file
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as weights:
+        assert weights.metadata() == {"format": "pt", "lightning_wsg": __version__}
+
+
+class _Buffers(torch.nn.Module):
+    def __init__(self, widths: list[int]) -> None:
+        super().__init__()
+        for i, width in enumerate(widths):
+            self.register_buffer(f"b{i}", torch.zeros(width))
+
+
+def _mismatch(i: int) -> str:
+    return (
+        f"size mismatch for b{i}: copying a param with shape torch.Size([2]) from checkpoint, "
+        "the shape in current model is torch.Size([4])."
+    )
+
+
+@pytest.mark.parametrize(
+    ("wrong", "detail"),
+    [
+        (1, _mismatch(0)),
+        (2, f"{_mismatch(0)}; {_mismatch(1)}"),
+        (3, f"{_mismatch(0)}; {_mismatch(1)}; and 1 more"),
+        (4, f"{_mismatch(0)}; {_mismatch(1)}; and 2 more"),
+    ],
+)
+def test_a_bare_weights_file_of_other_shapes_names_two_mismatches(tmp_path: Path, wrong: int, detail: str) -> None:
+    from safetensors.torch import save_model
+
+    file = tmp_path / "weights.safetensors"  # no config.yaml beside it: no "built from" hint
+    save_model(_Buffers([2, 2, 2, 2]), str(file))
+    expected = f"{file}: its weights do not fit the model: {detail}"
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+        load_weights(_Buffers([4] * wrong + [2] * (4 - wrong)), file)
+
+
+def test_a_load_with_missing_and_unexpected_names_lists_both(tmp_path: Path) -> None:
+    from safetensors.torch import save_model
+
+    file = tmp_path / "weights.safetensors"
+    save_model(_Buffers([2, 2]), str(file))
+    other = torch.nn.Module()
+    other.register_buffer("b0", torch.zeros(2))
+    other.register_buffer("c", torch.zeros(2))
+    expected = f"{file}: its weights do not fit the model: 1 missing (c); 1 unexpected (b1)"
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+        load_weights(other, file)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("model: [unclosed\n", "not valid YAML"),
+        ("- a list\n", "no `model:` section with the towers"),  # not a mapping
+        ("model: [region_encoder]\n", "no `model:` section with the towers"),  # model not a mapping
+        ("data: {}\n", "no `model:` section with the towers"),
+    ],
+)
+def test_read_config_names_the_file_and_what_is_wrong(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "config.yaml").write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=f"^{re.escape(str(tmp_path / 'config.yaml'))}: {re.escape(message)}"):
+        read_config(tmp_path)
