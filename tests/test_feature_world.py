@@ -203,3 +203,21 @@ def test_a_visual_genome_vocabulary_gives_1600_probability_columns(tmp_path):
     assert det.class_probs.shape == (len(det), 1600)
     table = _ClassTable(store.class_names)
     assert store.class_names[_detector_class({"mentions": [["a", "man"]], "type": "people"}, table)] == "man"
+
+
+def test_world_json_does_not_depend_on_string_hashing(worlds, tmp_path):
+    """Another interpreter (another PYTHONHASHSEED) writes the same world.json: set iteration order
+    once decided the order of tied head words in its statistics."""
+    import os
+    import subprocess
+    import sys
+
+    flickr, world, _, _ = worlds
+    code = (
+        "import sys; from lightning_wsg.synthetic.feature_world import FeatureWorldConfig, build_feature_world; "
+        "build_feature_world(sys.argv[1], sys.argv[2], FeatureWorldConfig(num_train=24, num_val=6, num_test=6, "
+        "feature_dim=32), progress=False)"
+    )
+    env = os.environ | {"PYTHONHASHSEED": "12345"}
+    subprocess.run([sys.executable, "-c", code, str(flickr), str(tmp_path / "w")], check=True, env=env)
+    assert (tmp_path / "w" / "world.json").read_bytes() == (world / "world.json").read_bytes()

@@ -157,7 +157,7 @@ def _chains(sentences: list[tuple[list[str], list]], boxed: set[str]) -> dict[st
                 mentions.setdefault(p.chain_id, []).append([w.lower() for w in words[p.start : p.end]])
                 types.setdefault(p.chain_id, Counter()).update(p.types[:1])
     out = {}
-    for chain in boxed:
+    for chain in sorted(boxed):  # set order follows string hashing: world.json must not
         ms = mentions.get(chain, [])
         heads = Counter(m[-1] for m in ms if m)
         colours = sorted({w for m in ms for w in m if w in COLOUR_WORDS})
