@@ -63,6 +63,7 @@ import torch
 
 from ..boxes import box_iou
 from ..data.flickr30k_entities import parse_annotation, parse_sentence
+from ..detection.cache import _progress
 from ..detection.formats import Detections, DetectionStore, write_tsv
 from .feature_inputs import (
     COLOUR_WORDS,
@@ -73,6 +74,7 @@ from .feature_inputs import (
     _detector_class,
     _vocabulary,
 )
+from .rendering import _iou1
 
 __all__ = ["FeatureWorldConfig", "SYNONYMS", "build_feature_world", "read_provenance"]
 
@@ -180,20 +182,10 @@ def _jitter(rng: np.random.Generator, box: np.ndarray, width: int, height: int, 
         g = np.exp(rng.normal(0, 0.6 if hi < 0.9 else 0.05, 2)) * (w, h)
         out = np.clip(np.concatenate([c - g / 2, c + g / 2]), 0, limit)
         if out[2] - out[0] >= 2 and out[3] - out[1] >= 2:
-            iou = _iou(out, box)
+            iou = _iou1(out, box)
             if lo <= iou <= hi:
                 return out
     return np.array(box, np.float64) if hi >= 0.9 else None
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two corner boxes (plain floats: the generator's inner loop)."""
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    return float(inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter))
 
 
 def _quality(prop: np.ndarray, obj: np.ndarray) -> float:
@@ -261,7 +253,7 @@ def _simulate_image(image_id: str, xml: bytes, txt: bytes, cfg: FeatureWorldConf
         w, h = min(side * np.sqrt(asp), W - 1), min(side / np.sqrt(asp), H - 1)
         x, y = rng.uniform(0, W - w), rng.uniform(0, H - h)
         b = np.array([x, y, x + w, y + h])
-        if all(_iou(b, t) < 0.3 for t in truths):
+        if all(_iou1(b, t) < 0.3 for t in truths):
             props.append((b, "background"))
     boxes = np.stack([p[0] for p in props])
     feats = np.zeros((len(props), D), np.float32)
@@ -401,13 +393,13 @@ def build_feature_world(flickr_root: str | Path, out_dir: str | Path, config: Fe
     vec = _Vectors(cfg.feature_dim, cfg.seed)
     per_image, feats, provenance = {}, {}, {}
     ids = sorted(wanted)
-    bar = _progress(progress, len(ids))
-    for image_id in ids:
-        det, f, prov, stats = _simulate_image(
-            image_id, files[image_id]["Annotations"], files[image_id]["Sentences"], cfg, vec, table, out / ".xml"
-        )
-        per_image[image_id], feats[image_id], provenance[image_id] = (det, stats), f, prov
-        bar()
+    with _progress(progress, "simulating regions", len(ids)) as advance:
+        for image_id in ids:
+            det, f, prov, stats = _simulate_image(
+                image_id, files[image_id]["Annotations"], files[image_id]["Sentences"], cfg, vec, table, out / ".xml"
+            )
+            per_image[image_id], feats[image_id], provenance[image_id] = (det, stats), f, prov
+            advance(1)
     shutil.rmtree(out / ".xml")
     splits = {}
     for split, split_ids in chosen.items():
@@ -456,23 +448,3 @@ def read_provenance(root: str | Path) -> dict[str, list[dict]]:
         except (ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{path}:{n}: not a provenance record ({err!r})") from err
     return out
-
-
-def _progress(enabled: bool, total: int):
-    """A rich progress bar's advance function (a no-op when disabled)."""
-    if not enabled:
-        return lambda: None
-    from rich.progress import Progress
-
-    bar = Progress(transient=True)
-    task = bar.add_task("simulating regions", total=total)
-    bar.start()
-    done = [0]
-
-    def advance() -> None:
-        done[0] += 1
-        bar.advance(task)
-        if done[0] == total:
-            bar.stop()
-
-    return advance
