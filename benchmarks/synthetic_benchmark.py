@@ -60,36 +60,37 @@ REPO = Path(__file__).resolve().parents[1]
 # The config's settings are the paper's (cli_configs/demo.yaml); each variant names what it changes.
 RUNS = {
     "full": ("full method: InfoNCE + KL towards the teacher (paper settings, WordNet matching)", []),
-    "nce_only": ("InfoNCE only", ["--model.use_kd=false"]),
+    "nce_only": ("InfoNCE only", ["--model.loss.use_kd=false"]),
     "old_matching": (
         "full method, former matching (GloVe on the last word)",
-        ["--model.teacher.matching=glove"],
+        ["--model.loss.teacher.matching=glove"],
     ),
-    "no_top_k": ("full method without the top-K restriction", ["--model.kd_top_k=null"]),
+    "no_top_k": ("full method without the top-K restriction", ["--model.loss.kd_top_k=null"]),
     "spread": (
         "full method, teacher spread over every confident box of its class, no top-K",
-        ["--model.kd_top_k=null", "--model.teacher.full_score=0.5"],
+        ["--model.loss.kd_top_k=null", "--model.loss.teacher.full_score=0.5"],
     ),
     "sharp_teacher": (
         "full method, sharper temperatures (tau_student 0.1, tau_teacher 0.5)",
-        ["--model.tau_student=0.1", "--model.tau_teacher=0.5"],
+        ["--model.loss.tau_student=0.1", "--model.loss.tau_teacher=0.5"],
     ),
     "sharper_teacher": (
         "full method, sharper temperatures (tau_student 0.1, tau_teacher 0.1)",
-        ["--model.tau_student=0.1", "--model.tau_teacher=0.1"],
+        ["--model.loss.tau_student=0.1", "--model.loss.tau_teacher=0.1"],
     ),
     "product": (
         "variant: KL towards teacher x student (former demo settings)",
         [
-            "--model.kd_target=product",
-            "--model.tau_student=0.1",
-            "--model.tau_teacher=0.5",
-            "--model.kd_top_k=null",
-            "--model.teacher.score_floor=0.5",
-            "--model.kd_weight_every=100",
+            "--model.loss.kd_target=product",
+            "--model.loss.tau_student=0.1",
+            "--model.loss.tau_teacher=0.5",
+            "--model.loss.kd_top_k=null",
+            "--model.loss.teacher.score_floor=0.5",
+            "--model.loss.kd_weight_every=100",
+            "--model.loss.kd_weight_unit=steps",
         ],
     ),
-    "kd_only": ("distillation only", ["--model.use_nce=false"]),
+    "kd_only": ("distillation only", ["--model.loss.use_nce=false"]),
     "small": ("`flickr.yaml` + `model/small.yaml` (the paper's distillation, CPU towers)", []),
     "features": (
         "full method on precomputed region features (feature tower, 112-d RoI features of the world)",
@@ -104,7 +105,7 @@ RUNS = {
 }
 # Rows trained from other configs than --config: the Flickr30K Entities datamodule reads the
 # world's files (it is written in that layout), with the dataset config's own settings.
-FLICKR_ROWS = {"small": ["cli_configs/flickr.yaml", "cli_configs/model/small.yaml"]}
+FLICKR_ROWS = {"small": ["cli_configs/flickr.yaml", "cli_configs/model/small.yaml", "cli_configs/model/paper.yaml"]}
 DEFAULT_RUNS = [
     "full", "nce_only", "old_matching", "no_top_k", "spread", "sharp_teacher", "sharper_teacher", "product", "small",
     "features",
@@ -254,7 +255,7 @@ def baselines(args: argparse.Namespace) -> tuple[dict, tuple]:
     loader = loader[0] if isinstance(loader, list) else loader
     batches = list(loader)
     objects = read_objects(dm.root)
-    teacher = cli.model.teacher  # the config's teacher, as the full method trains with it
+    teacher = cli.model.loss.teacher  # the config's teacher, as the full method trains with it
     old = Teacher(matching="glove")
     out = {
         "teacher": {

@@ -2,14 +2,17 @@
 
 Public names (imported lazily, so that ``python -m lightning_wsg.synthetic`` stays light):
 
-* :class:`GroundingModule`: the LightningModule (InfoNCE + distillation; argmax grounding).
+* :class:`GroundingModel`: the network (two towers, their scores, ``ground()``); what a model
+  folder holds.
+* :class:`ContrastiveDistillationLoss`: the training objective (InfoNCE + ramped distillation).
+* :class:`GroundingModule`: the LightningModule (model + loss + optimizer + metrics).
 * :class:`Flickr30kEntitiesDataModule`, :class:`RefCOCODataModule`,
   :class:`SyntheticWorldDataModule`: the datamodules.
 * :class:`DetectionCache`: the callback that runs a detector once and caches its output.
 
 Example:
     >>> from lightning_wsg import GroundingModule  # doctest: +SKIP
-    >>> model = GroundingModule.load_from_checkpoint("best.ckpt")  # doctest: +SKIP
+    >>> model = GroundingModule.load_from_checkpoint("best.ckpt").model  # doctest: +SKIP
     >>> model.ground("dog.jpg", "a [brown dog] jumps over [the fence]")  # doctest: +SKIP
 """
 
@@ -21,6 +24,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _PUBLIC = {
+    "GroundingModel": "lightning_wsg.model",
+    "ContrastiveDistillationLoss": "lightning_wsg.contrastive_distillation",
     "GroundingModule": "lightning_wsg.grounding_module",
     "Flickr30kEntitiesDataModule": "lightning_wsg.data",
     "RefCOCODataModule": "lightning_wsg.data",

@@ -7,7 +7,12 @@ Usage::
     lightning test --config cli_configs/flickr.yaml --model path/to/model_folder
 
 ``--model DIR`` with a model folder (:mod:`lightning_wsg.model_folder`) stands for
-``--config DIR/config.yaml --model.weights DIR``: its configuration and its weights.
+``--config DIR/config.yaml --model.weights DIR``: its configuration and its weights (a
+folder written before the model / training split has its configuration migrated,
+:mod:`lightning_wsg.migration`).
+
+Every run gets the :class:`~lightning_wsg.callbacks.FeatureStatistics` callback (it does
+nothing unless the region tower needs the training split's feature statistics).
 
 ``main(args)`` runs the same CLI in-process (tests call it with a list of arguments).
 """
@@ -23,8 +28,12 @@ from typing import Any
 from pytorch_lightning import LightningModule, Trainer
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 
+import yaml
+
+from .callbacks.feature_statistics import FeatureStatistics
 from .data import GroundingDataModule
 from .grounding_module import GroundingModule
+from .migration import is_old_model_config, migrate_model_config
 from .model_folder import CONFIG, read_config
 
 __all__ = ["RUN_KEY", "RecordRun", "expand_model_folders", "main"]
@@ -66,8 +75,11 @@ def expand_model_folders(args: list[str]) -> list[str]:
         elif arg.startswith("--model="):
             value = arg.split("=", 1)[1]
         if value is not None and Path(value).is_dir():
-            read_config(value)  # a clear error when it is not a model folder
-            out += ["--config", str(Path(value) / CONFIG), f"--model.weights={value}"]
+            doc = read_config(value)  # a clear error when it is not a model folder
+            config = str(Path(value) / CONFIG)
+            if is_old_model_config(doc["model"]):  # the earlier layout: its settings under today's keys
+                config = yaml.safe_dump({**doc, "model": migrate_model_config(doc["model"])}, sort_keys=False)
+            out += ["--config", config, f"--model.weights={value}"]
         else:
             out += args[i : i + step]
         i += step
@@ -99,6 +111,7 @@ def main(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> Li
         auto_configure_optimizers=False,  # the optimizer is model.optimizer, one place only
         save_config_callback=RecordRun,
         save_config_kwargs={"overwrite": True, "command": command},
+        trainer_defaults={"callbacks": [FeatureStatistics()]},
         args=args,
         run=run,
     )

@@ -1,6 +1,8 @@
-"""Multi-process training: InfoNCE with the negatives of every rank, and cluster helpers.
+"""Multi-process helpers: all-gathers with gradients, image-id codes, and cluster detection.
 
-Under DDP each process holds ``B_r`` image-sentence pairs. :func:`gathered_info_nce` gathers
+The InfoNCE loss across processes is
+:func:`lightning_wsg.contrastive_distillation.gathered_info_nce`, built on these helpers.
+Under DDP each process holds ``B_r`` image-sentence pairs. The loss gathers
 the region features (padded to the largest ``B`` and ``R`` of all ranks), their masks and a
 64-bit code of every image id from every rank, with an all-gather whose backward sums the
 gradients of all ranks (so a region feature receives the gradient of every rank that used
@@ -11,15 +13,6 @@ DDP's gradient averaging gives exactly the gradient of one process holding all
 ``B_total`` pairs (the scale is 1 when the ranks hold equal batches).
 
 Without an initialised process group (one process) everything reduces to the local batch.
-
-Example:
-    >>> import torch, torch.nn.functional as F
-    >>> regions = F.normalize(torch.randn(3, 4, 8), dim=-1)
-    >>> phrases = F.normalize(torch.randn(3, 2, 8), dim=-1)
-    >>> ones = lambda *s: torch.ones(*s, dtype=torch.bool)
-    >>> loss = gathered_info_nce(regions, ones(3, 4), phrases, ones(3, 2), ["a", "b", "a"])
-    >>> loss.shape
-    torch.Size([])
 """
 
 from __future__ import annotations
@@ -27,21 +20,20 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from .losses import image_sentence_scores, info_nce
 
 __all__ = [
     "world_size_and_rank",
     "image_id_codes",
     "all_gather_with_grad",
     "all_gather_padded",
-    "gathered_info_nce",
+    "gather_sizes",
     "slurm_environment",
 ]
 
@@ -132,97 +124,12 @@ def all_gather_padded(tensor: Tensor, sizes: Tensor, with_grad: bool = False, va
     return torch.cat([gathered[r, : int(sizes[r, 0])] for r in range(sizes.shape[0])])
 
 
-def _gather_sizes(*tensors: Tensor) -> Tensor:
+def gather_sizes(*tensors: Tensor) -> Tensor:
     """``[world, n]`` the shapes (first 2 dims of each tensor) of every rank."""
     local = torch.tensor([d for t in tensors for d in t.shape[:2]], dtype=torch.long, device=tensors[0].device)
     out = [torch.empty_like(local) for _ in range(world_size_and_rank()[0])]
     dist.all_gather(out, local)
     return torch.stack(out)
-
-
-def gathered_info_nce(
-    regions: Tensor,
-    region_mask: Tensor,
-    phrases: Tensor,
-    phrase_mask: Tensor,
-    image_ids: Sequence[str],
-    tau: float = 0.5,
-    phrase_reduce: Literal["sum", "mean"] = "sum",
-    region_reduce: Literal["max", "logsumexp"] = "max",
-    symmetric: bool = False,
-    gather: bool = True,
-) -> Tensor:
-    """InfoNCE of each local sentence against the images of every rank (the training loss).
-
-    Args:
-        regions: ``[B, R, D]`` this rank's region features (one image per pair).
-        region_mask: ``[B, R]`` bool, real regions.
-        phrases: ``[B, P, D]`` this rank's phrase features.
-        phrase_mask: ``[B, P]`` bool, real phrases.
-        image_ids: the ``B`` image ids (to mask other captions of the same image).
-        tau, phrase_reduce, region_reduce: see :func:`lightning_wsg.losses.image_sentence_scores`.
-        symmetric: also let each local image pick its sentence among the sentences of every
-            rank (the phrases are then gathered too).
-        gather: use the other ranks' images as negatives; ``False`` (or one process) keeps
-            the local batch only.
-
-    Returns:
-        Scalar loss. With ``gather`` under DDP, the mean over ranks of the returned losses
-        equals the one-process loss over all pairs, and so do the DDP-averaged gradients.
-    """
-    world, rank = world_size_and_rank()
-    device = regions.device
-    codes = image_id_codes(image_ids, device)
-    bs = regions.shape[0]
-    if not gather or world == 1:
-        positives = torch.arange(bs, device=device)
-        same = codes[:, None] == codes[None, :]
-        scores = image_sentence_scores(
-            regions,
-            region_mask,
-            phrases,
-            phrase_mask,
-            tau=tau,
-            phrase_reduce=phrase_reduce,
-            region_reduce=region_reduce,
-        )
-        return info_nce(scores, positives, same, symmetric=symmetric)
-
-    sizes = _gather_sizes(regions, phrases)  # [world, 4]: B, R, B, P
-    counts = sizes[:, 0]
-    offset = int(counts[:rank].sum())
-    total = int(counts.sum())
-    all_regions = all_gather_padded(regions, sizes[:, :2], with_grad=True)
-    all_region_mask = all_gather_padded(region_mask.to(torch.uint8), sizes[:, :2]).to(torch.bool)
-    all_codes = all_gather_padded(codes, sizes[:, :1])
-    positives = torch.arange(bs, device=device) + offset
-    same = codes[:, None] == all_codes[None, :]  # [B, total]: local row's image in global column
-    scores = image_sentence_scores(
-        all_regions,
-        all_region_mask,
-        phrases,
-        phrase_mask,
-        tau=tau,
-        phrase_reduce=phrase_reduce,
-        region_reduce=region_reduce,
-    )  # [B, total]
-    loss = info_nce(scores, positives, same)
-    if symmetric:
-        all_phrases = all_gather_padded(phrases, sizes[:, 2:], with_grad=True)
-        all_phrase_mask = all_gather_padded(phrase_mask.to(torch.uint8), sizes[:, 2:]).to(torch.bool)
-        # local images as rows, every rank's sentences as columns; a row's positive is its own pair
-        images_scores = image_sentence_scores(
-            regions,
-            region_mask,
-            all_phrases,
-            all_phrase_mask,
-            tau=tau,
-            phrase_reduce=phrase_reduce,
-            region_reduce=region_reduce,
-        ).t()  # [B, total]
-        loss = (loss + info_nce(images_scores, positives, same)) / 2
-    # DDP averages gradients over ranks: weight each rank by its share of the pairs
-    return loss * (bs * world / total)
 
 
 def slurm_environment() -> dict[str, Any] | None:

@@ -1,12 +1,18 @@
-"""A model folder: a trained :class:`~lightning_wsg.grounding_module.GroundingModule` to share.
+"""A model folder: a trained :class:`~lightning_wsg.model.GroundingModel` to share.
 
 Three files, the layout the Hugging Face Hub hosts as it is::
 
     DIR/
-      config.yaml         the module's full configuration (towers as class_path / init_args),
+      config.yaml         the model's configuration (towers as class_path / init_args),
                           a `lightning` config fragment: `model:` plus `data.init_args.image_size`
-      model.safetensors   every weight and buffer of the module (no pickled code)
+      model.safetensors   every weight and buffer of the model (no pickled code)
       README.md           the model card
+
+A folder holds the network only (what inference needs), not the training loss or optimizer.
+Folders written before the model / training split held the whole module's configuration;
+their towers and weights read the same way (:func:`load_folder_model`), and
+:func:`~lightning_wsg.migration.migrate_model_config` turns their training settings into
+today's keys for ``lightning test --model DIR``.
 
 ``config.yaml`` switches the towers' ``pretrained`` / ``pretrained_path`` off: the weights
 come from ``model.safetensors``, so building the module reads no backbone checkpoint and
@@ -14,7 +20,7 @@ downloads nothing. The phrase tower still reads its tokenizer (and word vectors)
 
 Example:
     >>> model.save_pretrained("outputs/demo/model")  # doctest: +SKIP
-    >>> GroundingModule.from_pretrained("outputs/demo/model").ground("dog.jpg", "a [dog]")  # doctest: +SKIP
+    >>> GroundingModel.from_pretrained("outputs/demo/model").ground("dog.jpg", "a [dog]")  # doctest: +SKIP
 
 Written from a checkpoint by ``lightning_wsg export`` (:mod:`lightning_wsg.export`).
 """
@@ -38,6 +44,7 @@ __all__ = [
     "CONFIG",
     "WEIGHTS",
     "folder_config",
+    "load_folder_model",
     "load_weights",
     "offline_towers",
     "read_config",
@@ -50,15 +57,15 @@ CONFIG = "config.yaml"
 WEIGHTS = "model.safetensors"
 CARD = "README.md"
 
-_TOWERS = ("region_encoder", "phrase_encoder", "teacher")
+TOWERS = ("region_encoder", "phrase_encoder")
 
 _CONFIG_HEADER = """\
-# A lightning_wsg model folder: the GroundingModule configuration of model.safetensors.
+# A lightning_wsg model folder: the GroundingModel configuration of model.safetensors.
 # The towers' pretrained weights are off: model.safetensors holds every weight.
 # data.init_args.image_size is the input size the model was trained at.
 # Evaluate it after a dataset config (the folder's weights come with it):
 #   lightning test --config <dataset config> --model {folder}
-# From Python: GroundingModule.from_pretrained("{folder}")
+# From Python: GroundingModel.from_pretrained("{folder}")
 """
 
 
@@ -69,7 +76,7 @@ def offline_towers(model_config: dict[str, Any]) -> dict[str, Any]:
     folder's weights replace whatever they would load, and loading them could need a download.
     """
     config = copy.deepcopy(model_config)
-    for name in _TOWERS:
+    for name in TOWERS:
         init_args = (config.get(name) or {}).get("init_args") or {}
         if "pretrained" in init_args:
             init_args["pretrained"] = False
@@ -78,10 +85,9 @@ def offline_towers(model_config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def folder_config(hparams: dict[str, Any], image_size: int | None) -> dict[str, Any]:
-    """The ``config.yaml`` document of a module's stored hyperparameters."""
-    stored = {k: v for k, v in dict(hparams).items() if not k.startswith("_") and k != "weights"}
-    model = {k: stored.pop(k) for k in _TOWERS if k in stored} | stored  # the towers first: they say what it is
+def folder_config(towers: dict[str, Any], image_size: int | None) -> dict[str, Any]:
+    """The ``config.yaml`` document of a model's towers (``{"region_encoder": {...}, "phrase_encoder": {...}}``)."""
+    model = {k: towers[k] for k in TOWERS}
     doc: dict[str, Any] = {"model": offline_towers(plain_values(model))}
     if image_size is not None:
         doc["data"] = {"init_args": {"image_size": int(image_size)}}
@@ -128,6 +134,25 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     if not towers:
         raise ValueError(f"{path}: no `model:` section with the towers (region_encoder, phrase_encoder)")
     return doc
+
+
+def load_folder_model(cls: type, directory: str | Path) -> Any:
+    """Build ``cls`` (a :class:`~lightning_wsg.model.GroundingModel`) from a folder's towers, load
+    its weights strictly and set its ``image_size``; in eval mode."""
+    from pytorch_lightning.cli import instantiate_module
+
+    doc = read_config(directory)
+    weights_file(directory)  # missing weights: said before the towers are built
+    towers = {k: doc["model"].get(k) for k in TOWERS}
+    try:
+        model = instantiate_module(cls, towers)
+    except (FileNotFoundError, ValueError):
+        raise  # the towers' own errors name their setting
+    except Exception as err:  # jsonargparse's: say which file holds the configuration
+        raise ValueError(f"{Path(directory) / CONFIG}: cannot build the model: {err}") from err
+    load_weights(model, directory)
+    model.image_size = trained_image_size(doc)
+    return model.eval()
 
 
 def trained_image_size(doc: dict[str, Any]) -> int | None:

@@ -212,7 +212,7 @@ def test_distillation_from_detections_without_labels_is_refused_before_training(
 def test_the_cli_refuses_distillation_without_labels(tiny, tmp_path):
     unlabelled = _without_labels(tiny, tmp_path / "unlabelled.jsonl")
     with pytest.raises(ValueError, match=r"model\.use_kd=true distils .*no labels"):
-        main(["fit", *_cli_args(tiny, tmp_path, unlabelled), "--model.use_kd=true"])
+        main(["fit", *_cli_args(tiny, tmp_path, unlabelled), "--model.loss.use_kd=true"])
 
 
 # ------------------------------------------------------------- detector class probabilities

@@ -97,14 +97,15 @@ def test_stacked_configs_merge_into_the_data_init_args(monkeypatch: pytest.Monke
             "--data.image_dir=i",
             "--data.detections=d.jsonl",
             # values other than the defaults: each must reach the training step, not only the parsed config
-            "--model.tau_student=0.7",
-            "--model.tau_teacher=1.5",
-            "--model.kd_top_k=3",
-            "--model.kd_target=product",
-            "--model.kd_weight_initial=0.25",
-            "--model.kd_weight_increment=0.5",
-            "--model.kd_weight_every=7",
-            "--model.kd_weight_max=1.0",
+            "--model.loss.tau_student=0.7",
+            "--model.loss.tau_teacher=1.5",
+            "--model.loss.kd_top_k=3",
+            "--model.loss.kd_target=product",
+            "--model.loss.kd_weight_initial=0.25",
+            "--model.loss.kd_weight_increment=0.5",
+            "--model.loss.kd_weight_every=7",
+            "--model.loss.kd_weight_unit=steps",
+            "--model.loss.kd_weight_max=1.0",
         ],
         run=False,
     )
@@ -122,7 +123,7 @@ def test_stacked_configs_merge_into_the_data_init_args(monkeypatch: pytest.Monke
     assert region["class_path"].endswith("RegionEncoder") and region["init_args"]["backbone"] == "resnet18"
     assert region["init_args"]["roi_size"] == 7 and cli.model.region_encoder.roi_size == 7
     assert cli.model.region_encoder.embed_dim == 128 and cli.model.region_encoder.mlp[-1].out_features == 128
-    assert cli.model.phrase_encoder.embed_dim == 128 and cli.model.teacher.matching == "wordnet"
+    assert cli.model.phrase_encoder.embed_dim == 128 and cli.model.loss.teacher.matching == "wordnet"
     optimizer = cli.model.configure_optimizers()
     assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["lr"] == pytest.approx(1e-4)
 
@@ -152,7 +153,7 @@ def test_small_yaml_is_the_demos_cpu_towers_with_the_dataset_configs_distillatio
     # the paper's distillation, as flickr.yaml has it
     hp = cli.model.hparams
     assert (hp.tau_student, hp.tau_teacher, hp.kd_top_k, hp.kd_target) == (1.0, 2.0, 8, "teacher")
-    assert hp.kd_weight_every == 500 and cli.model.teacher.matching == "wordnet"
+    assert hp.kd_weight_every == 500 and cli.model.loss.teacher.matching == "wordnet"
     assert _distillation_in_use(cli.model, monkeypatch) == {
         "weights": {0: 0.001, 6: 0.001, 7: 0.001, 499: 0.001, 500: 1.001, 1500: 3.0, 10_000: 3.0},
         "tau_student": 1.0,

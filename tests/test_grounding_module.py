@@ -8,6 +8,7 @@ import pytest
 import torch
 from helpers.model import TINY_TEXT, tiny_model
 
+from lightning_wsg.contrastive_distillation import ContrastiveDistillationLoss
 from lightning_wsg.data import Flickr30kEntitiesDataModule
 from lightning_wsg.grounding_module import GroundingModule
 from lightning_wsg.losses import distillation_kl, image_sentence_scores, info_nce
@@ -77,7 +78,7 @@ def test_training_step_is_nce_plus_ramped_kd(datamodule, objective) -> None:
     loss = model.training_step(batch, 0)
 
     with torch.no_grad():
-        regions, phrases = model.encode(batch)
+        regions, phrases = model.model.encode(batch)
     scores = image_sentence_scores(
         regions,
         batch.proposal_mask,
@@ -91,7 +92,7 @@ def test_training_step_is_nce_plus_ramped_kd(datamodule, objective) -> None:
     same.fill_diagonal_(False)
     nce = info_nce(scores, torch.arange(len(batch)), same, symmetric=settings.get("symmetric_nce", False))
     texts = [[" ".join(w[s:e]) for s, e in spans] for w, spans in zip(batch.words, batch.phrase_spans)]
-    teacher, kd_mask = model.teacher(texts, batch.proposal_labels, batch.proposal_scores, batch.proposal_mask)
+    teacher, kd_mask = model.loss.teacher(texts, batch.proposal_labels, batch.proposal_scores, batch.proposal_mask)
     student = torch.einsum("bpd,brd->bpr", phrases, regions)
     kd = distillation_kl(
         student,
@@ -103,7 +104,7 @@ def test_training_step_is_nce_plus_ramped_kd(datamodule, objective) -> None:
         top_k=settings.get("kd_top_k", 8),
         proposals=batch.proposals,
     )
-    assert {k: hp[k] for k in settings} == settings
+    assert {k: hp["loss"][k] for k in settings} == settings
     assert kd_mask.any(), "the lexical teacher should match some phrase of the tiny dataset"
     assert float(logged["train/nce"]) == pytest.approx(float(nce), rel=1e-5)
     assert float(logged["train/kd"]) == pytest.approx(float(kd), rel=1e-5)
@@ -162,9 +163,9 @@ def test_kd_target_product_reaches_the_distillation_term(datamodule) -> None:
         model.log = lambda name, value, logged=logged, **kw: logged.__setitem__(name, torch.as_tensor(value).detach())
         model.training_step(batch, 0)
         with torch.no_grad():
-            regions, phrases = model.encode(batch)
+            regions, phrases = model.model.encode(batch)
         texts = [[" ".join(w[s:e]) for s, e in spans] for w, spans in zip(batch.words, batch.phrase_spans)]
-        teacher, kd_mask = model.teacher(texts, batch.proposal_labels, batch.proposal_scores, batch.proposal_mask)
+        teacher, kd_mask = model.loss.teacher(texts, batch.proposal_labels, batch.proposal_scores, batch.proposal_mask)
         student = torch.einsum("bpd,brd->bpr", phrases, regions)
         expected = distillation_kl(
             student,
@@ -178,7 +179,7 @@ def test_kd_target_product_reaches_the_distillation_term(datamodule) -> None:
         assert float(logged["train/kd"]) == pytest.approx(float(expected), rel=1e-5)
         kd[target] = float(logged["train/kd"])
     assert kd["teacher"] != pytest.approx(kd["product"])
-    with pytest.raises(ValueError, match=r"kd_target must be 'teacher' or 'product', got 'student'"):
+    with pytest.raises(ValueError, match=r"model.loss.kd_target='student': must be one of teacher, product"):
         tiny_module(kd_target="student")
 
 
@@ -194,22 +195,22 @@ def test_the_public_pieces_rebuild_the_training_loss_exactly(datamodule) -> None
         batch, proposal_labels=[[nouns[k % 5] for k in range(len(labels))] for labels in batch.proposal_labels]
     )
     loss = model.training_step(batch, 0)
-    regions, phrases = model.encode(batch)
-    student, teacher, kd_mask = model.distillation_scores(batch, regions, phrases)
+    regions, phrases = model.model.encode(batch)
+    student, teacher, kd_mask = model.loss.distillation_scores(batch, regions, phrases)
     kd = distillation_kl(
-        student, teacher, batch.proposal_mask, kd_mask, proposals=batch.proposals, **model.distillation_options()
+        student, teacher, batch.proposal_mask, kd_mask, proposals=batch.proposals, **model.loss.distillation_options()
     )
-    assert kd > 0 and model.distillation_options()["top_k"] == 4
-    rebuilt = model.contrastive_loss(batch, regions, phrases) + torch.tensor(model.current_kd_weight()) * kd
+    assert kd > 0 and model.loss.distillation_options()["top_k"] == 4
+    rebuilt = model.loss.contrastive(batch, regions, phrases) + torch.tensor(model.loss.kd_weight(model.global_step)) * kd
     assert torch.equal(loss, rebuilt)
     with pytest.raises(ValueError, match="has no teacher"):
-        tiny_module(use_kd=False).distillation_scores(batch, regions, phrases)
+        tiny_module(use_kd=False).loss.distillation_scores(batch, regions, phrases)
 
 
 def test_ablation_switches() -> None:
     with pytest.raises(ValueError, match="at least one of use_nce and use_kd must be true"):
         tiny_module(use_nce=False, use_kd=False)
-    assert tiny_module(use_kd=False).teacher is None
+    assert tiny_module(use_kd=False).loss.teacher is None
 
 
 def test_predictions_ignore_detector_labels_and_scores(datamodule) -> None:
@@ -285,7 +286,7 @@ def test_ground_scales_each_axis_of_a_wide_image_by_its_own_side() -> None:
     torch.manual_seed(0)
     model = tiny_module()
     seen = []
-    model.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    model.model.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
     image = torch.rand(3, 60, 160, generator=torch.Generator().manual_seed(0))  # [3, H, W]
     proposals = [[0.0, 0.0, 80.0, 30.0], [40.0, 15.0, 160.0, 60.0], [10.0, 6.0, 20.0, 54.0]]
     out = model.ground(image, "a [red car]", proposals=proposals, top_k=2, image_size=64)
@@ -300,8 +301,6 @@ def test_ground_scales_each_axis_of_a_wide_image_by_its_own_side() -> None:
 
 
 def test_teacher_uses_class_probability_vectors_when_the_batch_has_them(datamodule) -> None:
-    from types import SimpleNamespace
-
     torch.manual_seed(0)
     model = tiny_module(kd_weight_initial=1.0).eval()
     logged = {}
@@ -311,23 +310,21 @@ def test_teacher_uses_class_probability_vectors_when_the_batch_has_them(datamodu
     B, R = batch.proposal_mask.shape
     probs = torch.softmax(torch.randn(B, R, len(class_names), generator=torch.Generator().manual_seed(0)), dim=-1)
     batch = dataclasses.replace(batch, class_probs=probs)
-    # without a datamodule telling the class names, the vectors cannot be read: labels are used
-    assert model._detector_class_names() is None
+    # without the batch naming the classes, the vectors cannot be read: labels are used
+    assert batch.class_names is None
     model.training_step(batch, 0)
     kd_labels = float(logged["train/kd"])
-    store = SimpleNamespace(class_names=class_names)
-    model._trainer = SimpleNamespace(global_step=0, datamodule=SimpleNamespace(store=store))
-    assert model._detector_class_names() == class_names
+    batch = dataclasses.replace(batch, class_names=class_names)
     model.training_step(batch, 0)
     kd_probs = float(logged["train/kd"])
 
     with torch.no_grad():
-        regions, phrases = model.encode(batch)
+        regions, phrases = model.model.encode(batch)
     student = torch.einsum("bpd,brd->bpr", phrases, regions)
     texts = [[" ".join(w[s:e]) for s, e in spans] for w, spans in zip(batch.words, batch.phrase_spans)]
     expected = {}
     for name, extra in (("labels", ()), ("probs", (probs, class_names))):
-        teacher, kd_mask = model.teacher(
+        teacher, kd_mask = model.loss.teacher(
             texts, batch.proposal_labels, batch.proposal_scores, batch.proposal_mask, *extra
         )
         expected[name] = float(
@@ -341,10 +338,8 @@ def test_teacher_uses_class_probability_vectors_when_the_batch_has_them(datamodu
 
 
 def test_distillation_reads_the_batch_class_probs_by_the_store_class_names(datamodule) -> None:
-    """_distillation hands the batch's [B, R, C] rows and the store's names to the teacher and
+    """The loss hands the batch's [B, R, C] rows and their class names to the teacher and
     distils from t(r, p) = sum_c P(c | r) m(c, p); without the names it falls back to top-1 labels."""
-    from types import SimpleNamespace
-
     from lightning_wsg.losses import region_phrase_scores
 
     torch.manual_seed(0)
@@ -356,24 +351,18 @@ def test_distillation_reads_the_batch_class_probs_by_the_store_class_names(datam
     probs = torch.softmax(torch.randn(B, R, len(names) + 1, generator=gen) * 3, dim=-1)[..., 1:]  # background dropped
     batch = dataclasses.replace(batch, class_probs=probs)
     calls = []
-    forward = model.teacher.forward
-    model.teacher.forward = lambda *args, **kwargs: calls.append(kwargs) or forward(*args, **kwargs)
-
-    def trainer(class_names):
-        store = SimpleNamespace(class_names=class_names)
-        return SimpleNamespace(global_step=0, datamodule=SimpleNamespace(store=store))
+    forward = model.loss.teacher.forward
+    model.loss.teacher.forward = lambda *args, **kwargs: calls.append(kwargs) or forward(*args, **kwargs)
 
     with torch.no_grad():
-        regions, phrases = model.encode(batch)
-        model._trainer = trainer(names)
-        got = model._distillation(batch, regions, phrases)
-        model._trainer = trainer(None)
-        without_names = model._distillation(batch, regions, phrases)
+        regions, phrases = model.model.encode(batch)
+        got = model.loss.distillation(dataclasses.replace(batch, class_names=names), regions, phrases)
+        without_names = model.loss.distillation(batch, regions, phrases)
     assert calls[0]["class_probs"] is probs and calls[0]["class_names"] == names
     assert calls[1]["class_probs"] is None and calls[1]["class_names"] is None
 
     texts = [[" ".join(w[s:e]) for s, e in spans] for w, spans in zip(batch.words, batch.phrase_spans)]
-    hp = model.hparams
+    hp = model.loss
 
     def expected(**teacher_kwargs):
         teacher, kd_mask = forward(
@@ -414,12 +403,12 @@ def test_checkpoint_rebuilds_the_towers_given_in_python(datamodule, tmp_path) ->
     stored = raw["hyper_parameters"]
     assert stored["region_encoder"]["class_path"].endswith("RegionEncoder")
     assert stored["phrase_encoder"]["init_args"]["config_overrides"] == TINY_TEXT
-    assert stored["teacher"]["init_args"]["score_floor"] == 0.25
+    assert stored["loss"]["teacher"]["init_args"]["score_floor"] == 0.25
     assert stored["optimizer"] == {"class_path": "torch.optim.sgd.SGD", "init_args": {"lr": 0.5}}
 
     loaded = GroundingModule.load_from_checkpoint(tmp_path / "m.ckpt").eval()
-    assert loaded.teacher.matching == "wordnet" and loaded.teacher.score_floor == 0.25
-    assert loaded.hparams.kd_top_k is None
+    assert loaded.loss.teacher.matching == "wordnet" and loaded.loss.teacher.score_floor == 0.25
+    assert loaded.loss.kd_top_k is None and loaded.hparams.loss["kd_top_k"] is None
     optimizer = loaded.configure_optimizers()
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["lr"] == 0.5
     batch = _batch(datamodule, "test")
@@ -428,7 +417,7 @@ def test_checkpoint_rebuilds_the_towers_given_in_python(datamodule, tmp_path) ->
     # and again: a loaded module saves the same configuration
     _save(loaded, tmp_path / "again.ckpt")
     again = torch.load(tmp_path / "again.ckpt", weights_only=True)["hyper_parameters"]
-    assert again["region_encoder"] == stored["region_encoder"] and again["teacher"] == stored["teacher"]
+    assert again["region_encoder"] == stored["region_encoder"] and again["loss"] == stored["loss"]
 
 
 def test_feature_tower_statistics_travel_in_the_checkpoint(datamodule, tmp_path) -> None:
@@ -439,13 +428,13 @@ def test_feature_tower_statistics_travel_in_the_checkpoint(datamodule, tmp_path)
     phrase = PhraseEncoder(
         "all-MiniLM-L6-v2", pretrained=False, config_overrides=TINY_TEXT, hidden_dim=32, embed_dim=16
     )
-    model = GroundingModule(region, phrase, use_kd=False).eval()
+    model = GroundingModule(region, phrase).eval()  # no loss: evaluation only
     batch = _batch(datamodule, "test")
     features = torch.randn(*batch.proposal_mask.shape, 6) * 3 + 5
     batch = dataclasses.replace(batch, region_features=features)
     with pytest.raises(RuntimeError, match="statistics were never computed"):
         model(batch)
-    model.region_encoder.prepare([f[m] for f, m in zip(features, batch.proposal_mask)])
+    model.model.region_encoder.prepare([f[m] for f, m in zip(features, batch.proposal_mask)])
     real = features[batch.proposal_mask]
     assert torch.allclose(region.feature_mean, real.mean(0), atol=1e-5)
     assert torch.allclose(region.feature_std, real.std(0, unbiased=False), atol=1e-4)
@@ -453,8 +442,9 @@ def test_feature_tower_statistics_travel_in_the_checkpoint(datamodule, tmp_path)
         scores = model(batch)
     _save(model, tmp_path / "f.ckpt")
     loaded = GroundingModule.load_from_checkpoint(tmp_path / "f.ckpt").eval()
-    assert isinstance(loaded.region_encoder, FeatureRegionEncoder) and not loaded.region_encoder.needs_preparation
-    assert torch.equal(loaded.region_encoder.feature_mean, region.feature_mean)
+    tower = loaded.model.region_encoder
+    assert isinstance(tower, FeatureRegionEncoder) and not tower.needs_preparation
+    assert torch.equal(tower.feature_mean, region.feature_mean)
     with torch.no_grad():
         assert torch.allclose(loaded(batch), scores, atol=1e-6)
     with pytest.raises(ValueError, match="feature_dim=6"):
@@ -489,6 +479,7 @@ def test_towers_must_agree_and_distillation_needs_a_teacher() -> None:
         tiny_module(region={"embed_dim": 8})
     model = tiny_module()
     with pytest.raises(ValueError, match="needs a teacher"):
-        GroundingModule(model.region_encoder, model.phrase_encoder, None, use_kd=True)
+        ContrastiveDistillationLoss(None, use_kd=True)
+    towers = model.model.region_encoder, model.model.phrase_encoder
     with pytest.raises(TypeError, match="cannot be stored in a checkpoint"):
-        GroundingModule(model.region_encoder, model.phrase_encoder, None, use_kd=False, optimizer=lambda p: None)
+        GroundingModule(*towers, ContrastiveDistillationLoss(use_kd=False), optimizer=lambda p: None)

@@ -54,7 +54,7 @@ def test_a_short_fit_beats_the_teacher_alone_and_random_boxes(tmp_path: Path) ->
 
 # Distillation on and off, measured with the settings of _kd_args (480 training, 80 validation and
 # 100 test images, 4 epochs), each run tested once on its best validation checkpoint. Test accuracy
-# per seed_everything, with distillation / without (model.use_kd=false):
+# per seed_everything, with distillation / without (model.loss.use_kd=false):
 #   seed 0: 0.825 / 0.699   seed 1: 0.834 / 0.803   seed 2: 0.827 / 0.792
 #   seed 3: 0.823 / 0.686   seed 4: 0.836 / 0.672
 # (best validation accuracy: 0.774 / 0.674, 0.801 / 0.774, 0.785 / 0.741, 0.793 / 0.645, 0.802 / 0.650).
@@ -73,7 +73,7 @@ def _kd_args(tmp_path: Path, use_kd: bool) -> list[str]:
     return [
         *demo_args(run, epochs=4, num_train=480, num_val=80, num_test=100),
         f"--data.root={tmp_path / 'world'}",  # one world for both runs
-        f"--model.use_kd={str(use_kd).lower()}",
+        f"--model.loss.use_kd={str(use_kd).lower()}",
     ]
 
 
@@ -88,7 +88,7 @@ def _fit_and_test(args: list[str]) -> float:
 
 @pytest.mark.slow
 def test_distillation_beats_the_same_fit_without_it(tmp_path: Path) -> None:
-    """The demo config (seed 0) against the same run with ``model.use_kd=false``: about 2 minutes on
+    """The demo config (seed 0) against the same run with ``model.loss.use_kd=false``: about 2 minutes on
     one core. A distillation switched off anywhere (``use_kd`` ignored, a zero weight, a teacher
     that says nothing) makes the two runs equal and fails here."""
     torch.set_num_threads(1)

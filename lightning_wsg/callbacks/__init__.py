@@ -8,6 +8,8 @@
 * :class:`DistillationDiagnostics` (training): what the distillation target carries
   (entropies, gradient norms of the two terms, where the teacher's top box is right), as
   JSON Lines and logged metrics.
+* :class:`FeatureStatistics` (training): hands a feature tower the training split's feature
+  statistics (the ``lightning`` command adds it).
 * :class:`TestReport` (``lightning test``, ``cli_configs/report.yaml``): one self-contained
   HTML page per run.
 
@@ -15,6 +17,7 @@
 """
 
 from .drawing import PALETTE, draw_grounding, picture_grid
+from .feature_statistics import FeatureStatistics
 from .kd_diagnostics import DistillationDiagnostics
 from .pictures import GroundingPictures
 from .pseudo_labels import PseudoLabelWriter
@@ -24,6 +27,7 @@ from .writer import GroundingWriter
 __all__ = [
     "PALETTE",
     "DistillationDiagnostics",
+    "FeatureStatistics",
     "GroundingPictures",
     "GroundingWriter",
     "PseudoLabelWriter",

@@ -19,9 +19,9 @@ about to be trained on:
   those batches); a training batch that does carry ground truth gets it too.
 
 Everything is computed through the module's own pieces
-(:meth:`~lightning_wsg.grounding_module.GroundingModule.encode`,
-:meth:`~lightning_wsg.grounding_module.GroundingModule.contrastive_loss`,
-:meth:`~lightning_wsg.grounding_module.GroundingModule.distillation_scores`,
+(:meth:`~lightning_wsg.model.GroundingModel.encode`,
+:meth:`~lightning_wsg.contrastive_distillation.ContrastiveDistillationLoss.contrastive`,
+:meth:`~lightning_wsg.contrastive_distillation.ContrastiveDistillationLoss.distillation_scores`,
 :func:`~lightning_wsg.losses.distillation_kl`,
 :func:`~lightning_wsg.losses.distillation_distributions`), in a forward pass of its own
 that leaves the run as it was: the random number generators are restored (dropout draws
@@ -304,14 +304,15 @@ class DistillationDiagnostics(Callback):
             batch: a batch on the module's device.
         """
         params = [p for p in pl_module.parameters() if p.requires_grad]
-        has_teacher = getattr(pl_module, "teacher", None) is not None
+        loss = pl_module.loss
+        has_teacher = loss.teacher is not None
         values: dict[str, Any] = dict.fromkeys(_TRAIN_KEYS) | entropy_summary(*_NO_PHRASES)
         with _run_left_alone(pl_module), torch.enable_grad():
-            regions, phrases = pl_module.encode(batch)
-            nce = pl_module.contrastive_loss(batch, regions, phrases)
+            regions, phrases = pl_module.model.encode(batch)
+            nce = loss.contrastive(batch, regions, phrases)
             if has_teacher:
-                student, teacher, kd_mask = pl_module.distillation_scores(batch, regions, phrases)
-                options = pl_module.distillation_options()
+                student, teacher, kd_mask = loss.distillation_scores(batch, regions, phrases)
+                options = loss.distillation_options()
                 kd = distillation_kl(
                     student, teacher, batch.proposal_mask, kd_mask, proposals=batch.proposals, **options
                 )
@@ -321,7 +322,7 @@ class DistillationDiagnostics(Callback):
             values["grad_norm_nce"] = _grad_norm(nce, params, retain_graph=False)
         if not has_teacher:
             return values
-        values["kd_weight"] = weight = pl_module.current_kd_weight()
+        values["kd_weight"] = weight = loss.kd_weight(pl_module.global_step)
         values["grad_norm_kd_weighted"] = weighted = weight * values["grad_norm_kd"]
         if values["grad_norm_nce"] > 0:
             values["grad_ratio_kd_nce"] = weighted / values["grad_norm_nce"]
@@ -353,14 +354,15 @@ class DistillationDiagnostics(Callback):
             trainer.sanity_checking
             or dataloader_idx != 0
             or batch_idx >= self.val_batches
-            or getattr(pl_module, "teacher", None) is None
+            or pl_module.loss is None
+            or pl_module.loss.teacher is None
             or batch.proposal_labels is None
         ):
             return
         with trainer.precision_plugin.val_step_context():
-            regions, phrases = pl_module.encode(batch)
-            student, teacher, kd_mask = pl_module.distillation_scores(batch, regions, phrases)
-        options = pl_module.distillation_options()
+            regions, phrases = pl_module.model.encode(batch)
+            student, teacher, kd_mask = pl_module.loss.distillation_scores(batch, regions, phrases)
+        options = pl_module.loss.distillation_options()
         dists = distillation_distributions(
             student, teacher, batch.proposal_mask, kd_mask, proposals=batch.proposals, **options
         )

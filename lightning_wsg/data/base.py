@@ -323,9 +323,9 @@ class GroundingDataModule(pl.LightningDataModule):
         unlabelled = [i for i in dict.fromkeys(e.image_id for e in dataset.entries) if store[i].labels is None]
         if unlabelled:
             raise ValueError(
-                f"model.use_kd=true distils from the detector's class names, but {store.path} has no labels for "
+                f"model.loss.use_kd=true distils from the detector's class names, but {store.path} has no labels for "
                 f"{len(unlabelled)} training images (e.g. {examples(unlabelled)}): give data.detections with "
-                "labels (a bottom-up TSV names its objects_id through data.vocabulary) or set model.use_kd=false"
+                "labels (a bottom-up TSV names its objects_id through data.vocabulary) or set model.loss.use_kd=false"
             )
 
     def setup(self, stage: str | None = None) -> None:

@@ -460,7 +460,7 @@ def _cli_args(tiny, tmp_path: Path) -> list[str]:
         "--data.image_size", "64",
         "--data.batch_size", "4",
         "--model.phrase_encoder.config_overrides", '{"num_hidden_layers": 1}',
-        "--model.teacher.matching", "lexical",  # no word vectors to load: this test is about the data
+        "--model.loss.teacher.matching", "lexical",  # no word vectors to load: this test is about the data
         "--trainer.default_root_dir", str(tmp_path),
         "--trainer.accelerator", "cpu",
         "--trainer.devices", "1",
@@ -513,7 +513,7 @@ def test_real_refcoco_test_end_to_end(tmp_path):
         "--data.detections", str(detections),
         "--data.image_size", "32",
         "--data.batch_size", "128",
-        "--model.use_kd", "false",
+        "--model.loss.use_kd", "false",
         "--model.phrase_encoder.config_overrides", '{"num_hidden_layers": 1}',
         "--trainer.default_root_dir", str(tmp_path),
         "--trainer.accelerator", "cpu",

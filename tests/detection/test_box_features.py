@@ -227,7 +227,7 @@ def test_lightning_fit_trains_the_feature_tower_on_torchvision_box_features(tiny
         "--model.region_encoder.hidden_dim=32", "--model.region_encoder.embed_dim=16",
         "--model.phrase_encoder.vectors=glove-6b-50d", "--model.phrase_encoder.hidden_size=16",
         "--model.phrase_encoder.hidden_dim=32", "--model.phrase_encoder.embed_dim=16",
-        "--model.teacher.matching=lexical", "--data.batch_size=4", "--data.num_workers=0",
+        "--model.loss.teacher.matching=lexical", "--data.batch_size=4", "--data.num_workers=0",
         "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.max_epochs=1", *trainer_args(tmp_path),
     ]  # fmt: skip
     fit = main(["fit", *args])

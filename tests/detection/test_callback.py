@@ -318,7 +318,7 @@ def test_cli_configs_stack_a_detector_fragment(tiny, tmp_path, monkeypatch):
             "--trainer.devices=1",
             "--model.phrase_encoder.pretrained=false",
             "--model.phrase_encoder.config_overrides={num_hidden_layers: 1}",
-            "--model.teacher.matching=lexical",
+            "--model.loss.teacher.matching=lexical",
         ]
     )  # fmt: skip
     assert cli.trainer.global_step == 1

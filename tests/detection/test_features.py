@@ -218,7 +218,7 @@ def _ckd_args(tiny, detections, tmp_path, *extra: str) -> list[str]:
         "--model.region_encoder.hidden_dim=32", "--model.region_encoder.embed_dim=16",
         "--model.phrase_encoder.vectors=glove-6b-50d", "--model.phrase_encoder.hidden_size=16",
         "--model.phrase_encoder.hidden_dim=32", "--model.phrase_encoder.embed_dim=16",
-        "--model.teacher.matching=lexical",
+        "--model.loss.teacher.matching=lexical",
         "--data.batch_size=4", "--data.num_workers=0",
         *trainer_args(tmp_path), *extra,
     ]  # fmt: skip
@@ -239,7 +239,7 @@ def test_lightning_fit_then_test_on_precomputed_features(tmp_path, tiny, data, s
         (tmp_path / "h5").mkdir()
         for split, ids in tiny.splits.items():
             write_hdf5(tmp_path / "h5" / f"{split}.hdf5", data, ids)
-        detections, extra = tmp_path / "h5", ["--model.use_kd=false"]
+        detections, extra = tmp_path / "h5", ["--model.loss.use_kd=false"]
     fit = main(["fit", *_ckd_args(tiny, detections, tmp_path, *extra), "--trainer.max_epochs=2"])
     assert fit.datamodule.image_dir is None and fit.trainer.global_step > 0
     assert not fit.model.region_encoder.needs_preparation

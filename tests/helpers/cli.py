@@ -23,7 +23,7 @@ def tiny_model_args() -> list[str]:
         "--model.phrase_encoder.embed_dim=32",
         "--model.region_encoder.hidden_dim=64",
         "--model.region_encoder.embed_dim=32",
-        "--model.teacher.matching=lexical",
+        "--model.loss.teacher.matching=lexical",
     ]
 
 
