@@ -38,7 +38,8 @@ from lightning_wsg.data.samplers import (
     evaluation_sampler,
     training_sampler,
 )
-from lightning_wsg.distributed import gathered_info_nce, image_id_codes, slurm_environment
+from lightning_wsg.contrastive_distillation import gathered_info_nce
+from lightning_wsg.distributed import image_id_codes, slurm_environment
 from lightning_wsg.grounding_module import GroundingModule
 
 DDP_SIM_YAML = str(REPO / "cli_configs" / "trainer" / "ddp_sim.yaml")

@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_wsg.distributed import gathered_info_nce
+from lightning_wsg.contrastive_distillation import gathered_info_nce
 
 __all__ = [
     "B", "IMAGE_IDS", "SPLITS", "CASES", "HAND_IMAGE_IDS", "inputs", "hand_inputs", "hand_loss", "loss_and_grads",
