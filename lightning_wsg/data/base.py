@@ -25,14 +25,13 @@ from ..detection.grid import DEFAULT_GRID_ASPECT_RATIOS, DEFAULT_GRID_SCALES, DE
 from ..detection.sources import open_detections
 from .batch import collate
 from .dataset import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     GroundingDataset,
     GroundingEntry,
     check_images,
     examples,
     top_scored,
 )
+from .images import IMAGENET_MEAN, IMAGENET_STD
 from .predict import PredictDataset
 from .predict_file import PREDICT_SPLIT, read_predict_file
 from .samplers import ResumableDataLoader, evaluation_sampler, training_sampler
