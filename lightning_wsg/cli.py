@@ -10,6 +10,11 @@ Usage::
 ``--config DIR/config.yaml --model.weights DIR``: its configuration and its weights.
 
 ``main(args)`` runs the same CLI in-process (tests call it with a list of arguments).
+
+The datamodule never looks at the model: :class:`GroundingCLI` hands it what the model needs
+of the samples when both are built (``data.read_features``, ``data.feature_dim``,
+``data.require_labels``, from the model's ``reads_images``, ``feature_dim`` and
+``needs_labels``), so these three are not set in configs or on the command line.
 """
 
 from __future__ import annotations
@@ -21,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from pytorch_lightning import LightningModule, Trainer
-from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from .data import GroundingDataModule
 from .grounding_module import GroundingModule
 from .model_folder import CONFIG, read_config
 
-__all__ = ["RUN_KEY", "RecordRun", "expand_model_folders", "main"]
+__all__ = ["RUN_KEY", "GroundingCLI", "RecordRun", "expand_model_folders", "main"]
 
 #: the checkpoint key of the run's record (command, full config, metrics; see :class:`RecordRun`)
 RUN_KEY = "lightning_wsg_run"
@@ -50,6 +55,35 @@ class RecordRun(SaveConfigCallback):
             self._dump = self.parser.dump(self.config, skip_none=False)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         checkpoint[RUN_KEY] = {"command": self.command, "config": self._dump, "metrics": metrics}
+
+
+def _reads_features(model: GroundingModule) -> bool:
+    return not model.reads_images
+
+
+def _feature_dim(model: GroundingModule) -> int | None:
+    return model.feature_dim
+
+
+def _needs_labels(model: GroundingModule) -> bool:
+    return model.needs_labels
+
+
+class GroundingCLI(LightningCLI):
+    """The LightningCLI with the model -> datamodule links.
+
+    Whether samples carry per-box features instead of images, the feature width and whether
+    training detections need labels are the model's to say; linked on instantiation, one
+    config cannot set them inconsistently with its model.
+    """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for compute, target in (
+            (_reads_features, "read_features"),
+            (_feature_dim, "feature_dim"),
+            (_needs_labels, "require_labels"),
+        ):
+            parser.link_arguments("model", f"data.init_args.{target}", compute_fn=compute, apply_on="instantiate")
 
 
 def expand_model_folders(args: list[str]) -> list[str]:
@@ -91,7 +125,7 @@ def main(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> Li
     elif isinstance(args, list):
         command = shlex.join(["lightning", *args])
         args = expand_model_folders(args)
-    cli = LightningCLI(
+    cli = GroundingCLI(
         GroundingModule,
         GroundingDataModule,
         subclass_mode_data=True,

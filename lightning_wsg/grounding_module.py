@@ -561,6 +561,22 @@ class GroundingModule(LightningModule):
         if size is not None:
             self.predict_image_size = int(size)
 
+    # ------------------------------------------- what the datamodule must give this model
+    @property
+    def reads_images(self) -> bool:
+        """Whether the region tower reads images (``False``: per-box features, ``data.read_features``)."""
+        return bool(self.region_encoder.reads_images)
+
+    @property
+    def feature_dim(self) -> int | None:
+        """The feature tower's input width (``data.feature_dim``); ``None`` for an image tower."""
+        return None if self.reads_images else getattr(self.region_encoder, "feature_dim", None)
+
+    @property
+    def needs_labels(self) -> bool:
+        """Whether training distils from the detector's labels (``data.require_labels``)."""
+        return bool(self.hparams.use_kd)
+
 
 def _image_pixels(image: Any, need_pixels: bool = True) -> tuple[Tensor | None, tuple[int, int]]:
     """``([3, H, W]`` uint8 or ``None``, ``(width, height))`` of a path, PIL image, tensor or size."""

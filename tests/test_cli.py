@@ -161,3 +161,31 @@ def test_small_yaml_is_the_demos_cpu_towers_with_the_dataset_configs_distillatio
         "target": "teacher",
     }
     assert cli.datamodule.batch_size == 32 and cli.datamodule.image_size == 128
+
+
+CKD_FEATURES_YAML = str(REPO / "cli_configs" / "model" / "ckd_features.yaml")
+
+
+@pytest.mark.parametrize(
+    "configs, extra, expected",
+    [
+        # the paper's feature setting: features of 2048, distillation on (the packaged GloVe: no file)
+        ([FLICKR_YAML, CKD_FEATURES_YAML], ["--model.phrase_encoder.init_args.vectors=glove-6b-50d"], (True, 2048, True)),
+        ([FLICKR_YAML, CKD_FEATURES_YAML], ["--model.phrase_encoder.init_args.vectors=glove-6b-50d",
+                                            "--model.region_encoder.init_args.feature_dim=16",
+                                            "--model.use_kd=false"], (True, 16, False)),  # fmt: skip
+        ([FLICKR_YAML, TINY_MODEL_YAML], [], (False, None, True)),
+        ([FLICKR_YAML, TINY_MODEL_YAML], ["--model.use_kd=false"], (False, None, False)),
+        ([str(REPO / "cli_configs" / "refcoco.yaml"), TINY_MODEL_YAML], [], (False, None, True)),
+    ],
+)
+def test_the_model_tells_the_datamodule_what_samples_it_needs(configs, extra, expected) -> None:
+    """GroundingCLI links data.read_features / feature_dim / require_labels from the model."""
+    args = [a for c in configs for a in ("--config", c)]
+    cli = main([*args, "--data.root=r", "--data.detections=d.jsonl", *extra], run=False)
+    dm = cli.datamodule
+    assert (dm.read_features, dm.feature_dim, dm.require_labels) == expected
+    assert (cli.model.reads_images, cli.model.feature_dim, cli.model.needs_labels) == (
+        not expected[0], expected[1], expected[2]
+    )  # fmt: skip
+    assert dm.reads_images() == (not expected[0] and dm.image_dir is not None)

@@ -97,6 +97,16 @@ class GroundingDataModule(pl.LightningDataModule):
             bar) and stop with one error listing the unreadable ones (truncated or corrupt
             files, a size that disagrees with the annotations) before the first epoch, rather
             than in a DataLoader worker hours later. Costs one full read of the images.
+        read_features: the model's region tower reads per-box features, not pixels: samples
+            carry ``detections``' features and no image (``image_dir`` may then be ``None``;
+            without ``image_dir`` features are read whatever this says). The ``lightning`` CLI
+            sets it from the model (``not model.reads_images``); in Python, pass it yourself.
+        feature_dim: the feature tower's input width (with ``read_features``): a source of
+            another width is refused at set-up, naming the file and both widths. Set by the CLI
+            from ``model.feature_dim``.
+        require_labels: the model distils from the detector's class names: training
+            detections without labels are refused at set-up, before the first step. Set by the
+            CLI from ``model.needs_labels`` (``model.use_kd``).
     """
 
     train_split: str = "train"
@@ -123,6 +133,9 @@ class GroundingDataModule(pl.LightningDataModule):
         grid_stride: float = DEFAULT_GRID_STRIDE,
         verify_images: bool = False,
         predict_split: str | None = None,
+        read_features: bool = False,
+        feature_dim: int | None = None,
+        require_labels: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -135,6 +148,13 @@ class GroundingDataModule(pl.LightningDataModule):
                 raise ValueError(f"data.{name} must be >= 1, got {value}")
         if int(num_workers) < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+        if feature_dim is not None and not read_features:
+            raise ValueError(
+                f"data.feature_dim={feature_dim} is the width of the per-box features the model reads, but "
+                "data.read_features is false: set read_features=True (a feature tower) or leave feature_dim out"
+            )
+        if feature_dim is not None and int(feature_dim) < 1:
+            raise ValueError(f"data.feature_dim must be >= 1, got {feature_dim}")
         self.save_hyperparameters()
         for key, value in list(self.hparams.items()):  # plain strings, so that checkpoints
             if isinstance(value, Path):  # load with torch.load(weights_only=True) (load_from_checkpoint)
@@ -168,6 +188,10 @@ class GroundingDataModule(pl.LightningDataModule):
         self.grid = {"scales": tuple(grid_scales), "aspect_ratios": tuple(grid_aspect_ratios), "stride": float(grid_stride)}
         self._predict_records: list | None = None
         self.verify_images = bool(verify_images)
+        # what the model needs of the samples: given (by the CLI's links or the caller), never read off the model
+        self.read_features = bool(read_features)
+        self.feature_dim = int(feature_dim) if feature_dim is not None else None
+        self.require_labels = bool(require_labels)
 
     # -- hooks of a concrete dataset -------------------------------------------------
     def load_split(self, split: str) -> list[GroundingEntry]:
@@ -229,39 +253,38 @@ class GroundingDataModule(pl.LightningDataModule):
             if path is not None and not path.is_dir():
                 raise FileNotFoundError(f"{what} not found: {path}")
 
-    def _region_tower(self):
-        """The region tower of the model being trained or evaluated, when a trainer holds one."""
-        model = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
-        return getattr(model, "region_encoder", None)
-
     def reads_images(self) -> bool:
-        """Whether samples carry images: not for a feature tower, nor without ``image_dir``."""
-        tower = self._region_tower()
-        if tower is not None and not getattr(tower, "reads_images", True):
-            return False
-        return self.image_dir is not None
+        """Whether samples carry images: not with ``read_features``, nor without ``image_dir``."""
+        return not self.read_features and self.image_dir is not None
 
     def _check_features(self, dataset: GroundingDataset, split: str) -> None:
         """Refuse features of another width than the model's, or a source without features."""
         store = dataset.detections
         if store.feature_dim is None:
             raise ValueError(
-                f"split {split}: the model reads per-box features (or data.image_dir is not given), but "
+                f"split {split}: the model reads per-box features (data.read_features, or data.image_dir is not "
+                f"given), but "
                 f"{store.path} has none: give data.detections a bottom-up-attention TSV with its features column, "
                 "an HDF5 file of image_features, a native feature store, or a detection cache made with "
                 "box_features: true; or data.image_dir with an image tower"
             )
-        want = getattr(self._region_tower(), "feature_dim", None)
+        want = self.feature_dim
         if want is not None and store.feature_dim != want:
             example = dataset.entries[0].image_id if dataset.entries else "-"
             raise DetectionFormatError(
                 f"{store.path}: features of width {store.feature_dim} (image {example}), but the model's feature "
-                f"tower takes {want} (model.region_encoder.init_args.feature_dim)"
+                f"tower takes {want} (model.region_encoder.init_args.feature_dim, data.feature_dim)"
             )
 
     def region_features(self, split: str):
         """Each image's kept per-box features ``[R, dim]`` in ``split`` (once per image), for
         statistics such as the feature tower's normalisation."""
+        if self.reads_images():  # a feature tower on image samples: its first batch would have no features
+            raise ValueError(
+                f"the model reads per-box features, but {type(self).__name__} was built to read images: pass "
+                "read_features=True (and feature_dim, the tower's width) to the datamodule; the lightning CLI "
+                "sets both from the model"
+            )
         dataset = self.datasets[split]
         for image_id in dict.fromkeys(entry.image_id for entry in dataset.entries):
             yield dataset.detections.features(image_id)[dataset.kept_proposals(image_id)]
@@ -314,9 +337,7 @@ class GroundingDataModule(pl.LightningDataModule):
 
     def _check_labels_for_distillation(self, dataset: GroundingDataset) -> None:
         """Refuse, before training, a model that distils (``use_kd``) from proposals without labels."""
-        model = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
-        hparams = getattr(model, "hparams", None)
-        if not hparams or not hparams.get("use_kd", False):
+        if not self.require_labels:
             return
         store = dataset.detections
         unlabelled = [i for i in dict.fromkeys(e.image_id for e in dataset.entries) if store[i].labels is None]
@@ -439,8 +460,7 @@ class GroundingDataModule(pl.LightningDataModule):
             raise FileNotFoundError(f"{self.predict_file} (data.predict_file): {err}") from None
 
     def _build_predict_dataset(self):
-        tower = self._region_tower()
-        features = tower is not None and not getattr(tower, "reads_images", True)
+        features = self.read_features
         if features and self.predict_proposals == "grid":
             raise ValueError(
                 "the model reads per-box features: ground with data.predict_proposals=detections and a "

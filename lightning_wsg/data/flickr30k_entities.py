@@ -395,6 +395,9 @@ class Flickr30kEntitiesDataModule(GroundingDataModule):
         verify_images: bool = False,
         unrelated_captions: str | Path | None = None,
         predict_split: str | None = None,
+        read_features: bool = False,
+        feature_dim: int | None = None,
+        require_labels: bool = False,
     ) -> None:
         super().__init__(
             root,
@@ -415,6 +418,9 @@ class Flickr30kEntitiesDataModule(GroundingDataModule):
             grid_stride=grid_stride,
             verify_images=verify_images,
             predict_split=predict_split,
+            read_features=read_features,
+            feature_dim=feature_dim,
+            require_labels=require_labels,
         )
         self.unrelated_captions = Path(unrelated_captions) if unrelated_captions is not None else None
 

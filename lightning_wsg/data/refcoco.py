@@ -376,6 +376,9 @@ class RefCOCODataModule(GroundingDataModule):
         grid_stride: float = DEFAULT_GRID_STRIDE,
         verify_images: bool = False,
         predict_split: str | None = None,
+        read_features: bool = False,
+        feature_dim: int | None = None,
+        require_labels: bool = False,
     ) -> None:
         super().__init__(
             root,
@@ -396,6 +399,9 @@ class RefCOCODataModule(GroundingDataModule):
             grid_stride=grid_stride,
             verify_images=verify_images,
             predict_split=predict_split,
+            read_features=read_features,
+            feature_dim=feature_dim,
+            require_labels=require_labels,
         )
         splits = available_splits(dataset, split_by)
         if isinstance(eval_splits, str):

@@ -98,6 +98,9 @@ class SyntheticWorldDataModule(Flickr30kEntitiesDataModule):
         detections: str | Path | None = None,
         vocabulary: str | Path | None = None,
         predict_split: str | None = None,
+        read_features: bool = False,
+        feature_dim: int | None = None,
+        require_labels: bool = False,
     ) -> None:
         world = _world_config(locals())
         root = Path(root)
@@ -119,6 +122,9 @@ class SyntheticWorldDataModule(Flickr30kEntitiesDataModule):
             grid_aspect_ratios=grid_aspect_ratios,
             grid_stride=grid_stride,
             predict_split=predict_split,
+            read_features=read_features,
+            feature_dim=feature_dim,
+            require_labels=require_labels,
         )
         self.world = world
 

@@ -223,3 +223,53 @@ def test_a_split_without_any_proposals_is_an_error(toy, tmp_path):
 def test_setup_before_loader(toy):
     with pytest.raises(RuntimeError, match="call setup"):
         toy().test_dataloader()
+
+
+# --- what the model needs of the samples: given, never read off the model -------------------
+
+
+def test_what_the_model_needs_arrives_as_arguments(toy):
+    dm = toy(read_features=True, feature_dim=7, require_labels=True)
+    assert (dm.read_features, dm.feature_dim, dm.require_labels) == (True, 7, True)
+    assert dm.hparams["read_features"] and dm.hparams["feature_dim"] == 7 and dm.hparams["require_labels"]
+    assert not dm.reads_images()  # an image folder is given, but the model reads features
+    plain = toy()
+    assert plain.reads_images() and (plain.read_features, plain.feature_dim, plain.require_labels) == (False, None, False)
+
+
+def test_inconsistent_model_needs_are_refused_at_init(toy):
+    with pytest.raises(ValueError, match="data.feature_dim=16 .* but data.read_features is false"):
+        toy(feature_dim=16)
+    with pytest.raises(ValueError, match="data.feature_dim must be >= 1, got 0"):
+        toy(read_features=True, feature_dim=0)
+
+
+class _NoModel:
+    """A trainer whose model must not be looked at."""
+
+    is_global_zero = True
+
+    @property
+    def lightning_module(self):
+        raise AssertionError("the datamodule read the model")
+
+
+def test_setup_never_reads_the_model(toy, tmp_path):
+    for require_labels in (False, True):
+        dm = toy(require_labels=require_labels)
+        dm.trainer = _NoModel()
+        dm.setup("fit")  # labelled detections: accepted without asking the model
+        assert dm.datasets["train"].read_images
+        next(iter(dm.train_dataloader()))
+    features = toy(read_features=True)
+    features.trainer = _NoModel()
+    with pytest.raises(ValueError, match=r"split test: the model reads per-box features \(data.read_features"):
+        features.setup("test")  # the toy detections carry no features
+
+
+def test_require_labels_refuses_unlabelled_training_detections(toy, tmp_path):
+    unlabelled = [Detections(i, _dets(i).boxes, None, _dets(i).scores) for i in SIZES]
+    write_jsonl(tmp_path / "dets.jsonl", unlabelled)
+    with pytest.raises(ValueError, match=r"model.use_kd=true distils .* no labels for 5 training images"):
+        toy(require_labels=True).setup("fit")
+    toy().setup("fit")  # without distillation they train
