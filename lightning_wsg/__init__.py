@@ -4,7 +4,8 @@ Public names (imported lazily, so that ``python -m lightning_wsg.synthetic`` sta
 
 * :class:`GroundingModule`: the LightningModule (InfoNCE + distillation; argmax grounding).
 * :class:`Flickr30kEntitiesDataModule`, :class:`RefCOCODataModule`,
-  :class:`SyntheticWorldDataModule`: the datamodules.
+  :class:`SyntheticWorldDataModule`: the datamodules; :class:`SentencesFileDataModule`: new
+  images and sentences for ``lightning predict``.
 * :class:`DetectionCache`: the callback that runs a detector once and caches its output.
 
 Example:
@@ -26,6 +27,7 @@ _PUBLIC = {
     "RefCOCODataModule": "lightning_wsg.data",
     "SyntheticWorldDataModule": "lightning_wsg.data",
     "GroundingDataModule": "lightning_wsg.data",
+    "SentencesFileDataModule": "lightning_wsg.data",
     "DetectionCache": "lightning_wsg.detection",
 }
 

@@ -25,10 +25,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pytorch_lightning import LightningModule, Trainer
+from pytorch_lightning import LightningDataModule, LightningModule, Trainer
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from .data import GroundingDataModule
 from .grounding_module import GroundingModule
 from .model_folder import CONFIG, read_config
 
@@ -127,7 +126,7 @@ def main(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> Li
         args = expand_model_folders(args)
     cli = GroundingCLI(
         GroundingModule,
-        GroundingDataModule,
+        LightningDataModule,
         subclass_mode_data=True,
         seed_everything_default=0,
         auto_configure_optimizers=False,  # the optimizer is model.optimizer, one place only

@@ -23,13 +23,11 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import Tensor
 
 from ..boxes import xml_to_corners
-from ..detection.grid import DEFAULT_GRID_ASPECT_RATIOS, DEFAULT_GRID_SCALES, DEFAULT_GRID_STRIDE
 from .base import GroundingDataModule, GroundingEntry
 
 __all__ = [
@@ -387,11 +385,6 @@ class Flickr30kEntitiesDataModule(GroundingDataModule):
         max_phrases: int = 16,
         pin_memory: bool = False,
         persistent_workers: bool = False,
-        predict_file: str | Path | None = None,
-        predict_proposals: Literal["grid", "detections"] = "grid",
-        grid_scales: tuple[float, ...] = DEFAULT_GRID_SCALES,
-        grid_aspect_ratios: tuple[float, ...] = DEFAULT_GRID_ASPECT_RATIOS,
-        grid_stride: float = DEFAULT_GRID_STRIDE,
         verify_images: bool = False,
         unrelated_captions: str | Path | None = None,
         predict_split: str | None = None,
@@ -411,11 +404,6 @@ class Flickr30kEntitiesDataModule(GroundingDataModule):
             max_phrases=max_phrases,
             pin_memory=pin_memory,
             persistent_workers=persistent_workers,
-            predict_file=predict_file,
-            predict_proposals=predict_proposals,
-            grid_scales=grid_scales,
-            grid_aspect_ratios=grid_aspect_ratios,
-            grid_stride=grid_stride,
             verify_images=verify_images,
             predict_split=predict_split,
             read_features=read_features,

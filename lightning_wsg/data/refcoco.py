@@ -45,12 +45,10 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from ..boxes import coco_to_corners
-from ..detection.grid import DEFAULT_GRID_ASPECT_RATIOS, DEFAULT_GRID_SCALES, DEFAULT_GRID_STRIDE
 from .base import GroundingDataModule, GroundingEntry
 
 __all__ = [
@@ -369,11 +367,6 @@ class RefCOCODataModule(GroundingDataModule):
         max_proposals: int = 100,
         pin_memory: bool = False,
         persistent_workers: bool = False,
-        predict_file: str | Path | None = None,
-        predict_proposals: Literal["grid", "detections"] = "grid",
-        grid_scales: tuple[float, ...] = DEFAULT_GRID_SCALES,
-        grid_aspect_ratios: tuple[float, ...] = DEFAULT_GRID_ASPECT_RATIOS,
-        grid_stride: float = DEFAULT_GRID_STRIDE,
         verify_images: bool = False,
         predict_split: str | None = None,
         read_features: bool = False,
@@ -392,11 +385,6 @@ class RefCOCODataModule(GroundingDataModule):
             max_phrases=1,
             pin_memory=pin_memory,
             persistent_workers=persistent_workers,
-            predict_file=predict_file,
-            predict_proposals=predict_proposals,
-            grid_scales=grid_scales,
-            grid_aspect_ratios=grid_aspect_ratios,
-            grid_stride=grid_stride,
             verify_images=verify_images,
             predict_split=predict_split,
             read_features=read_features,

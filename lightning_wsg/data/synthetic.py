@@ -15,11 +15,10 @@ from __future__ import annotations
 
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pytorch_lightning.utilities import rank_zero_info
 
-from ..detection.grid import DEFAULT_GRID_ASPECT_RATIOS, DEFAULT_GRID_SCALES, DEFAULT_GRID_STRIDE
 from ..synthetic import CaptionNouns, WorldConfig, generate_world, world_is_complete
 from .flickr30k_entities import Flickr30kEntitiesDataModule
 
@@ -61,8 +60,6 @@ class SyntheticWorldDataModule(Flickr30kEntitiesDataModule):
         max_phrases: training sentences keep at most this many phrases.
         pin_memory: passed to the loaders.
         persistent_workers: keep workers between epochs.
-        predict_file, predict_proposals, grid_scales, grid_aspect_ratios, grid_stride:
-            prediction on new images, see :class:`~lightning_wsg.data.GroundingDataModule`.
         predict_split: a split of the world for ``lightning predict`` (pseudo-labels), see
             :class:`~lightning_wsg.data.GroundingDataModule`.
         detections: another source of the world's proposals than its ``detections.jsonl``,
@@ -90,11 +87,6 @@ class SyntheticWorldDataModule(Flickr30kEntitiesDataModule):
         max_phrases: int = 16,
         pin_memory: bool = False,
         persistent_workers: bool = False,
-        predict_file: str | Path | None = None,
-        predict_proposals: Literal["grid", "detections"] = "grid",
-        grid_scales: tuple[float, ...] = DEFAULT_GRID_SCALES,
-        grid_aspect_ratios: tuple[float, ...] = DEFAULT_GRID_ASPECT_RATIOS,
-        grid_stride: float = DEFAULT_GRID_STRIDE,
         detections: str | Path | None = None,
         vocabulary: str | Path | None = None,
         predict_split: str | None = None,
@@ -116,11 +108,6 @@ class SyntheticWorldDataModule(Flickr30kEntitiesDataModule):
             max_phrases=max_phrases,
             pin_memory=pin_memory,
             persistent_workers=persistent_workers,
-            predict_file=predict_file,
-            predict_proposals=predict_proposals,
-            grid_scales=grid_scales,
-            grid_aspect_ratios=grid_aspect_ratios,
-            grid_stride=grid_stride,
             predict_split=predict_split,
             read_features=read_features,
             feature_dim=feature_dim,

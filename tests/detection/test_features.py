@@ -15,7 +15,7 @@ from helpers.model import TINY_TEXT
 from helpers.trainer import quiet_trainer
 
 from lightning_wsg.cli import main
-from lightning_wsg.data import Flickr30kEntitiesDataModule
+from lightning_wsg.data import Flickr30kEntitiesDataModule, SentencesFileDataModule
 from lightning_wsg.detection.formats import DetectionFormatError, TsvDetections, open_detections
 from lightning_wsg.detection.hdf5 import Hdf5Detections
 from lightning_wsg.detection.native import convert
@@ -311,20 +311,17 @@ def test_lightning_predict_with_the_feature_tower_reads_boxes_and_features(tmp_p
             for i in ids
         )
     )
-    dm = Flickr30kEntitiesDataModule(
-        tiny.root, None, str(tsv), predict_file=str(inputs), predict_proposals="detections", batch_size=2,
-        num_workers=0, read_features=True,
-    )  # fmt: skip
+    dm = SentencesFileDataModule(
+        inputs, "detections", str(tsv), batch_size=2, num_workers=0, read_features=True, feature_dim=16
+    )
     (out,) = quiet_trainer(tmp_path).predict(model, datamodule=dm)
     assert [r["image_id"] for r in out] == ids
     for record, image_id in zip(out, ids):
         assert record["image_size"] == list(tiny.sizes[image_id])  # read from the image's header
         boxes = [[round(v, 2) for v in b] for b in data["images"][image_id]["boxes"].tolist()]
         assert len(record["phrases"]) == 2 and all(p["box"] in boxes for p in record["phrases"])
-    dm = Flickr30kEntitiesDataModule(
-        tiny.root, None, str(tsv), predict_file=str(inputs), batch_size=2, num_workers=0, read_features=True
-    )
-    with pytest.raises(
-        ValueError, match="the model reads per-box features: ground with data.predict_proposals=detections"
-    ):
-        quiet_trainer(tmp_path).predict(model, datamodule=dm)
+    with pytest.raises(ValueError, match="the model reads per-box features: ground with data.proposals=detections"):
+        SentencesFileDataModule(inputs, "grid", batch_size=2, num_workers=0, read_features=True)
+    dm = SentencesFileDataModule(inputs, "detections", str(tsv), num_workers=0, read_features=True, feature_dim=8)
+    with pytest.raises(DetectionFormatError, match=rf"{tsv}: features of width 16 \(image \d+\), but .* takes 8"):
+        dm.setup("predict")
