@@ -23,6 +23,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -365,11 +366,11 @@ class Flickr30kEntitiesDataModule(GroundingDataModule):
         root: folder with ``Annotations/``, ``Sentences/``, ``train.txt``, ``val.txt``,
             ``test.txt`` (and optionally ``UNRELATED_CAPTIONS``).
         image_dir: folder of ``<image_id>.jpg`` (``None`` with a feature tower: no image is read).
-        detections: the proposals file (``None`` when a ``DetectionCache`` callback
-            supplies them).
+        detections: the proposals file, records keyed by the image id (``None`` when a
+            ``DetectionCache`` callback supplies them).
         unrelated_captions: pairs left out of training; default ``root/UNRELATED_CAPTIONS``
             when that file exists.
-        **kwargs: see :class:`~lightning_wsg.data.base.GroundingDataModule`.
+        **kwargs: other arguments: :class:`~lightning_wsg.data.GroundingDataModule`.
     """
 
     def __init__(
@@ -377,39 +378,10 @@ class Flickr30kEntitiesDataModule(GroundingDataModule):
         root: str | Path,
         image_dir: str | Path | None = None,
         detections: str | Path | None = None,
-        vocabulary: str | Path | None = None,
-        batch_size: int = 32,
-        num_workers: int = 4,
-        image_size: int = 512,
-        max_proposals: int = 100,
-        max_phrases: int = 16,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        verify_images: bool = False,
         unrelated_captions: str | Path | None = None,
-        predict_split: str | None = None,
-        read_features: bool = False,
-        feature_dim: int | None = None,
-        require_labels: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            root,
-            image_dir,
-            detections,
-            vocabulary=vocabulary,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            image_size=image_size,
-            max_proposals=max_proposals,
-            max_phrases=max_phrases,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-            verify_images=verify_images,
-            predict_split=predict_split,
-            read_features=read_features,
-            feature_dim=feature_dim,
-            require_labels=require_labels,
-        )
+        super().__init__(root, image_dir, detections, **kwargs)
         self.unrelated_captions = Path(unrelated_captions) if unrelated_captions is not None else None
 
     def unrelated_sentence_ids(self) -> set[str]:

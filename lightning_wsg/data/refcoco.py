@@ -45,6 +45,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -343,8 +344,8 @@ class RefCOCODataModule(GroundingDataModule):
         eval_splits: the splits ``test`` evaluates (a list, or one name); default every test split of the
             combination (refcoco unc: testA, testB; refcocog umd: test), ``val`` for
             refcocog google, which has no test split.
-        **kwargs: see :class:`~lightning_wsg.data.base.GroundingDataModule` (each expression
-            is one phrase, so ``max_phrases`` has no use here and is not taken).
+        **kwargs: other arguments: :class:`~lightning_wsg.data.GroundingDataModule` (each
+            expression is one phrase, so ``max_phrases`` has no use here and is not taken).
 
     Raises:
         ValueError: an unsupported dataset / split_by, a split the combination lacks, or
@@ -360,37 +361,11 @@ class RefCOCODataModule(GroundingDataModule):
         split_by: str = "unc",
         val_split: str = "val",
         eval_splits: list[str] | str | None = None,
-        vocabulary: str | Path | None = None,
-        batch_size: int = 32,
-        num_workers: int = 4,
-        image_size: int = 512,
-        max_proposals: int = 100,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        verify_images: bool = False,
-        predict_split: str | None = None,
-        read_features: bool = False,
-        feature_dim: int | None = None,
-        require_labels: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            root,
-            image_dir,
-            detections,
-            vocabulary=vocabulary,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            image_size=image_size,
-            max_proposals=max_proposals,
-            max_phrases=1,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-            verify_images=verify_images,
-            predict_split=predict_split,
-            read_features=read_features,
-            feature_dim=feature_dim,
-            require_labels=require_labels,
-        )
+        if "max_phrases" in kwargs:
+            raise ValueError(f"{type(self).__name__}: every expression is one phrase, so max_phrases is not taken")
+        super().__init__(root, image_dir, detections, max_phrases=1, **kwargs)
         splits = available_splits(dataset, split_by)
         if isinstance(eval_splits, str):
             eval_splits = [eval_splits]
@@ -406,9 +381,9 @@ class RefCOCODataModule(GroundingDataModule):
                 )
             if split == _TRAIN:
                 raise ValueError(f"{what}: {split!r} cannot be evaluated (training entries never carry a box)")
-        if predict_split is not None and predict_split not in splits:
+        if self.predict_split is not None and self.predict_split not in splits:
             raise ValueError(
-                f"{dataset} ({split_by}) has no split {predict_split!r} (predict_split): its splits are "
+                f"{dataset} ({split_by}) has no split {self.predict_split!r} (predict_split): its splits are "
                 f"{', '.join(splits)}"
             )
         self.dataset = dataset

@@ -53,19 +53,16 @@ class SyntheticWorldDataModule(Flickr30kEntitiesDataModule):
         pair_rate: share of images seeded with a co-occurring category pair.
         caption_nouns: ``"category"`` (captions and detector both say the shape's category) or
             ``"varied"`` (the detector says a COCO class, the captions a synonym or a kind of it).
-        batch_size: samples per batch.
-        num_workers: loader worker processes.
-        image_size: images are resized to ``image_size x image_size`` for the model.
-        max_proposals: top-scored proposals kept per image.
-        max_phrases: training sentences keep at most this many phrases.
-        pin_memory: passed to the loaders.
-        persistent_workers: keep workers between epochs.
-        predict_split: a split of the world for ``lightning predict`` (pseudo-labels), see
-            :class:`~lightning_wsg.data.GroundingDataModule`.
         detections: another source of the world's proposals than its ``detections.jsonl``,
             for example per-box features extracted from the world's images
             (``python -m lightning_wsg.features extract``) for the feature tower.
-        vocabulary: names the class ids of a TSV ``detections``.
+        num_workers: loader worker processes (own default: decoding the small images is cheap).
+        image_size: images are resized to ``image_size x image_size`` for the model (own
+            default: the world's image size).
+        max_proposals: top-scored proposals kept per image (own default: the simulated
+            detector's proposals per image).
+        **kwargs: other arguments: :class:`~lightning_wsg.data.GroundingDataModule` (the image
+            folder is the world's ``images/``, so ``image_dir`` is not taken).
     """
 
     def __init__(
@@ -80,38 +77,25 @@ class SyntheticWorldDataModule(Flickr30kEntitiesDataModule):
         distractor_rate: float = WorldConfig.distractor_rate,
         pair_rate: float = WorldConfig.pair_rate,
         caption_nouns: CaptionNouns = WorldConfig.caption_nouns,
-        batch_size: int = 32,
+        detections: str | Path | None = None,
         num_workers: int = 2,
         image_size: int = WorldConfig.image_size,
         max_proposals: int = 30,
-        max_phrases: int = 16,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        detections: str | Path | None = None,
-        vocabulary: str | Path | None = None,
-        predict_split: str | None = None,
-        read_features: bool = False,
-        feature_dim: int | None = None,
-        require_labels: bool = False,
+        **kwargs: Any,
     ) -> None:
         world = _world_config(locals())
+        if "image_dir" in kwargs:
+            raise ValueError(f"{type(self).__name__}: the world's images are {root}/images; image_dir is not taken")
         root = Path(root)
         super().__init__(
             root,
             root / "images",
             detections if detections is not None else root / "detections.jsonl",
-            vocabulary=vocabulary,
-            batch_size=batch_size,
+            unrelated_captions=None,  # a world has no unrelated captions
             num_workers=num_workers,
             image_size=image_size,
             max_proposals=max_proposals,
-            max_phrases=max_phrases,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-            predict_split=predict_split,
-            read_features=read_features,
-            feature_dim=feature_dim,
-            require_labels=require_labels,
+            **kwargs,
         )
         self.world = world
 
