@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -364,7 +365,8 @@ class GroundingDataModule(pl.LightningDataModule):
             sampler=sampler,
             drop_last=train and len(sampler) > self.batch_size,
             num_workers=self.num_workers,
-            collate_fn=collate,
+            # batches say what their class probabilities' columns are
+            collate_fn=functools.partial(collate, class_names=dataset.detections.class_names),
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
         )
