@@ -7,7 +7,8 @@ Public names (imported lazily, so that ``python -m lightning_wsg.synthetic`` sta
 * :class:`ContrastiveDistillationLoss`: the training objective (InfoNCE + ramped distillation).
 * :class:`GroundingModule`: the LightningModule (model + loss + optimizer + metrics).
 * :class:`Flickr30kEntitiesDataModule`, :class:`RefCOCODataModule`,
-  :class:`SyntheticWorldDataModule`: the datamodules.
+  :class:`SyntheticWorldDataModule`: the datamodules; :class:`SentencesFileDataModule`: new
+  images and sentences for ``lightning predict``.
 * :class:`DetectionCache`: the callback that runs a detector once and caches its output.
 
 Example:
@@ -31,6 +32,7 @@ _PUBLIC = {
     "RefCOCODataModule": "lightning_wsg.data",
     "SyntheticWorldDataModule": "lightning_wsg.data",
     "GroundingDataModule": "lightning_wsg.data",
+    "SentencesFileDataModule": "lightning_wsg.data",
     "DetectionCache": "lightning_wsg.detection",
 }
 

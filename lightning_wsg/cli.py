@@ -15,6 +15,11 @@ Every run gets the :class:`~lightning_wsg.callbacks.FeatureStatistics` callback 
 nothing unless the region tower needs the training split's feature statistics).
 
 ``main(args)`` runs the same CLI in-process (tests call it with a list of arguments).
+
+The datamodule never looks at the model: :class:`GroundingCLI` hands it what the model needs
+of the samples when both are built (``data.read_features``, ``data.feature_dim``,
+``data.require_labels``, from the model's ``reads_images``, ``feature_dim`` and
+``needs_labels``), so these three are not set in configs or on the command line.
 """
 
 from __future__ import annotations
@@ -25,18 +30,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pytorch_lightning import LightningModule, Trainer
-from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
+from pytorch_lightning import LightningDataModule, LightningModule, Trainer
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 import yaml
 
 from .callbacks.feature_statistics import FeatureStatistics
-from .data import GroundingDataModule
 from .grounding_module import GroundingModule
 from .migration import is_old_model_config, migrate_model_config
 from .model_folder import CONFIG, read_config
 
-__all__ = ["RUN_KEY", "RecordRun", "expand_model_folders", "main"]
+__all__ = ["RUN_KEY", "GroundingCLI", "RecordRun", "expand_model_folders", "main"]
 
 #: the checkpoint key of the run's record (command, full config, metrics; see :class:`RecordRun`)
 RUN_KEY = "lightning_wsg_run"
@@ -59,6 +63,35 @@ class RecordRun(SaveConfigCallback):
             self._dump = self.parser.dump(self.config, skip_none=False)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         checkpoint[RUN_KEY] = {"command": self.command, "config": self._dump, "metrics": metrics}
+
+
+def _reads_features(model: GroundingModule) -> bool:
+    return not model.reads_images
+
+
+def _feature_dim(model: GroundingModule) -> int | None:
+    return model.feature_dim
+
+
+def _needs_labels(model: GroundingModule) -> bool:
+    return model.needs_labels
+
+
+class GroundingCLI(LightningCLI):
+    """The LightningCLI with the model -> datamodule links.
+
+    Whether samples carry per-box features instead of images, the feature width and whether
+    training detections need labels are the model's to say; linked on instantiation, one
+    config cannot set them inconsistently with its model.
+    """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for compute, target in (
+            (_reads_features, "read_features"),
+            (_feature_dim, "feature_dim"),
+            (_needs_labels, "require_labels"),
+        ):
+            parser.link_arguments("model", f"data.init_args.{target}", compute_fn=compute, apply_on="instantiate")
 
 
 def expand_model_folders(args: list[str]) -> list[str]:
@@ -103,9 +136,9 @@ def main(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> Li
     elif isinstance(args, list):
         command = shlex.join(["lightning", *args])
         args = expand_model_folders(args)
-    cli = LightningCLI(
+    cli = GroundingCLI(
         GroundingModule,
-        GroundingDataModule,
+        LightningDataModule,
         subclass_mode_data=True,
         seed_everything_default=0,
         auto_configure_optimizers=False,  # the optimizer is model.optimizer, one place only

@@ -7,7 +7,7 @@ Usage::
 writes ``config.yaml``, ``model.safetensors`` and a ``README.md`` model card (the training
 data, the metrics logged up to the checkpoint, the command and configuration of the run, the
 package versions; see :mod:`lightning_wsg.model_folder`). The folder is what the Hugging
-Face Hub hosts, as it is; ``GroundingModule.from_pretrained(DIR)`` loads it and
+Face Hub hosts, as it is; ``GroundingModel.from_pretrained(DIR)`` loads it and
 ``lightning test --config <dataset config> --model DIR`` evaluates it.
 
 Example:
@@ -59,28 +59,31 @@ def export(ckpt_path: str | Path, out: str | Path, overwrite: bool = False) -> P
     Returns:
         ``out``.
     """
+    from pytorch_lightning.cli import instantiate_module
+
     from .cli import RUN_KEY
-    from .grounding_module import GroundingModule
+    from .migration import migrate_checkpoint
+    from .model import GroundingModel
 
     ckpt_path, out = Path(ckpt_path), Path(out)
     existing = [name for name in (CONFIG, WEIGHTS, CARD) if (out / name).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{out} already holds {', '.join(existing)}; give --overwrite to replace them")
     checkpoint = _read_checkpoint(ckpt_path)
+    migrate_checkpoint(checkpoint)  # a checkpoint of the earlier layout: today's names
     image_size = (checkpoint.get("datamodule_hyper_parameters") or {}).get("image_size")
     config = folder_config(checkpoint["hyper_parameters"], image_size)
-    from pytorch_lightning.cli import instantiate_module
-
-    module = instantiate_module(GroundingModule, config["model"])
-    missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
+    model = instantiate_module(GroundingModel, config["model"])
+    weights = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise ValueError(
             f"{ckpt_path}: its state_dict does not fit the model its hparams describe "
             f"(missing {sorted(missing)[:4]}, unexpected {sorted(unexpected)[:4]})"
         )
-    module.predict_image_size = image_size
+    model.image_size = image_size
     card = model_card(checkpoint, out.name, command=_export_command(ckpt_path, out), run=checkpoint.get(RUN_KEY))
-    return module.save_pretrained(out, card=card)
+    return model.save_pretrained(out, card=card)
 
 
 def _export_command(ckpt_path: Path, out: Path) -> str:
@@ -130,7 +133,7 @@ def model_card(checkpoint: dict[str, Any], name: str, command: str, run: dict[st
         f"# {name}",
         "",
         (
-            "A weakly supervised phrase-grounding model of lightning_wsg (`GroundingModule`, contrastive "
+            "A weakly supervised phrase-grounding model of lightning_wsg (`GroundingModel`, trained by contrastive "
             "knowledge distillation): given an image, its proposal boxes and a sentence, it picks the box "
             "each phrase refers to."
         ),
@@ -141,7 +144,7 @@ def model_card(checkpoint: dict[str, Any], name: str, command: str, run: dict[st
         "## Files",
         "",
         (
-            f"- `{CONFIG}`: the module's full configuration (a `lightning` config fragment; the towers' own "
+            f"- `{CONFIG}`: the model's configuration (a `lightning` config fragment; the towers' own "
             "pretrained weights are off)"
         ),
         f"- `{WEIGHTS}`: every weight and buffer",
@@ -150,8 +153,8 @@ def model_card(checkpoint: dict[str, Any], name: str, command: str, run: dict[st
         "## Use",
         "",
         "```python",
-        "from lightning_wsg import GroundingModule",
-        f'model = GroundingModule.from_pretrained("{name}")',
+        "from lightning_wsg import GroundingModel",
+        f'model = GroundingModel.from_pretrained("{name}")',
         'model.ground("dog.jpg", "a [brown dog] jumps over [the fence]")',
         "```",
         "",

@@ -50,11 +50,8 @@ def extract_features(
     ``weights``: a local state-dict file or a packaged name (the default: ImageNet
     EfficientNet-Lite0, offline); ``None`` downloads timm's pretrained weights.
     """
-    from PIL import Image
-    from torchvision.transforms.v2 import functional as TF
-
     from .boxes import scale_boxes
-    from .data.dataset import IMAGENET_MEAN, IMAGENET_STD
+    from .data.images import image_input, read_pixels
     from .models import RegionEncoder
 
     encoder = RegionEncoder(
@@ -65,11 +62,9 @@ def extract_features(
     for start in range(0, len(ids), batch_size):
         chunk, tensors, rois, dets = ids[start : start + batch_size], [], [], []
         for image_id in chunk:
-            with Image.open(images[image_id]) as img:
-                pixels = TF.pil_to_tensor(img.convert("RGB"))
+            pixels = read_pixels(images[image_id])  # the network input the dataset gives the image tower
             height, width = pixels.shape[-2:]
-            pixels = TF.to_dtype(TF.resize(pixels, [image_size, image_size], antialias=True), torch.float32, scale=True)
-            tensors.append(TF.normalize(pixels, list(IMAGENET_MEAN), list(IMAGENET_STD)))
+            tensors.append(image_input(pixels, image_size))
             det = store[image_id]
             det.image_size = (int(width), int(height))
             rois.append(scale_boxes(det.boxes.float(), image_size / width, image_size / height))

@@ -25,7 +25,7 @@ from PIL import Image
 from pytorch_lightning import Callback
 
 from lightning_wsg.cli import main
-from lightning_wsg.data import Flickr30kEntitiesDataModule
+from lightning_wsg.data import Flickr30kEntitiesDataModule, SentencesFileDataModule
 from lightning_wsg.data.base import check_images
 from lightning_wsg.data.predict_file import PredictFormatError
 from lightning_wsg.detection.formats import DetectionFormatError
@@ -118,35 +118,35 @@ def test_check_images_reads_garbage_as_an_error(tiny):
         check_images(dm.datasets["test"], "test", progress=False)
 
 
-# ------------------------------------------------------------------------- predict file
-def _predict_dm(tiny: TinyFlickr, lines: list[str], tmp_path: Path) -> Flickr30kEntitiesDataModule:
+# ------------------------------------------------------------------------- sentences file
+def _predict_dm(tiny: TinyFlickr, lines: list[str], tmp_path: Path) -> SentencesFileDataModule:
     path = tmp_path / "inputs.jsonl"
     path.write_text("\n".join(lines) + "\n")
-    return _dm(tiny, predict_file=path)
+    return SentencesFileDataModule(path, batch_size=4, num_workers=0, image_size=32)
 
 
-def test_an_empty_predict_file_is_refused(tiny, tmp_path):
+def test_an_empty_sentences_file_is_refused(tiny, tmp_path):
     with pytest.raises(
         PredictFormatError, match=rf"{re.escape(str(tmp_path / 'inputs.jsonl'))}: no sentence to ground"
     ):
         _predict_dm(tiny, ["", "  "], tmp_path).setup("predict")
 
 
-def test_duplicate_sentence_ids_in_a_predict_file_are_refused(tiny, tmp_path):
+def test_duplicate_sentence_ids_in_a_sentences_file_are_refused(tiny, tmp_path):
     image = str(tiny.image_dir / f"{tiny.splits['test'][0]}.jpg")
     lines = [json.dumps({"image": image, "sentence": "a [dog]", "id": "s1"}) for _ in range(2)]
     with pytest.raises(PredictFormatError, match=r"inputs.jsonl:2: duplicate sentence id 's1'"):
         _predict_dm(tiny, lines, tmp_path).setup("predict")
 
 
-def test_a_predict_file_naming_missing_images_is_refused(tiny, tmp_path):
+def test_a_sentences_file_naming_missing_images_is_refused(tiny, tmp_path):
     lines = [
         json.dumps({"image": "nowhere/a.jpg", "sentence": "a [dog]"}),
         json.dumps({"image": "b.jpg", "sentence": "x"}),
     ]
     file = re.escape(str(tmp_path / "inputs.jsonl"))
     with pytest.raises(
-        FileNotFoundError, match=rf"{file} \(data.predict_file\): 2 images to ground not found: .*b\.jpg"
+        FileNotFoundError, match=rf"{file} \(data.sentences_file\): 2 images to ground not found: .*b\.jpg"
     ):
         _predict_dm(tiny, lines, tmp_path).setup("predict")
 
@@ -201,8 +201,12 @@ def test_distillation_from_detections_without_labels_is_refused_before_training(
     trainer = quiet_trainer(tmp_path / "run", callbacks=[started], limit_train_batches=1, limit_val_batches=1)
     with pytest.raises(ValueError, match=rf"model\.use_kd=true distils .* but {re.escape(str(unlabelled))} has no labels for "
                        r"\d+ training images .*or set model\.use_kd=false"):  # fmt: skip
-        trainer.fit(tiny_model(use_kd=True), datamodule=_dm(tiny, detections=unlabelled))
+        trainer.fit(tiny_model(use_kd=True), datamodule=_dm(tiny, detections=unlabelled, require_labels=True))
     assert not started.train_started and trainer.global_step == 0
+    # not told (Python, no CLI): the first training batch stops it, naming the setting
+    trainer = quiet_trainer(tmp_path / "run1", limit_train_batches=1, limit_val_batches=1)
+    with pytest.raises(ValueError, match=r"distillation needs detector labels .* set model\.use_kd=false"):
+        trainer.fit(tiny_model(use_kd=True), datamodule=_dm(tiny, detections=unlabelled))
     # the same detections train without distillation, and evaluation never needs labels
     trainer = quiet_trainer(tmp_path / "run2", limit_train_batches=1, limit_val_batches=1)
     trainer.fit(tiny_model(use_kd=False), datamodule=_dm(tiny, detections=unlabelled))

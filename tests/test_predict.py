@@ -17,7 +17,7 @@ from PIL import Image
 
 from lightning_wsg.callbacks import GroundingPictures, draw_grounding
 from lightning_wsg.cli import main
-from lightning_wsg.data import SyntheticWorldDataModule
+from lightning_wsg.data import SentencesFileDataModule, SyntheticWorldDataModule
 from lightning_wsg.data.predict import PredictDataset
 from lightning_wsg.data.predict_file import PredictFormatError, parse_sentence, read_predict_file
 from lightning_wsg.detection.formats import Detections, open_detections, write_jsonl
@@ -260,17 +260,14 @@ def test_ground_api_from_checkpoint(trained) -> None:
 # ------------------------------------------------------------------- CLI predict
 def test_cli_predict_writes_jsonl_and_pictures(trained, tmp_path: Path) -> None:
     out = tmp_path / "pred"
-    world = trained["world"]
     main(
         [
             "predict",
             "--config", DEMO_YAML,
             "--config", PREDICT_YAML,
             "--ckpt_path", str(trained["ckpt"]),
-            "--data.predict_file", str(trained["inputs"]),
-            f"--data.init_args.root={world}",
-            "--data.init_args.num_train=8", "--data.init_args.num_val=4", "--data.init_args.num_test=2",
-            "--data.init_args.world_image_size=64", "--data.init_args.image_size=64",
+            "--data.sentences_file", str(trained["inputs"]),
+            "--data.init_args.image_size=64",
             "--data.init_args.num_workers=0", "--data.init_args.batch_size=2",
             "--data.init_args.grid_scales=[1.0, 0.5, 0.25]",
             f"--trainer.callbacks.output_dir={out}",
@@ -297,3 +294,40 @@ def test_cli_predict_writes_jsonl_and_pictures(trained, tmp_path: Path) -> None:
             assert len(p["alternatives"]) == 2 and all(a["score"] <= p["score"] for a in p["alternatives"])
         _assert_picture(out / line["picture"])
     assert lines[2]["phrases"][1]["phrase"] == "a blue one"
+
+
+def test_the_documented_predict_command_parses(trained, tmp_path: Path) -> None:
+    """``lightning predict --config cli_configs/demo.yaml --config cli_configs/predict.yaml --ckpt_path ...
+    --data.sentences_file inputs.jsonl`` (README, docs/usage.md): the new-images datamodule, with the
+    training config's input size."""
+    cli = main(
+        ["--config", DEMO_YAML, "--config", PREDICT_YAML, "--data.sentences_file", str(trained["inputs"]),
+         f"--trainer.default_root_dir={tmp_path}"],
+        run=False,
+    )  # fmt: skip
+    dm = cli.datamodule
+    assert isinstance(dm, SentencesFileDataModule) and dm.sentences_file == trained["inputs"]
+    assert (dm.image_size, dm.max_proposals, dm.num_workers, dm.proposals) == (128, 30, 1, "grid")  # demo.yaml's
+    assert dm.grid == {"scales": (1.0, 0.7, 0.5, 0.35, 0.25), "aspect_ratios": (0.5, 1.0, 2.0), "stride": 0.5}
+    assert not dm.read_features and dm.image_dir == trained["inputs"].parent
+    dm.setup("predict")
+    assert [r.image_id for r in dm.records()] == ["img0", "img1", "img1"] and len(dm.dataset) == 3
+    with pytest.raises(ValueError, match="grounds new images for lightning predict; it has nothing to fit"):
+        dm.setup("fit")
+
+
+def test_the_sentences_datamodule_under_a_detection_cache_waits_for_its_boxes(trained, tmp_path: Path) -> None:
+    """The DetectionCache protocol: splits_for, image_paths, then use_detections builds the dataset."""
+    dm = SentencesFileDataModule(trained["inputs"], "detections", image_size=32, num_workers=0, batch_size=2)
+    dm.setup("predict")
+    assert dm.dataset is None and dm.splits_for("predict") == ["predict"]
+    with pytest.raises(RuntimeError, match="no detections: data.detections is null"):
+        dm.predict_dataloader()
+    paths = dm.image_paths("predict")
+    assert sorted(paths) == ["img0", "img1"] and paths["img0"] == trained["images"][0]
+    dets = tmp_path / "dets.jsonl"
+    write_jsonl(dets, [Detections("img0", torch.tensor([[1.0, 2.0, 30.0, 40.0]]), ["square"], torch.tensor([0.9]))])
+    dm.use_detections(open_detections(dets), ["predict"])
+    batch = next(iter(dm.predict_dataloader()))
+    assert batch.split == "predict" and batch.proposals[0, 0].tolist() == [1.0, 2.0, 30.0, 40.0]
+    assert dm.dataset.grid_ids == ["img1"]  # not detected: the box grid

@@ -16,7 +16,7 @@ from PIL import Image
 
 from lightning_wsg.boxes import box_iou, union_box
 from lightning_wsg.callbacks.pseudo_labels import PseudoLabelWriter, select_labels
-from lightning_wsg.data import RefCOCODataModule, SyntheticWorldDataModule
+from lightning_wsg.data import RefCOCODataModule, SentencesFileDataModule, SyntheticWorldDataModule
 from lightning_wsg.data.pseudo_labels import PseudoLabel, write_phrase_jsonl, write_refer_from_refs
 from lightning_wsg.data.refcoco import load_entries, read_instances, read_refs
 from lightning_wsg.metrics import GroundingMetrics, PhraseOutcomes
@@ -309,16 +309,15 @@ def test_flickr_pseudo_labels_threshold_and_fraction(world_run, tmp_path: Path) 
     ]
 
 
-def test_pseudo_labels_refuse_a_predict_file(world_run, tmp_path: Path) -> None:
+def test_pseudo_labels_refuse_new_images(world_run, tmp_path: Path) -> None:
     inputs = tmp_path / "in.jsonl"
     inputs.write_text(json.dumps({"image": "x.png", "sentence": "a dog"}) + "\n")
     Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
     writer = PseudoLabelWriter(output_dir=tmp_path)
     trainer = quiet_trainer(tmp_path, callbacks=[writer])
-    with pytest.raises(ValueError, match="set data.predict_split"):
-        trainer.predict(world_run["model"], datamodule=world_run["datamodule"](predict_file=inputs))
-    with pytest.raises(ValueError, match="data.predict_file and data.predict_split are both set"):
-        world_run["datamodule"](predict_file=inputs, predict_split="train")
+    new_images = SentencesFileDataModule(inputs, image_size=32, num_workers=0)
+    with pytest.raises(TypeError, match="got SentencesFileDataModule: new images .* have no split to label"):
+        trainer.predict(world_run["model"], datamodule=new_images)
 
 
 def test_refs_are_a_protocol_2_pickle(refer_run) -> None:

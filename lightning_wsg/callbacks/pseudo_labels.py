@@ -106,10 +106,10 @@ class PseudoLabelWriter(BasePredictionWriter):
         refer_split_by: the refs file's ``split_by`` for such a source (default ``phrases``).
 
     Raises:
-        ValueError: an unknown layout, a fraction outside ``(0, 1]``; at set-up, a run that
-            grounds ``data.predict_file`` (new images, no split to label) or a datamodule
-            without splits; RuntimeError: more than one process (the fraction ranks a
-            split's phrases together).
+        ValueError: an unknown layout, a fraction outside ``(0, 1]``. TypeError: at set-up, a
+            datamodule without splits (new images of a ``SentencesFileDataModule`` have none to
+            label). RuntimeError: more than one process (the fraction ranks a split's phrases
+            together).
     """
 
     def __init__(
@@ -143,18 +143,17 @@ class PseudoLabelWriter(BasePredictionWriter):
     def _datamodule(self, trainer: Trainer) -> GroundingDataModule:
         dm = getattr(trainer, "datamodule", None)
         if not isinstance(dm, GroundingDataModule):
-            raise TypeError("PseudoLabelWriter needs a lightning_wsg datamodule (data.predict_split names its split)")
+            raise TypeError(
+                "PseudoLabelWriter labels a split of a dataset (a lightning_wsg GroundingDataModule, "
+                f"data.predict_split names the split), got {type(dm).__name__}: new images and sentences "
+                "(SentencesFileDataModule) have no split to label"
+            )
         return dm
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "predict":
             return
-        dm = self._datamodule(trainer)
-        if dm.predict_file is not None:
-            raise ValueError(
-                "PseudoLabelWriter labels a split of the dataset: set data.predict_split (e.g. train), "
-                f"not data.predict_file ({dm.predict_file})"
-            )
+        self._datamodule(trainer)
         if trainer.world_size > 1:
             raise RuntimeError(
                 "PseudoLabelWriter runs in one process (top_fraction ranks each split's phrases together): "

@@ -4,6 +4,7 @@ from .base import GroundingDataModule, GroundingDataset, GroundingEntry
 from .batch import GroundingBatch, GroundingSample, collate
 from .flickr30k_entities import Flickr30kEntitiesDataModule, Flickr30kFormatError
 from .refcoco import RefCOCODataModule
+from .sentences_file import SentencesFileDataModule
 from .synthetic import SyntheticWorldDataModule
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "Flickr30kEntitiesDataModule",
     "Flickr30kFormatError",
     "RefCOCODataModule",
+    "SentencesFileDataModule",
     "SyntheticWorldDataModule",
     "GroundingSample",
     "GroundingBatch",

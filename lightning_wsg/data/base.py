@@ -12,30 +12,28 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
 from ..detection.base import DetectionFormatError, DetectionStore, read_vocabulary
-from ..detection.grid import DEFAULT_GRID_ASPECT_RATIOS, DEFAULT_GRID_SCALES, DEFAULT_GRID_STRIDE
 from ..detection.sources import open_detections
 from .batch import collate
 from .dataset import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     GroundingDataset,
     GroundingEntry,
     check_images,
     examples,
     top_scored,
 )
-from .predict import PredictDataset
-from .predict_file import PREDICT_SPLIT, read_predict_file
+from .images import IMAGENET_MEAN, IMAGENET_STD
+from .predict_file import PREDICT_SPLIT
 from .samplers import ResumableDataLoader, evaluation_sampler, training_sampler
+from .settings import NO_DETECTIONS, check_feature_width, check_loader_settings, check_model_needs, plain_paths
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -48,12 +46,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("lightning_wsg")
-
-_NO_DETECTIONS = (
-    "no detections: data.detections is null and no DetectionCache callback supplied them; "
-    "set data.detections to a proposals file or cache folder, or add "
-    "lightning_wsg.detection.DetectionCache to trainer.callbacks (see cli_configs/detector/)"
-)
 
 
 class GroundingDataModule(pl.LightningDataModule):
@@ -80,24 +72,26 @@ class GroundingDataModule(pl.LightningDataModule):
         max_phrases: training sentences keep at most this many phrases.
         pin_memory: passed to the loaders.
         persistent_workers: keep workers between epochs (only with ``num_workers > 0``).
-        predict_file: sentences to ground in new images (JSON Lines, see
-            :mod:`lightning_wsg.data.predict_file`); ``lightning predict`` then uses the ``"predict"``
-            split instead of the test splits.
         predict_split: a split of the dataset for ``lightning predict`` to ground instead of
             the test splits, the training split included (pseudo-labels,
             :mod:`lightning_wsg.callbacks.pseudo_labels`): every phrase a sentence marks, in file order,
             with its ground-truth boxes where the annotations have them
             (:meth:`load_labelled_split`). Proposals come from ``detections`` as for testing.
-        predict_proposals: proposals at prediction: ``"grid"`` (a dense multi-scale box
-            grid, no detector) or ``"detections"`` (``detections`` or the detection cache;
-            images it lacks fall back to the grid).
-        grid_scales: box sizes of the grid, as fractions of the image side.
-        grid_aspect_ratios: box aspect ratios (width / height) of the grid.
-        grid_stride: grid step as a fraction of the box size.
+            (New images and sentences: :class:`~lightning_wsg.data.SentencesFileDataModule`.)
         verify_images: at set-up, decode every image the stage's splits use (with a progress
             bar) and stop with one error listing the unreadable ones (truncated or corrupt
             files, a size that disagrees with the annotations) before the first epoch, rather
             than in a DataLoader worker hours later. Costs one full read of the images.
+        read_features: the model's region tower reads per-box features, not pixels: samples
+            carry ``detections``' features and no image (``image_dir`` may then be ``None``;
+            without ``image_dir`` features are read whatever this says). The ``lightning`` CLI
+            sets it from the model (``not model.reads_images``); in Python, pass it yourself.
+        feature_dim: the feature tower's input width (with ``read_features``): a source of
+            another width is refused at set-up, naming the file and both widths. Set by the CLI
+            from ``model.feature_dim``.
+        require_labels: the model distils from the detector's class names: training
+            detections without labels are refused at set-up, before the first step. Set by the
+            CLI from ``model.needs_labels`` (``model.use_kd``).
     """
 
     train_split: str = "train"
@@ -117,29 +111,23 @@ class GroundingDataModule(pl.LightningDataModule):
         max_phrases: int = 16,
         pin_memory: bool = False,
         persistent_workers: bool = False,
-        predict_file: str | Path | None = None,
-        predict_proposals: Literal["grid", "detections"] = "grid",
-        grid_scales: Sequence[float] = DEFAULT_GRID_SCALES,
-        grid_aspect_ratios: Sequence[float] = DEFAULT_GRID_ASPECT_RATIOS,
-        grid_stride: float = DEFAULT_GRID_STRIDE,
         verify_images: bool = False,
         predict_split: str | None = None,
+        read_features: bool = False,
+        feature_dim: int | None = None,
+        require_labels: bool = False,
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("batch_size", batch_size),
-            ("image_size", image_size),
-            ("max_proposals", max_proposals),
-            ("max_phrases", max_phrases),
-        ):
-            if int(value) < 1:  # refused when the run is configured, not at the first batch
-                raise ValueError(f"data.{name} must be >= 1, got {value}")
-        if int(num_workers) < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+        check_loader_settings(
+            num_workers,
+            batch_size=batch_size,
+            image_size=image_size,
+            max_proposals=max_proposals,
+            max_phrases=max_phrases,
+        )  # refused when the run is configured, not at the first batch
+        check_model_needs(read_features, feature_dim)
         self.save_hyperparameters()
-        for key, value in list(self.hparams.items()):  # plain strings, so that checkpoints
-            if isinstance(value, Path):  # load with torch.load(weights_only=True) (load_from_checkpoint)
-                self.hparams[key] = str(value)
+        plain_paths(self.hparams)
         self.root = Path(root)
         self.image_dir = Path(image_dir) if image_dir is not None else None
         self.detections = Path(detections) if detections is not None else None  # None: a DetectionCache supplies them
@@ -155,20 +143,12 @@ class GroundingDataModule(pl.LightningDataModule):
         self._store: DetectionStore | None = None
         self._entries: dict[str, list[GroundingEntry]] = {}  # parsed once per split
         self._supplied_detections: Path | None = None  # set by use_detections
-        # grounding new images (lightning predict)
-        if predict_proposals not in ("grid", "detections"):
-            raise ValueError(f"predict_proposals must be 'grid' or 'detections', got {predict_proposals!r}")
-        self.predict_file = Path(predict_file) if predict_file is not None else None
-        if predict_file is not None and predict_split is not None:
-            raise ValueError(
-                f"data.predict_file and data.predict_split are both set ({predict_file}, {predict_split!r}): "
-                "lightning predict grounds either new images or a split of the dataset"
-            )
-        self.predict_split = predict_split
-        self.predict_proposals = predict_proposals
-        self.grid = {"scales": tuple(grid_scales), "aspect_ratios": tuple(grid_aspect_ratios), "stride": float(grid_stride)}
-        self._predict_records: list | None = None
+        self.predict_split = predict_split  # lightning predict grounds this split (pseudo-labels)
         self.verify_images = bool(verify_images)
+        # what the model needs of the samples: given (by the CLI's links or the caller), never read off the model
+        self.read_features = bool(read_features)
+        self.feature_dim = int(feature_dim) if feature_dim is not None else None
+        self.require_labels = bool(require_labels)
 
     # -- hooks of a concrete dataset -------------------------------------------------
     def load_split(self, split: str) -> list[GroundingEntry]:
@@ -196,7 +176,7 @@ class GroundingDataModule(pl.LightningDataModule):
         if self._store is None:
             source = self._supplied_detections or self.detections
             if source is None:
-                raise RuntimeError(_NO_DETECTIONS)
+                raise RuntimeError(NO_DETECTIONS)
             store = open_detections(source, self.vocabulary)
             known = self.known_image_ids()
             unknown = [image_id for image_id in store if image_id not in known]
@@ -230,39 +210,32 @@ class GroundingDataModule(pl.LightningDataModule):
             if path is not None and not path.is_dir():
                 raise FileNotFoundError(f"{what} not found: {path}")
 
-    def _region_tower(self):
-        """The region tower of the model being trained or evaluated, when a trainer holds one."""
-        model = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
-        return getattr(model, "region_encoder", None)
-
     def reads_images(self) -> bool:
-        """Whether samples carry images: not for a feature tower, nor without ``image_dir``."""
-        tower = self._region_tower()
-        if tower is not None and not getattr(tower, "reads_images", True):
-            return False
-        return self.image_dir is not None
+        """Whether samples carry images: not with ``read_features``, nor without ``image_dir``."""
+        return not self.read_features and self.image_dir is not None
 
     def _check_features(self, dataset: GroundingDataset, split: str) -> None:
         """Refuse features of another width than the model's, or a source without features."""
         store = dataset.detections
         if store.feature_dim is None:
             raise ValueError(
-                f"split {split}: the model reads per-box features (or data.image_dir is not given), but "
+                f"split {split}: the model reads per-box features (data.read_features, or data.image_dir is not "
+                f"given), but "
                 f"{store.path} has none: give data.detections a bottom-up-attention TSV with its features column, "
                 "an HDF5 file of image_features, a native feature store, or a detection cache made with "
                 "box_features: true; or data.image_dir with an image tower"
             )
-        want = getattr(self._region_tower(), "feature_dim", None)
-        if want is not None and store.feature_dim != want:
-            example = dataset.entries[0].image_id if dataset.entries else "-"
-            raise DetectionFormatError(
-                f"{store.path}: features of width {store.feature_dim} (image {example}), but the model's feature "
-                f"tower takes {want} (model.region_encoder.init_args.feature_dim)"
-            )
+        check_feature_width(store, self.feature_dim, dataset.entries[0].image_id if dataset.entries else "-")
 
     def region_features(self, split: str):
         """Each image's kept per-box features ``[R, dim]`` in ``split`` (once per image), for
         statistics such as the feature tower's normalisation."""
+        if self.reads_images():  # a feature tower on image samples: its first batch would have no features
+            raise ValueError(
+                f"the model reads per-box features, but {type(self).__name__} was built to read images: pass "
+                "read_features=True (and feature_dim, the tower's width) to the datamodule; the lightning CLI "
+                "sets both from the model"
+            )
         dataset = self.datasets[split]
         for image_id in dict.fromkeys(entry.image_id for entry in dataset.entries):
             yield dataset.detections.features(image_id)[dataset.kept_proposals(image_id)]
@@ -272,7 +245,7 @@ class GroundingDataModule(pl.LightningDataModule):
             return [self.train_split, *self.val_splits]
         if stage == "validate":
             return list(self.val_splits)
-        if stage == "predict" and (self.predict_file is not None or self.predict_split is not None):
+        if stage == "predict" and self.predict_split is not None:
             return [PREDICT_SPLIT]
         if stage in ("test", "predict"):
             return list(self.test_splits)
@@ -280,8 +253,6 @@ class GroundingDataModule(pl.LightningDataModule):
 
     def build_dataset(self, split: str) -> GroundingDataset:
         """Parse ``split``, drop pairs without proposals, check that the images exist."""
-        if split == PREDICT_SPLIT and self.predict_file is not None:
-            return self._build_predict_dataset()
         train = split == self.train_split
         name = self.predict_split if split == PREDICT_SPLIT else split  # samples carry the dataset's split name
         # a plain mapping, not this datamodule's bound method: workers that are spawned
@@ -315,9 +286,7 @@ class GroundingDataModule(pl.LightningDataModule):
 
     def _check_labels_for_distillation(self, dataset: GroundingDataset) -> None:
         """Refuse, before training, a model that distils (``use_kd``) from proposals without labels."""
-        model = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
-        hparams = getattr(model, "hparams", None)
-        if not hparams or not hparams.get("use_kd", False):
+        if not self.require_labels:
             return
         store = dataset.detections
         unlabelled = [i for i in dict.fromkeys(e.image_id for e in dataset.entries) if store[i].labels is None]
@@ -332,8 +301,7 @@ class GroundingDataModule(pl.LightningDataModule):
         """Build the datasets ``stage`` needs (each split once)."""
         self._check_paths()
         for split in self._splits_for(stage):
-            grid = split == PREDICT_SPLIT and self.predict_file is not None and self.predict_proposals == "grid"
-            if self.detections is None and not grid:  # parse now, datasets once DetectionCache supplies detections
+            if self.detections is None:  # parse now, datasets once DetectionCache supplies detections
                 self.entries(split)
             elif split not in self.datasets:
                 self.datasets[split] = self.build_dataset(split)
@@ -347,8 +315,6 @@ class GroundingDataModule(pl.LightningDataModule):
 
     def entries(self, split: str) -> list[GroundingEntry]:
         """The parsed entries of ``split`` (parsed on first use, then kept)."""
-        if split == PREDICT_SPLIT and self.predict_file is not None:
-            return self._predict_dataset_for(None).entries
         if split not in self._entries:
             if split == PREDICT_SPLIT and self.predict_split is not None:
                 self._entries[split] = self.load_labelled_split(self.predict_split)
@@ -358,8 +324,6 @@ class GroundingDataModule(pl.LightningDataModule):
 
     def image_paths(self, split: str) -> dict[str, Path]:
         """``image_id -> image file`` of every image ``split``'s entries use (parsing it once)."""
-        if split == PREDICT_SPLIT and self.predict_file is not None:
-            return self._predict_dataset_for(None).image_paths()
         if self.image_dir is None:
             raise ValueError(
                 f"split {split}: its images are needed (an image tower, a detector, predict), but data.image_dir "
@@ -388,7 +352,7 @@ class GroundingDataModule(pl.LightningDataModule):
     def _dataloader_factory(self, split: str) -> DataLoader:
         if split not in self.datasets:
             if self.detections is None:
-                raise RuntimeError(_NO_DETECTIONS)
+                raise RuntimeError(NO_DETECTIONS)
             raise RuntimeError(f"split {split} is not set up: call setup() first")
         dataset = self.datasets[split]
         train = split == self.train_split
@@ -401,7 +365,8 @@ class GroundingDataModule(pl.LightningDataModule):
             sampler=sampler,
             drop_last=train and len(sampler) > self.batch_size,
             num_workers=self.num_workers,
-            collate_fn=collate,
+            # batches say what their class probabilities' columns are
+            collate_fn=functools.partial(collate, class_names=dataset.detections.class_names),
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
         )
@@ -419,40 +384,6 @@ class GroundingDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
         return self._loaders(self.test_splits)
 
-    # -- prediction on new images ------------------------------------------------------
     def predict_dataloader(self) -> DataLoader | list[DataLoader]:
-        """``data.predict_file``'s sentences, else ``data.predict_split``, else the test splits."""
+        """``data.predict_split`` (pseudo-labels), else the test splits."""
         return self._loaders(self._splits_for("predict"))
-
-    def _predict_dataset_for(self, detections: DetectionStore | None, read_features: bool = False):
-        if self._predict_records is None:
-            self._predict_records = read_predict_file(self.predict_file)
-        try:
-            return PredictDataset(
-                self._predict_records,
-                image_size=self.image_size,
-                detections=detections,
-                max_proposals=self.max_proposals,
-                grid=self.grid,
-                read_features=read_features,
-            )
-        except FileNotFoundError as err:  # name the file that lists them
-            raise FileNotFoundError(f"{self.predict_file} (data.predict_file): {err}") from None
-
-    def _build_predict_dataset(self):
-        tower = self._region_tower()
-        features = tower is not None and not getattr(tower, "reads_images", True)
-        if features and self.predict_proposals == "grid":
-            raise ValueError(
-                "the model reads per-box features: ground with data.predict_proposals=detections and a "
-                "data.detections source holding the new images' boxes and features (not the box grid)"
-            )
-        if self.predict_proposals == "grid":
-            return self._predict_dataset_for(None)
-        store = self._store  # supplied by DetectionCache, or opened for an earlier stage
-        if store is None:
-            source = self._supplied_detections or self.detections
-            if source is None:
-                raise RuntimeError(_NO_DETECTIONS)
-            store = open_detections(source, self.vocabulary)  # not checked against the dataset's ids
-        return self._predict_dataset_for(store, read_features=features)

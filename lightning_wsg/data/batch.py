@@ -73,7 +73,9 @@ class GroundingBatch:
     """A padded batch of :class:`GroundingSample` (B samples, P phrases, R proposals).
 
     Padding is marked by ``phrase_mask`` ``[B, P]`` and ``proposal_mask`` ``[B, R]``;
-    ``gt_box_mask`` ``[B, P, K]`` marks real ground-truth boxes.
+    ``gt_box_mask`` ``[B, P, K]`` marks real ground-truth boxes. ``class_names`` says what the
+    ``C`` columns of ``class_probs`` ``[B, R, C]`` are (the detections source's class names), so
+    that a batch is read without asking where it came from; ``None`` without ``class_probs``.
     """
 
     split: str
@@ -91,6 +93,7 @@ class GroundingBatch:
     proposal_scores: Tensor
     proposal_labels: list[list[str]] | None = None
     class_probs: Tensor | None = None
+    class_names: list[str] | None = None
     region_features: Tensor | None = None
     gt_union: Tensor | None = None
     gt_boxes: Tensor | None = None
@@ -117,8 +120,13 @@ def _pad_stack(tensors: list[Tensor], length: int, fill: float = 0.0) -> Tensor:
     return out
 
 
-def collate(samples: list[GroundingSample]) -> GroundingBatch:
-    """Pad a list of samples into a :class:`GroundingBatch`."""
+def collate(samples: list[GroundingSample], class_names: list[str] | None = None) -> GroundingBatch:
+    """Pad a list of samples into a :class:`GroundingBatch`.
+
+    ``class_names``: what the columns of the samples' ``class_probs`` are (the detections
+    store's names; a loader passes them with ``functools.partial(collate, class_names=...)``);
+    the batch carries them when its samples carry class probabilities.
+    """
     if not samples:
         raise ValueError("collate got an empty list of samples")
     splits = {s.split for s in samples}
@@ -141,9 +149,16 @@ def collate(samples: list[GroundingSample]) -> GroundingBatch:
     labels = None
     if all(s.proposal_labels is not None for s in samples):
         labels = [list(s.proposal_labels) for s in samples]
-    class_probs = None
+    class_probs = names = None
     if all(s.class_probs is not None for s in samples):
         class_probs = _pad_stack([s.class_probs for s in samples], R)
+        if class_names is not None:
+            names = [str(name) for name in class_names]
+            if len(names) != class_probs.shape[-1]:
+                raise ValueError(
+                    f"class_probs over {class_probs.shape[-1]} classes, but {len(names)} class names "
+                    f"({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}): they name other columns"
+                )
     region_features = None
     if all(s.region_features is not None for s in samples):
         widths = {s.region_features.shape[-1] for s in samples}
@@ -184,6 +199,7 @@ def collate(samples: list[GroundingSample]) -> GroundingBatch:
         proposal_scores=_pad_stack([s.proposal_scores.float() for s in samples], R),
         proposal_labels=labels,
         class_probs=class_probs,
+        class_names=names,
         region_features=region_features,
         gt_union=gt_union,
         gt_boxes=gt_boxes,

@@ -21,11 +21,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision.transforms.v2 import functional as TF
 
 from ..boxes import scale_boxes
 from ..detection.base import DetectionStore
 from .batch import GroundingSample
+from .images import IMAGENET_MEAN, IMAGENET_STD, image_input, read_pixels
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -40,8 +40,6 @@ __all__ = [
 
 logger = logging.getLogger("lightning_wsg")
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _EXAMPLES = 5  # ids named in a warning or an error
 
 
@@ -157,22 +155,17 @@ class GroundingDataset(Dataset[GroundingSample]):
         return len(self.entries)
 
     def load_image(self, entry: GroundingEntry) -> tuple[Tensor, tuple[int, int]]:
-        """Read, resize and normalise an entry's image -> ``([3, S, S], (width, height))``."""
+        """Read, resize and normalise an entry's image -> ``([3, S, S], (width, height))``.
+
+        A missing or unreadable file raises naming it; a size other than the annotations' is
+        refused (the boxes would not fit the picture).
+        """
         path = Path(self.image_path(entry.image_id))
-        if not path.is_file():
-            raise FileNotFoundError(f"image not found: {path}")
-        try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-        except OSError as err:
-            raise OSError(f"cannot read image {path}: {err}") from err
-        size = img.size
+        pixels = read_pixels(path)
+        size = (int(pixels.shape[-1]), int(pixels.shape[-2]))
         if entry.image_size is not None and tuple(entry.image_size) != size:
             raise ValueError(f"image {path} is {size[0]}x{size[1]}, the annotations say {entry.image_size}")
-        image = TF.pil_to_tensor(img)
-        image = TF.resize(image, [self.image_size, self.image_size], antialias=True)
-        image = TF.to_dtype(image, torch.float32, scale=True)
-        return TF.normalize(image, list(IMAGENET_MEAN), list(IMAGENET_STD)), size
+        return image_input(pixels, self.image_size), size
 
     def make_sample(
         self, entry: GroundingEntry, image: Tensor, size: tuple[int, int], proposals: Tensor, **fields

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "image_input", "read_pixels"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "image_input", "read_pixels", "read_size"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,6 +50,21 @@ def read_pixels(image: Any) -> Tensor:
             pixels = (pixels.clamp(0, 1) * 255).round().to(torch.uint8)
         return pixels
     raise TypeError(f"image must be a path, a PIL image or a tensor, got {type(image).__name__}")
+
+
+def read_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` of an image file from its header alone (no decoding), for a model
+    that reads per-box features and no pixels; a missing or unreadable file raises naming it."""
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except OSError as err:
+        raise OSError(f"cannot read image {path}: {err}") from err
 
 
 def image_input(pixels: Tensor, size: int) -> Tensor:

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
 from ..detection.base import DetectionStore
 from ..detection.grid import box_grid
 from .batch import GroundingSample
 from .dataset import GroundingDataset, GroundingEntry, top_scored
+from .images import read_size
 from .predict_file import PREDICT_SPLIT, PredictRecord
 
 __all__ = ["PredictDataset"]
@@ -119,8 +119,7 @@ class PredictDataset(GroundingDataset):
         if self.read_features:
             dets = self.detections[entry.image_id]
             keep = top_scored(dets.scores, self.max_proposals)
-            with Image.open(self.paths[entry.image_id]) as img:  # the header only: the size
-                size = img.size
+            size = read_size(self.paths[entry.image_id])  # the header only: no pixel is read
             return self.make_sample(
                 entry,
                 torch.zeros(3, 1, 1),

@@ -1,6 +1,7 @@
-"""Sentences to ground in new images: the ``data.predict_file`` format and its parser.
+"""Sentences to ground in new images: the ``data.sentences_file`` format and its parser.
 
-Input of ``lightning predict`` (``data.predict_file``) is JSON Lines, one sentence a line::
+Input of ``lightning predict`` with :class:`~lightning_wsg.data.SentencesFileDataModule`
+(``data.sentences_file``) is JSON Lines, one sentence a line::
 
     {"image": "photos/dog.jpg", "sentence": "a [brown dog] jumps over [the fence]"}
     {"image": "photos/dog.jpg", "sentence": "a brown dog jumps over the fence",
@@ -30,7 +31,7 @@ from ..jsonl import read_jsonl
 
 __all__ = ["PREDICT_SPLIT", "PredictFormatError", "PredictRecord", "parse_sentence", "read_predict_file"]
 
-#: the split name of ``data.predict_file``'s samples (metrics and outputs are keyed by it)
+#: the split name of ``data.sentences_file``'s samples (metrics and outputs are keyed by it)
 PREDICT_SPLIT = "predict"
 
 _BRACKETS = re.compile(r"\[([^\[\]]*)\]")

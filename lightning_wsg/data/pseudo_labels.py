@@ -49,7 +49,7 @@ import torch
 
 from ..boxes import corners_to_coco
 from ..files import atomic_open, atomic_write_text
-from .refcoco import ReferIndex, refs_path
+from .refcoco_parsers import ReferIndex, refs_path
 
 __all__ = ["PseudoLabel", "float32_text", "write_phrase_jsonl", "write_refer_from_phrases", "write_refer_from_refs"]
 
@@ -144,7 +144,7 @@ def write_refer_from_refs(
     Args:
         root: the output refer data folder (``root/<dataset>/refs(<split_by>).p``, ``instances.json``).
         dataset, split_by: the source's (the files' names).
-        refs: the source refs (:func:`~lightning_wsg.data.refcoco.read_refs`).
+        refs: the source refs (:func:`~lightning_wsg.data.refcoco_parsers.read_refs`).
         index: the source instances (images, the referred annotations' categories, category names).
         labels: one per expression (``sentence_id`` is its ``sent_id``); refs with no labelled
             expression are left out, and so are the expressions without a label.

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pytorch_lightning.utilities import rank_zero_info
 
-from ..detection.grid import DEFAULT_GRID_ASPECT_RATIOS, DEFAULT_GRID_SCALES, DEFAULT_GRID_STRIDE
 from ..synthetic import CaptionNouns, WorldConfig, generate_world, world_is_complete
 from .flickr30k_entities import Flickr30kEntitiesDataModule
 
@@ -54,21 +53,16 @@ class SyntheticWorldDataModule(Flickr30kEntitiesDataModule):
         pair_rate: share of images seeded with a co-occurring category pair.
         caption_nouns: ``"category"`` (captions and detector both say the shape's category) or
             ``"varied"`` (the detector says a COCO class, the captions a synonym or a kind of it).
-        batch_size: samples per batch.
-        num_workers: loader worker processes.
-        image_size: images are resized to ``image_size x image_size`` for the model.
-        max_proposals: top-scored proposals kept per image.
-        max_phrases: training sentences keep at most this many phrases.
-        pin_memory: passed to the loaders.
-        persistent_workers: keep workers between epochs.
-        predict_file, predict_proposals, grid_scales, grid_aspect_ratios, grid_stride:
-            prediction on new images, see :class:`~lightning_wsg.data.GroundingDataModule`.
-        predict_split: a split of the world for ``lightning predict`` (pseudo-labels), see
-            :class:`~lightning_wsg.data.GroundingDataModule`.
         detections: another source of the world's proposals than its ``detections.jsonl``,
             for example per-box features extracted from the world's images
             (``python -m lightning_wsg.features extract``) for the feature tower.
-        vocabulary: names the class ids of a TSV ``detections``.
+        num_workers: loader worker processes (own default: decoding the small images is cheap).
+        image_size: images are resized to ``image_size x image_size`` for the model (own
+            default: the world's image size).
+        max_proposals: top-scored proposals kept per image (own default: the simulated
+            detector's proposals per image).
+        **kwargs: other arguments: :class:`~lightning_wsg.data.GroundingDataModule` (the image
+            folder is the world's ``images/``, so ``image_dir`` is not taken).
     """
 
     def __init__(
@@ -83,42 +77,25 @@ class SyntheticWorldDataModule(Flickr30kEntitiesDataModule):
         distractor_rate: float = WorldConfig.distractor_rate,
         pair_rate: float = WorldConfig.pair_rate,
         caption_nouns: CaptionNouns = WorldConfig.caption_nouns,
-        batch_size: int = 32,
+        detections: str | Path | None = None,
         num_workers: int = 2,
         image_size: int = WorldConfig.image_size,
         max_proposals: int = 30,
-        max_phrases: int = 16,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        predict_file: str | Path | None = None,
-        predict_proposals: Literal["grid", "detections"] = "grid",
-        grid_scales: tuple[float, ...] = DEFAULT_GRID_SCALES,
-        grid_aspect_ratios: tuple[float, ...] = DEFAULT_GRID_ASPECT_RATIOS,
-        grid_stride: float = DEFAULT_GRID_STRIDE,
-        detections: str | Path | None = None,
-        vocabulary: str | Path | None = None,
-        predict_split: str | None = None,
+        **kwargs: Any,
     ) -> None:
         world = _world_config(locals())
+        if "image_dir" in kwargs:
+            raise ValueError(f"{type(self).__name__}: the world's images are {root}/images; image_dir is not taken")
         root = Path(root)
         super().__init__(
             root,
             root / "images",
             detections if detections is not None else root / "detections.jsonl",
-            vocabulary=vocabulary,
-            batch_size=batch_size,
+            unrelated_captions=None,  # a world has no unrelated captions
             num_workers=num_workers,
             image_size=image_size,
             max_proposals=max_proposals,
-            max_phrases=max_phrases,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-            predict_file=predict_file,
-            predict_proposals=predict_proposals,
-            grid_scales=grid_scales,
-            grid_aspect_ratios=grid_aspect_ratios,
-            grid_stride=grid_stride,
-            predict_split=predict_split,
+            **kwargs,
         )
         self.world = world
 

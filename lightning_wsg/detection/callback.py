@@ -145,10 +145,11 @@ class DetectionCache(Callback):
     # -------------------------------------------------------------------------- hooks
     def _check_box_features(self, pl_module: pl.LightningModule) -> None:
         """Refuse, before detecting, a detector without box features for a model that reads them."""
-        tower = getattr(pl_module, "region_encoder", None)
+        model = getattr(pl_module, "model", None)
+        tower = getattr(model, "region_encoder", None)
         if (
             tower is not None
-            and not getattr(tower, "reads_images", True)
+            and not getattr(pl_module, "reads_images", True)
             and getattr(self.backend, "box_features", None) is False
         ):
             raise ValueError(

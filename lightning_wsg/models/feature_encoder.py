@@ -146,8 +146,9 @@ class FeatureRegionEncoder(RegionTower):
         """Region features of a batch's given per-box features (``batch.region_features``)."""
         if getattr(batch, "region_features", None) is None:
             raise ValueError(
-                "the feature tower needs per-box features, but the batch has none: give data.detections "
-                "a source with features (a bottom-up-attention TSV, an HDF5 file)"
+                "the feature tower needs per-box features, but the batch has none: build the datamodule with "
+                "read_features=True (data.read_features; the lightning CLI sets it from the model) and give "
+                "data.detections a source with features (a bottom-up-attention TSV, an HDF5 file)"
             )
         return self(batch.region_features, batch.proposal_mask, batch.proposals, batch.image_sizes)
 

@@ -149,8 +149,8 @@ def toy(tmp_path: Path, images: Path):
     write_jsonl(tmp_path / "dets.jsonl", [_dets(i) for i in SIZES], class_names=list("wxyz"))
 
     def make(**kwargs) -> ToyDataModule:
-        kwargs = {"batch_size": 4, "num_workers": 0, "image_size": 32, **kwargs}
-        return ToyDataModule(tmp_path / "root", images, tmp_path / "dets.jsonl", **kwargs)
+        kwargs = {"batch_size": 4, "num_workers": 0, "image_size": 32, "detections": tmp_path / "dets.jsonl", **kwargs}
+        return ToyDataModule(tmp_path / "root", images, **kwargs)
 
     return make
 
@@ -223,3 +223,100 @@ def test_a_split_without_any_proposals_is_an_error(toy, tmp_path):
 def test_setup_before_loader(toy):
     with pytest.raises(RuntimeError, match="call setup"):
         toy().test_dataloader()
+
+
+# --- what the model needs of the samples: given, never read off the model -------------------
+
+
+def test_what_the_model_needs_arrives_as_arguments(toy):
+    dm = toy(read_features=True, feature_dim=7, require_labels=True)
+    assert (dm.read_features, dm.feature_dim, dm.require_labels) == (True, 7, True)
+    assert dm.hparams["read_features"] and dm.hparams["feature_dim"] == 7 and dm.hparams["require_labels"]
+    assert not dm.reads_images()  # an image folder is given, but the model reads features
+    plain = toy()
+    assert plain.reads_images() and (plain.read_features, plain.feature_dim, plain.require_labels) == (False, None, False)
+
+
+def test_inconsistent_model_needs_are_refused_at_init(toy):
+    with pytest.raises(ValueError, match="data.feature_dim=16 .* but data.read_features is false"):
+        toy(feature_dim=16)
+    with pytest.raises(ValueError, match="data.feature_dim must be >= 1, got 0"):
+        toy(read_features=True, feature_dim=0)
+
+
+class _NoModel:
+    """A trainer whose model must not be looked at."""
+
+    is_global_zero = True
+
+    @property
+    def lightning_module(self):
+        raise AssertionError("the datamodule read the model")
+
+
+def test_setup_never_reads_the_model(toy, tmp_path):
+    for require_labels in (False, True):
+        dm = toy(require_labels=require_labels)
+        dm.trainer = _NoModel()
+        dm.setup("fit")  # labelled detections: accepted without asking the model
+        assert dm.datasets["train"].read_images
+        next(iter(dm.train_dataloader()))
+    features = toy(read_features=True)
+    features.trainer = _NoModel()
+    with pytest.raises(ValueError, match=r"split test: the model reads per-box features \(data.read_features"):
+        features.setup("test")  # the toy detections carry no features
+
+
+def test_require_labels_refuses_unlabelled_training_detections(toy, tmp_path):
+    unlabelled = [Detections(i, _dets(i).boxes, None, _dets(i).scores) for i in SIZES]
+    write_jsonl(tmp_path / "dets.jsonl", unlabelled)
+    with pytest.raises(ValueError, match=r"model.use_kd=true distils .* no labels for 5 training images"):
+        toy(require_labels=True).setup("fit")
+    toy().setup("fit")  # without distillation they train
+
+
+# --- batches say what their class probabilities are --------------------------------------------
+
+
+def test_batches_carry_the_class_names_of_their_class_probabilities(toy):
+    dm = toy()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.class_probs.shape[-1] == 4 and batch.class_names == list("wxyz")  # dets.jsonl's names
+    assert next(iter(dm.val_dataloader()[0])).class_names == list("wxyz")
+
+
+def test_class_names_of_a_native_store_travel_with_the_batch_to_the_device(toy, tmp_path):
+    from pytorch_lightning.utilities import move_data_to_device
+
+    from lightning_wsg.detection.native import write_native
+
+    names = ["person", "dog", "car", "tree"]
+
+    class WithFeatures(DetectionStore):
+        feature_dim = 5
+
+        def features(self, image_id):
+            return torch.ones(len(self[image_id]), 5)
+
+    store = WithFeatures("memory", {i: _dets(i) for i in SIZES}, names)
+    folder = write_native(store, tmp_path / "native", {"source": {"path": "memory"}}, shard_size=2)
+    dm = toy(detections=folder)
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()))
+    assert dm.store.class_names == names and batch.class_names == names
+    assert batch.class_probs.shape[-1] == len(names)
+    moved = move_data_to_device(batch, torch.device("cpu"))
+    assert moved.class_names == names and torch.equal(moved.class_probs, batch.class_probs)
+
+
+def test_class_names_only_with_class_probabilities(images):
+    samples = [_dataset(images)[i] for i in range(2)]
+    assert base_module.collate(samples, class_names=list("wxyz")).class_names == list("wxyz")
+    assert base_module.collate(samples).class_names is None  # not told
+    for sample in samples:
+        sample.class_probs = None
+    assert base_module.collate(samples, class_names=list("wxyz")).class_names is None
+    samples = [_dataset(images)[i] for i in range(2)]
+    with pytest.raises(ValueError, match="class_probs over 4 classes, but 3 class names"):
+        base_module.collate(samples, class_names=["a", "b", "c"])

@@ -242,7 +242,9 @@ def test_lightning_fit_trains_the_feature_tower_on_torchvision_box_features(tiny
     assert torch.allclose(region.feature_mean, kept.mean(0), atol=1e-5)
 
     # a tower built for another width is refused, naming the cache folder and an image
-    dm = Flickr30kEntitiesDataModule(tiny.root, tiny.image_dir, None, batch_size=4, num_workers=0)
+    dm = Flickr30kEntitiesDataModule(
+        tiny.root, tiny.image_dir, None, batch_size=4, num_workers=0, read_features=True, feature_dim=16
+    )
     backend = TorchvisionBackend("fasterrcnn_resnet50_fpn", box_features=True, **TV_SETTINGS)
     again = DetectionCache(backend, tmp_path / "cache", progress_bar=False)
     trainer = quiet_trainer(tmp_path, callbacks=[again], enable_checkpointing=False)

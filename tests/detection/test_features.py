@@ -15,7 +15,7 @@ from helpers.model import TINY_TEXT
 from helpers.trainer import quiet_trainer
 
 from lightning_wsg.cli import main
-from lightning_wsg.data import Flickr30kEntitiesDataModule
+from lightning_wsg.data import Flickr30kEntitiesDataModule, SentencesFileDataModule
 from lightning_wsg.detection.formats import DetectionFormatError, TsvDetections, open_detections
 from lightning_wsg.detection.hdf5 import Hdf5Detections
 from lightning_wsg.detection.native import convert
@@ -188,10 +188,16 @@ def test_feature_mode_reads_no_image_and_normalises_with_training_statistics(tmp
 def test_feature_mode_refuses_other_widths_and_sources_without_features(tmp_path, tiny, data):
     tsv = write_tsv(tmp_path / "f.tsv", data)
     trainer = quiet_trainer(tmp_path, max_epochs=1, enable_checkpointing=False)
-    dm = Flickr30kEntitiesDataModule(tiny.root, None, str(tsv), batch_size=4, num_workers=0)
+    dm = Flickr30kEntitiesDataModule(
+        tiny.root, None, str(tsv), batch_size=4, num_workers=0, read_features=True, feature_dim=8
+    )
     with pytest.raises(
         DetectionFormatError, match=rf"{tsv}: features of width 16 \(image \d+\), but the model's feature tower takes 8"
     ):
+        trainer.fit(_feature_model(8), datamodule=dm)
+    # without feature_dim the datamodule cannot know the width: the tower refuses it, naming its setting
+    dm = Flickr30kEntitiesDataModule(tiny.root, None, str(tsv), batch_size=4, num_workers=0)
+    with pytest.raises(ValueError, match=r"feature_dim=8"):
         trainer.fit(_feature_model(8), datamodule=dm)
     dm = Flickr30kEntitiesDataModule(tiny.root, None, str(tiny.detections), batch_size=4, num_workers=0)
     with pytest.raises(
@@ -205,6 +211,28 @@ def test_feature_mode_refuses_other_widths_and_sources_without_features(tmp_path
     dm = Flickr30kEntitiesDataModule(tiny.root, None, str(bad), batch_size=4, num_workers=0)
     with pytest.raises(DetectionFormatError, match=rf"{bad}: 1 detection records for images unknown .* image 123"):
         dm.setup("fit")
+
+
+def test_a_feature_model_on_a_datamodule_built_for_images_says_how_to_fix_it(tmp_path, tiny, data):
+    """Python, no CLI: the datamodule is not told (read_features) and reads images; the run stops
+    before the first step (the tower's statistics) or at the first batch, naming the setting."""
+    tsv = write_tsv(tmp_path / "f.tsv", data)
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_val_batches=1, enable_checkpointing=False)
+    dm = Flickr30kEntitiesDataModule(tiny.root, tiny.image_dir, str(tsv), batch_size=4, num_workers=0)
+    with pytest.raises(ValueError, match=r"built to read images: pass read_features=True \(and feature_dim"):
+        trainer.fit(_feature_model(16), datamodule=dm)
+    model = _feature_model(16)
+    store = open_detections(tsv)
+    model.region_encoder.prepare(store.features(i) for i in store)  # prepared: no statistics needed
+    with pytest.raises(ValueError, match=r"the batch has none: build the datamodule with read_features=True"):
+        quiet_trainer(tmp_path).validate(model, datamodule=dm, verbose=False)
+    # told, the same folders train: images are not read
+    told = Flickr30kEntitiesDataModule(
+        tiny.root, tiny.image_dir, str(tsv), batch_size=4, num_workers=0, read_features=True, feature_dim=16
+    )
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=1)
+    trainer.fit(_feature_model(16), datamodule=told)
+    assert trainer.global_step == 1 and not told.datasets["train"].read_images
 
 
 CKD_YAML = str(REPO / "cli_configs" / "model" / "ckd_features.yaml")
@@ -283,8 +311,8 @@ def test_lightning_predict_with_the_feature_tower_reads_boxes_and_features(tmp_p
             for i in ids
         )
     )
-    dm = Flickr30kEntitiesDataModule(
-        tiny.root, None, str(tsv), predict_file=str(inputs), predict_proposals="detections", batch_size=2, num_workers=0
+    dm = SentencesFileDataModule(
+        inputs, "detections", str(tsv), batch_size=2, num_workers=0, read_features=True, feature_dim=16
     )
     (out,) = quiet_trainer(tmp_path).predict(model, datamodule=dm)
     assert [r["image_id"] for r in out] == ids
@@ -292,8 +320,8 @@ def test_lightning_predict_with_the_feature_tower_reads_boxes_and_features(tmp_p
         assert record["image_size"] == list(tiny.sizes[image_id])  # read from the image's header
         boxes = [[round(v, 2) for v in b] for b in data["images"][image_id]["boxes"].tolist()]
         assert len(record["phrases"]) == 2 and all(p["box"] in boxes for p in record["phrases"])
-    dm = Flickr30kEntitiesDataModule(tiny.root, None, str(tsv), predict_file=str(inputs), batch_size=2, num_workers=0)
-    with pytest.raises(
-        ValueError, match="the model reads per-box features: ground with data.predict_proposals=detections"
-    ):
-        quiet_trainer(tmp_path).predict(model, datamodule=dm)
+    with pytest.raises(ValueError, match="the model reads per-box features: ground with data.proposals=detections"):
+        SentencesFileDataModule(inputs, "grid", batch_size=2, num_workers=0, read_features=True)
+    dm = SentencesFileDataModule(inputs, "detections", str(tsv), num_workers=0, read_features=True, feature_dim=8)
+    with pytest.raises(DetectionFormatError, match=rf"{tsv}: features of width 16 \(image \d+\), but .* takes 8"):
+        dm.setup("predict")
