@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pytorch_lightning import Trainer
 
 from ..data.batch import GroundingBatch
-from ..data.dataset import IMAGENET_MEAN, IMAGENET_STD
+from ..data.images import IMAGENET_MEAN, IMAGENET_STD
 from ..palette import PALETTE
 
 __all__ = [
