@@ -54,7 +54,7 @@ from .data.batch import GroundingBatch
 from .metrics import FLICKR_PHRASE_TYPES, GroundingMetrics, phrase_results
 from .migration import LAYOUT, LAYOUT_KEY, migrate_checkpoint
 from .model import GroundingModel
-from .model_folder import load_weights, read_config, trained_image_size
+from .model_folder import load_weights
 from .models import PhraseTower, RegionTower
 from .models.towers import plain_values
 
@@ -275,12 +275,9 @@ class GroundingModule(LightningModule):
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> GroundingModule:
         """A module (no loss: evaluation and prediction) around a model folder's network, in eval mode."""
-        from pytorch_lightning.cli import instantiate_module
-
-        doc = read_config(directory)
-        towers = {k: doc["model"].get(k) for k in ("region_encoder", "phrase_encoder")}
-        module = instantiate_module(cls, {**towers, "weights": str(directory)})
-        module.model.image_size = trained_image_size(doc)
+        model = GroundingModel.from_pretrained(directory)
+        module = cls(model.region_encoder, model.phrase_encoder)
+        module.model.image_size = model.image_size
         return module.eval()
 
     def save_pretrained(self, directory: str | Path, card: str | None = None) -> Path:

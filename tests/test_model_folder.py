@@ -19,6 +19,7 @@ from helpers.model import TINY_TEXT as TINY_TEXT_CONFIG
 from lightning_wsg.cli import RUN_KEY, expand_model_folders, main
 from lightning_wsg.export import main as lightning_wsg
 from lightning_wsg.grounding_module import GroundingModule
+from lightning_wsg.model import GroundingModel
 from lightning_wsg.models import FeatureRegionEncoder, PhraseEncoder
 from lightning_wsg.model_folder import folder_config, load_weights, offline_towers, read_config, write_folder
 
@@ -54,7 +55,7 @@ def test_export_then_from_pretrained_and_lightning_test_match_the_checkpoint(tmp
     batch = next(iter(expected.datamodule.test_dataloader()))
     from_ckpt = GroundingModule.load_from_checkpoint(best).eval()
     loaded = GroundingModule.from_pretrained(folder)
-    assert not loaded.training and loaded.predict_image_size == from_ckpt.predict_image_size == 64
+    assert not loaded.training and loaded.model.image_size == from_ckpt.model.image_size == 64
     with torch.no_grad():
         assert loaded.predict_step(batch, 0) == from_ckpt.predict_step(batch, 0)
     image = torch.rand(3, 90, 120, generator=torch.Generator().manual_seed(0))
@@ -79,8 +80,8 @@ def feature_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[GroundingM
     phrase = PhraseEncoder(
         "all-MiniLM-L6-v2", pretrained=False, config_overrides=TINY_TEXT_CONFIG, hidden_dim=32, embed_dim=16
     )
-    model = GroundingModule(region, phrase, use_kd=False).eval()
-    model.region_encoder.prepare([torch.randn(40, 6) * 3 + 5])
+    model = GroundingModule(region, phrase).eval()  # no loss: a folder holds the network only
+    model.model.region_encoder.prepare([torch.randn(40, 6) * 3 + 5])
     folder = model.save_pretrained(tmp_path_factory.mktemp("folder") / "features")
     return model, folder
 
@@ -90,7 +91,10 @@ def test_feature_statistics_travel_in_the_folder(feature_folder) -> None:
     loaded = GroundingModule.from_pretrained(folder)
     for name, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value), name
-    assert not loaded.region_encoder.needs_preparation
+    assert not loaded.model.region_encoder.needs_preparation
+    network = GroundingModel.from_pretrained(folder)  # the network alone, as inference wants it
+    for name, value in model.model.state_dict().items():
+        assert torch.equal(network.state_dict()[name], value), name
     boxes = torch.tensor([[0.0, 0.0, 40.0, 30.0], [20.0, 10.0, 90.0, 70.0], [5.0, 5.0, 15.0, 15.0]])
     features = torch.randn(3, 6, generator=torch.Generator().manual_seed(1)) * 3 + 5
     args = ((100, 80), "a [red ball] on [the mat]")
@@ -125,8 +129,8 @@ def test_a_config_that_does_not_fit_the_weights_names_both_files(feature_folder,
         ValueError, match=r"model\.safetensors: its weights do not fit the model built from .*config\.yaml"
     ):
         GroundingModule.from_pretrained(folder)
-    config.write_text(config.read_text().replace("tau_sentence:", "tau_sentense:"))
-    with pytest.raises(ValueError, match=r"config\.yaml: cannot build the model.*tau_sentense"):
+    config.write_text(config.read_text().replace("box_geometry:", "box_geometri:"))
+    with pytest.raises(ValueError, match=r"(?s)config\.yaml: cannot build the model.*box_geometri"):
         GroundingModule.from_pretrained(folder)
 
 
@@ -144,7 +148,7 @@ def _rewrite_weights(folder: Path, change) -> None:
 def test_weights_with_a_missing_or_an_unexpected_name_are_refused(feature_folder, tmp_path: Path) -> None:
     """A strict load: a name missing from the file, or one the model lacks, is an error naming both."""
     model, folder = feature_folder
-    names = set(model.state_dict())
+    names = set(model.model.state_dict())
     assert "region_encoder.feature_mean" in names and "region_encoder.extra" not in names
 
     missing = _damaged(folder, tmp_path / "missing")
@@ -175,8 +179,8 @@ def test_a_load_reproduces_every_weight_exactly(feature_folder, tmp_path: Path) 
     # changed weights: a load that kept the built values (or the first folder's) would show it
     changed = _damaged(folder, tmp_path)
     _rewrite_weights(changed, lambda t: {k: v + 1 if v.is_floating_point() else v + 7 for k, v in t.items()})
-    loaded = GroundingModule.from_pretrained(changed).state_dict()
-    assert set(loaded) == set(saved) == set(model.state_dict())
+    loaded = GroundingModule.from_pretrained(changed).model.state_dict()
+    assert set(loaded) == set(saved) == set(model.model.state_dict())
     for name, value in saved.items():
         expected = value + 1 if value.is_floating_point() else value + 7
         assert loaded[name].dtype == value.dtype and torch.equal(loaded[name], expected), name
@@ -241,9 +245,12 @@ def test_offline_towers_turns_pretrained_off_in_a_copy() -> None:
     assert config["phrase_encoder"]["init_args"] == {"pretrained": True}
 
 
-def test_folder_config_leaves_out_private_keys_and_the_weights_path() -> None:
-    hparams = {"lr": 0.1, "_instantiator": "x", "weights": "old/model.safetensors", "region_encoder": {"a": 1}}
-    assert folder_config(hparams, None) == {"model": {"region_encoder": {"a": 1}, "lr": 0.1}}
+def test_folder_config_holds_the_towers_only() -> None:
+    hparams = {"lr": 0.1, "_instantiator": "x", "weights": "old/model.safetensors", "loss": {"tau_student": 0.1}}
+    hparams |= {"phrase_encoder": {"b": 2}, "region_encoder": {"a": 1}}
+    doc = folder_config(hparams, None)
+    assert doc == {"model": {"region_encoder": {"a": 1}, "phrase_encoder": {"b": 2}}}
+    assert list(doc["model"]) == ["region_encoder", "phrase_encoder"]  # the towers say what it is
     assert folder_config(hparams, 320)["data"] == {"init_args": {"image_size": 320}}
 
 
