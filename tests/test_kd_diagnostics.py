@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
@@ -68,32 +69,27 @@ def _batch(num_phrases: int, gt: list[int | None] | None = None) -> GroundingBat
 
 class ScoresModule(nn.Module):
     """A stand-in for GroundingModule whose student scores are the parameter itself, so that
-    the gradients of both terms can be worked out by hand: InfoNCE is ``sum(scores * nce)``."""
+    the gradients of both terms can be worked out by hand: InfoNCE is ``sum(scores * nce)``.
+    ``.model`` and ``.loss`` offer what the callback reads of GroundingModel and
+    ContrastiveDistillationLoss."""
 
     def __init__(self, student, teacher, kd_mask, nce, kd_weight: float = 0.5, top_k: int | None = 3) -> None:
         super().__init__()
         self.scores = nn.Parameter(torch.as_tensor(student, dtype=torch.float32).clone())
         self.frozen = nn.Parameter(torch.ones(2), requires_grad=False)
-        self.teacher = "a teacher"  # the callback only asks whether there is one
         self.teacher_scores = torch.as_tensor(teacher, dtype=torch.float32)
         self.kd_mask = torch.as_tensor(kd_mask)
         self.nce = torch.as_tensor(nce, dtype=torch.float32)
         self.kd_weight, self.top_k = kd_weight, top_k
-
-    def encode(self, batch):
-        return self.scores, None
-
-    def contrastive_loss(self, batch, regions, phrases):
-        return (regions * self.nce).sum()
-
-    def distillation_scores(self, batch, regions, phrases):
-        return regions, self.teacher_scores, self.kd_mask
-
-    def distillation_options(self):
-        return {"tau_student": 1.0, "tau_teacher": 2.0, "top_k": self.top_k, "target": "teacher"}
-
-    def current_kd_weight(self):
-        return self.kd_weight
+        self.global_step = 0
+        self.model = SimpleNamespace(encode=lambda batch: (self.scores, None))
+        self.loss = SimpleNamespace(
+            teacher="a teacher",  # the callback only asks whether there is one
+            contrastive=lambda batch, regions, phrases: (regions * self.nce).sum(),
+            distillation_scores=lambda batch, regions, phrases: (regions, self.teacher_scores, self.kd_mask),
+            distillation_options=lambda: {"tau_student": 1.0, "tau_teacher": 2.0, "top_k": self.top_k, "target": "teacher"},
+            kd_weight=lambda step: self.kd_weight,
+        )
 
 
 def _entropy_module(kd_mask=((True, True, False),), kd_weight: float = 0.5) -> ScoresModule:
@@ -208,7 +204,7 @@ def _fit(world: Path, root: Path, callbacks: list) -> tuple[dict[str, torch.Tens
         teacher={"matching": "wordnet"},
         kd_weight_initial=1.0,
     )
-    assert any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.phrase_encoder.modules())
+    assert any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.model.phrase_encoder.modules())
     trainer = quiet_trainer(root, max_steps=2, limit_val_batches=0, callbacks=callbacks)
     trainer.fit(model, _datamodule(world))
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, torch.get_rng_state()
@@ -247,14 +243,17 @@ def test_a_cli_fit_writes_the_jsonl_and_logs_the_values(tmp_path: Path) -> None:
     train = [r for r in records if r["stage"] == "train"]
     val = [r for r in records if r["stage"] == "val"]
     steps_per_epoch = trainer.num_training_batches
+    # the demo's ramp is 0.0187 of the run: here one step
+    assert cli.model.loss.ramp_steps() == max(1, round(0.0187 * steps_per_epoch))
     assert [r["step"] for r in train] == list(range(0, steps_per_epoch, 5)) and len(val) == 1
     for r in train:
         assert set(r) == TRAIN_KEYS  # training batches carry no ground truth: no top-box fractions
-        assert r["kd_weight"] == pytest.approx(0.001)  # the demo's ramp before step 14
+        weight = cli.model.loss.kd_weight(r["step"])
+        assert r["kd_weight"] == pytest.approx(weight) and weight == pytest.approx(min(0.001 + r["step"], 3.0))
         assert r["grad_norm_nce"] > 0 and r["grad_norm_kd"] > 0 and r["num_phrases"] > 0
         assert r["num_regions"] == 8.0  # the demo's kd_top_k
         assert 0 <= r["entropy_teacher"] <= math.log(8) + 1e-5 and 0 <= r["entropy_student_norm"] <= 1 + 1e-6
-        assert r["grad_norm_kd_weighted"] == pytest.approx(0.001 * r["grad_norm_kd"])
+        assert r["grad_norm_kd_weighted"] == pytest.approx(weight * r["grad_norm_kd"])
     (v,) = val
     assert set(v) == VAL_KEYS and v["step"] == trainer.global_step and v["num_gt_phrases"] > 0
     assert v["teacher_differs_right"] + v["student_differs_right"] <= v["differs"] + 1e-9
