@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 import torch.nn.functional as F
 from helpers.cli import FLICKR_YAML, REPO, TINY_MODEL_YAML, TINY_TEXT, data_args, tiny_model_args, trainer_args
 from helpers.ddp import CASES, SPLITS, B, ThreadGroup, hand_loss, loss_and_grads, run_two_ranks
@@ -457,12 +458,15 @@ def test_trainer_fragments_compose(fragment: str, monkeypatch: pytest.MonkeyPatc
     cli = main(args, run=False)
     trainer = cli.trainer
     assert type(trainer.strategy).__name__ == "DDPStrategy" and trainer.world_size == 2
-    assert cli.model.hparams.gather_negatives
+    assert cli.model.loss.gather_negatives  # the loss's default: negatives from every process
     if fragment == "ddp_sim":
         assert trainer.strategy._process_group_backend == "gloo" and trainer.precision == "32-true"
     else:
-        assert trainer.precision == "bf16-mixed" and cli.model.region_encoder.channels_last
-        assert cli.datamodule.pin_memory
+        assert trainer.precision == "bf16-mixed"
+    # a trainer fragment sets trainer keys only: the towers and the loaders stay as configured
+    assert not cli.model.model.region_encoder.channels_last and not cli.datamodule.pin_memory
+    fragment_doc = yaml.safe_load(Path(fragment_yaml).read_text())
+    assert set(fragment_doc) == {"trainer"}
     if fragment == "slurm":
         assert type(trainer.strategy.cluster_environment).__name__ == "SLURMEnvironment"
 
@@ -520,9 +524,9 @@ def test_channels_last_and_compile_keep_the_checkpoint_layout() -> None:
     plain = _tiny_module()
     fast = _tiny_module(region={"channels_last": True, "compile": True})
     assert list(fast.state_dict()) == list(plain.state_dict())  # compiled in place: no _orig_mod. keys
-    conv = fast.region_encoder.backbone.conv1.weight
+    conv = fast.model.region_encoder.backbone.conv1.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
-    assert fast.region_encoder.backbone._compiled_call_impl is not None
+    assert fast.model.region_encoder.backbone._compiled_call_impl is not None
 
 
 def test_bf16_mixed_channels_last_training_step(tiny_flickr, tmp_path: Path) -> None:
