@@ -240,3 +240,27 @@ def test_wordnet_teacher_keeps_the_nearest_class_each_image_has():
     ]
     torch.testing.assert_close(t, torch.tensor(expected))
     assert kd.tolist() == [[True, True, False], [True, True, False]]
+
+
+def test_mapping_file_maps_the_longest_name_it_lists(tmp_path):
+    path = tmp_path / "map.tsv"
+    path.write_text("police car\tbus\ncar\tcar\nglove\tperson\n", encoding="utf-8")
+    m = MappingMatcher(path, ["person", "car", "bus"])
+    assert m.distances("the police car", ["person", "car", "bus"]) == [INF, INF, 0.0]  # not its last word
+    assert m.distances("a red car", ["person", "car", "bus"]) == [INF, 0.0, INF]
+    # a name of two words not in the table falls back to its last word
+    assert m.distances("a baseball glove", ["person", "car", "bus"]) == [0.0, INF, INF]
+
+
+def test_read_class_names_skips_comments_and_blank_lines(tmp_path):
+    from lightning_wsg.lexicon.classes import read_class_names
+
+    path = tmp_path / "classes.txt"
+    path.write_text("# COCO\n  person \n\ndog\n#cat\nteddy bear\n", encoding="utf-8")
+    assert read_class_names(path) == ["person", "dog", "teddy bear"]
+    assert read_class_names(str(path)) == ["person", "dog", "teddy bear"]
+    path.write_text("# nothing\n\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"classes\.txt: no class names in the file"):
+        read_class_names(path)
+    with pytest.raises(FileNotFoundError, match=r"class name file .*missing\.txt not found"):
+        read_class_names(tmp_path / "missing.txt")

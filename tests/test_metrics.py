@@ -612,6 +612,11 @@ def test_outcomes_are_bool_even_for_integer_masks():
     assert not (want.types & ~want.counted[..., None]).any()
     none = m.outcomes(**(batch | {"phrase_types": None}))
     assert none.types.shape == want.types.shape and not none.types.any()
+    # every field on the device of the batch (the meta device standing in for a GPU), types too
+    for types in (batch["phrase_types"], None):
+        on_meta = m.outcomes(**{k: v.to("meta") if torch.is_tensor(v) else v for k, v in batch.items()} | {
+            "phrase_types": types})  # fmt: skip
+        assert [t.device.type for t in on_meta] == ["meta"] * 7 and on_meta.types.shape == want.types.shape
 
 
 def scored_batch(gen, **kwargs) -> dict:
@@ -672,15 +677,19 @@ def test_phrase_outcomes_flatten_cat_and_select():
     # select on the unflattened [B, P] outcomes too
     part = parts[1].select(torch.zeros(3, 3, dtype=torch.bool))
     assert not any(t.any() for t in part)
+    # outcomes kept on another device than the mask (the meta device standing in for a GPU)
+    on_meta = PhraseOutcomes(*(t.to("meta") for t in both)).select(keep)
+    assert all(t.device.type == "meta" for t in on_meta) and on_meta.types.shape == both.types.shape
 
 
 def test_update_takes_tensors_or_outcomes_not_both():
     inputs = single((1, 1, 10, 10), [(1, 1, 10, 10)])
     m = GroundingMetrics()
     o = m.outcomes(**inputs)
-    with pytest.raises(TypeError, match="either the batch's tensors or outcomes=, not both"):
+    message = r"^update\(\) takes either the batch's tensors or outcomes=, not both$"
+    with pytest.raises(TypeError, match=message):
         m.update(inputs["scores"], outcomes=o)
-    with pytest.raises(TypeError, match="either the batch's tensors or outcomes=, not both"):
+    with pytest.raises(TypeError, match=message):
         m.update(scores=inputs["scores"], outcomes=o)
     m.update(outcomes=o)
     assert m.compute()["acc"].item() == 1.0 and m.total.item() == 1

@@ -277,6 +277,8 @@ def test_size_rows_put_an_area_on_an_edge_in_the_bin_above() -> None:
 def test_proposal_rows_one_bar_per_count_up_to_max_bars_then_sixths() -> None:
     eight = [_record(k, True, True, [], 0.1, 10 + k % 8) for k in range(16)]
     assert [r[:2] for r in proposal_rows(eight)] == [(str(10 + v), 2) for v in range(8)]
+    nine = [_record(k, True, True, [], 0.1, 10 + k) for k in range(9)]
+    assert len(proposal_rows(nine)) == 6 and len(proposal_rows(nine, max_bars=9)) == 9
     assert [r[0] for r in proposal_rows(eight, max_bars=7)] == ["10", "11", "12\u201313", "14", "15", "16\u201317"]
     # (the sixths of the 16 sorted counts start at 10, 11, 12, 14, 15, 16; each range ends before the next)
     # 60 phrases with 5..64 proposals: six ranges of ten phrases each, from the sorted counts' sixths
@@ -304,7 +306,10 @@ def golden_report() -> str:
     val = [
         PhraseRecord(
             "val", f"v{k}", f"img{k // 2}", 'a "big" <dog> & a cat on a mat', (1, 3), '"big" <dog>',
-            ["a very long phrase type name", "animals"] if k % 3 == 0 else ["animals"], k % 4 == 0,
+            # labels of 22 characters (the longest drawn whole) and 23 (cut)
+            ["a very long phrase type name", "animals"] if k % 3 == 0
+            else ["twenty-two characters!"] if k == 1 else ["twenty-three characters"] if k == 2 else ["animals"],
+            k % 4 == 0,
             0.12345 + k / 100, 0.5 + k / 10, 0.001 * k, 10 + 3 * k, k % 4 != 3,
         )  # fmt: skip
         for k in range(12)
@@ -312,12 +317,12 @@ def golden_report() -> str:
     records = HAND_RECORDS + val
     metrics = {
         "test/acc": 0.4285714, "test/num_phrases": 1234.0, "test/recall@5": 0.5, "test/acc_people": 0.25,
-        "test/my_score": 0.125, "val/acc": 0.25, "val/upper_bound": 0.75,
+        "test/my_score": 0.125, "test/loss/kd": 0.0625, "val/acc": 0.25, "val/upper_bound": 0.75,
     }  # fmt: skip
     worst = [(val[1], "data:image/png;base64,AAAA"), (HAND_RECORDS[2], "data:image/png;base64,BBBB")]
-    best = [(HAND_RECORDS[0], "data:image/png;base64,CCCC")]
+    best = [(val[0], "data:image/png;base64,CCCC"), (HAND_RECORDS[3], "data:image/png;base64,DDDD")]  # 2 types, none
     return render_report(
-        records, metrics, worst, best, title="Run <1> & co", phrase_types=("people", "animals"),
+        records, metrics, worst, best, title="Run <1> & co", phrase_types=("scene", "animals", "people"),
         details={"checkpoint": "best.ckpt", "model": "<wsg>"},
     )  # fmt: skip
 
@@ -342,7 +347,8 @@ def test_the_golden_page_says_what_its_records_say() -> None:
     assert page.num_phrases == 19 and page.cards["images"] == "13" and page.cards["sentences"] == "19"
     assert page.cards["accuracy"] == "31.6%" and page.cards["upper bound"] == "73.7%"  # 6 / 19, 14 / 19
     # the table: known metrics in their order, then the others; per-type accuracies left out
-    assert page.metric_rows == ["acc", "recall@5", "upper_bound", "num_phrases", "my_score"]
+    assert page.metric_rows == ["acc", "recall@5", "upper_bound", "num_phrases", "my_score", "loss/kd"]
+    assert '<td>loss/kd</td><td class="num">6.2%</td>' in text  # a name may hold a "/" after the split's
     assert '<td class="num">1,234</td>' in text and '<td class="num">42.9%</td>' in text
     assert '<tr class="metric" data-metric="upper_bound"><td>upper_bound</td><td class="num"></td>' in text
     # escaped everywhere, the phrase marked in its sentence
@@ -351,9 +357,26 @@ def test_the_golden_page_says_what_its_records_say() -> None:
     assert 'alt="&quot;big&quot; &lt;dog&gt;"' in text
     # a long label is cut in the chart, whole in its tooltip
     assert "<title>a very long phrase type name</title>a very long phrase ty\u2026</text>" in text
-    assert page.gallery == {"worst": [0.1335, 0.1], "best": [0.9]}
+    assert "<title>twenty-two characters!</title>twenty-two characters!</text>" in text
+    assert "<title>twenty-three characters</title>twenty-three characte\u2026</text>" in text
+    assert "a very long phrase type name, animals</div>" in text and "&middot; no type</div>" in text
+    assert page.gallery == {"worst": [0.1335, 0.1], "best": [0.1235, 0.9]}
     assert [label for label, *_ in page.rows["proposals"]][:2] == ["10", "30"]
+    # the known types first, in their order (people are the more frequent in the test split)
+    assert [label for label, *_ in page.rows["type"]][:3] == ["animals", "people", "(no type)"]
     assert len([t for t in page.rows["proposals"]]) == 2 + 6  # the val split has 12 counts: sixths
+
+
+def test_a_page_of_one_phrase_or_none_and_no_metric() -> None:
+    text = render_report(HAND_RECORDS[:1], {})
+    page = Page(text)
+    assert "<title>Grounding test report</title>" in text and "<h1>Grounding test report</h1>" in text
+    assert '<p class="empty">No metric was logged.</p>' in text and page.metric_rows == []
+    assert page.cards["accuracy"] == page.cards["upper bound"] == "100.0%" and page.cards["phrases"] == "1"
+    assert '<div class="gallery" data-kind="worst"><p class=empty>none</p></div>' in text
+    page = Page(render_report([], {}))
+    assert page.num_phrases == 0 and page.cards["accuracy"] == page.cards["upper bound"] == "0.0%"
+    assert not page.rows  # no split, no chart
 
 
 def test_the_page_inlines_the_stylesheet_as_it_is() -> None:
