@@ -371,7 +371,7 @@ def test_a_page_of_one_phrase_or_none_and_no_metric() -> None:
     text = render_report(HAND_RECORDS[:1], {})
     page = Page(text)
     assert "<title>Grounding test report</title>" in text and "<h1>Grounding test report</h1>" in text
-    assert '<p class="empty">No metric was logged.</p>' in text and page.metric_rows == []
+    assert '<h2>Metrics</h2><p class="empty">No metric was logged.</p></section>' in text and page.metric_rows == []
     assert page.cards["accuracy"] == page.cards["upper bound"] == "100.0%" and page.cards["phrases"] == "1"
     assert '<div class="gallery" data-kind="worst"><p class=empty>none</p></div>' in text
     page = Page(render_report([], {}))

@@ -335,11 +335,14 @@ def test_nearest_classes_keep_the_best_classes_that_reach_min_match():
     lexical = Teacher("lexical")
     nearest = lexical.nearest_classes(["dog", "hot dog", "dogs", "cat"], ["a dog", "the sky"])
     assert nearest.tolist() == [[True, False], [False, False], [True, False], [False, False]]  # ties: both
+    for empty in (lexical.nearest_classes([], ["a dog"]), lexical.nearest_classes(["dog"], [])):
+        assert empty.dtype == torch.bool and empty.numel() == 0
     assert lexical.nearest_classes([], ["a dog"]).shape == (0, 1)
     assert lexical.nearest_classes(["dog"], []).shape == (1, 0)
     wordnet = Teacher("wordnet")
-    nearest = wordnet.nearest_classes(["person", "dog", "car"], ["a woman", "a puppy", "the sky"])
-    assert nearest.tolist() == [[True, False, False], [False, True, False], [False, False, False]]
+    # each phrase's nearest class, however near the class is to another phrase ("a person": 0 steps)
+    nearest = wordnet.nearest_classes(["person", "dog", "car"], ["a woman", "a puppy", "the sky", "a person"])
+    assert nearest.tolist() == [[True, False, False, True], [False, True, False, False], [False, False, False, False]]
     torch.testing.assert_close(
         wordnet.similarity(["person", "dog"], ["a woman", "the sky"]), torch.tensor([[1.0, 0.0], [0.0, 0.0]])
     )
@@ -410,3 +413,23 @@ def test_class_probs_need_one_name_per_column():
     )  # fmt: skip
     torch.testing.assert_close(t, torch.tensor([[[1.0, 0.4]]]))
     assert kd.tolist() == [[True]]
+
+
+def test_nearest_classes_of_similarities_are_per_phrase():
+    glove = Teacher("glove", min_match=0.5)
+    # "a dog" is nearer to cat (0.92) than "a puppy" is to dog (0.78): each phrase keeps its own best
+    nearest = glove.nearest_classes(["dog", "cat", "car"], ["a puppy", "a dog", "a car"])
+    assert nearest.tolist() == [[True, True, False], [False, False, False], [False, False, True]]
+    # a similarity equal to min_match is enough
+    assert Teacher("lexical", min_match=1.0).nearest_classes(["dog", "cat"], ["a dog"]).tolist() == [[True], [False]]
+
+
+def test_glove_class_names_are_their_words_averaged():
+    import torch.nn.functional as F
+
+    glove = Teacher("glove")
+    cos = glove._cosine(["traffic light", "light"], ["the stoplight"])[:, 0]
+    emb = glove._embedder
+    stoplight = emb.vector("stoplight")
+    expected = [F.cosine_similarity(emb.text_vector(c), stoplight, dim=0).item() for c in ("traffic light", "light")]
+    assert cos.tolist() == pytest.approx(expected, abs=1e-5) and abs(expected[0] - expected[1]) > 0.05
