@@ -265,6 +265,9 @@ def test_lru_cache_evicts_the_least_recently_used_key():
     assert list(cache) == ["a", "c"] and calls == ["a", "b", "c"]
     assert _lru(cache, "b", compute) == "B" and calls == ["a", "b", "c", "b"]  # default size: nothing evicted
     assert list(cache) == ["a", "c", "b"]
+    # the default bound: 100 000 entries
+    big = OrderedDict((i, i) for i in range(100_000))
+    assert _lru(big, -1, lambda key: key) == -1 and len(big) == 100_000 and 0 not in big
 
 
 def test_teacher_arguments_and_defaults():
@@ -433,3 +436,37 @@ def test_glove_class_names_are_their_words_averaged():
     stoplight = emb.vector("stoplight")
     expected = [F.cosine_similarity(emb.text_vector(c), stoplight, dim=0).item() for c in ("traffic light", "light")]
     assert cos.tolist() == pytest.approx(expected, abs=1e-5) and abs(expected[0] - expected[1]) > 0.05
+
+
+def test_embeddings_are_read_from_the_given_folders(tmp_path):
+    with pytest.raises(FileNotFoundError, match="glove_6B_index.parquet"):
+        Teacher("glove", glove_root=str(tmp_path / "glove")).similarity(["dog"], ["a cat"])
+    with pytest.raises(OSError, match="no_minilm_here"):
+        Teacher("minilm", minilm_path=str(tmp_path / "no_minilm_here")).similarity(["dog"], ["a cat"])
+
+
+def test_minilm_embeds_the_phrase_or_its_head_and_keeps_its_model():
+    every, last = Teacher("minilm"), Teacher("minilm", phrase_head="last")
+    cos = every._cosine(["dog", "traffic light"], ["A dog, in a park!"])
+    emb = every._embedder
+    expected = emb.encode(["dog", "traffic light"]) @ emb.encode(["a dog in a park"]).T
+    torch.testing.assert_close(cos, expected)
+    # the head noun alone with "last"
+    torch.testing.assert_close(last._cosine(["dog", "traffic light"], ["A dog, in a park!"]),
+                               every._cosine(["dog", "traffic light"], ["park"]))  # fmt: skip
+    assert (cos[0] - last._cosine(["dog"], ["A dog, in a park!"])[0]).abs().item() > 0.1
+    # a phrase or a class without a word has cosine -1
+    assert every._cosine(["dog", "!!"], [", .", "a dog"]).tolist()[0][0] == -1.0
+    assert every._cosine(["dog", "!!"], [", .", "a dog"])[1].tolist() == [-1.0, -1.0]
+    assert every._embedder is emb  # loaded once, not per call
+
+
+def test_matching_scores_stay_within_zero_and_one():
+    """Cosines of a word with itself can come out a rounding error above 1 (here some do, in both
+    embeddings); m(c, p) still stops at 1."""
+    names = ["dog", "ball", "car", "person", "traffic light", "cat", "tree", "man", "woman", "bicycle"]
+    phrases = [f"a {n}" for n in names] + names
+    for matching in ("glove", "minilm"):
+        teacher = Teacher(matching)
+        m = teacher.match(names, phrases)
+        assert m.max().item() == 1.0 and m.min().item() == 0.0, matching
