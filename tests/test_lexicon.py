@@ -264,3 +264,72 @@ def test_read_class_names_skips_comments_and_blank_lines(tmp_path):
         read_class_names(path)
     with pytest.raises(FileNotFoundError, match=r"class name file .*missing\.txt not found"):
         read_class_names(tmp_path / "missing.txt")
+
+
+@pytest.mark.parametrize(
+    ("word", "agent", "why"),
+    [
+        ("kayaker", True, "kayak + er"),
+        ("kayakers", True, "a plural"),
+        ("wakeboarder", True, "a noun that is no verb + er"),
+        ("biker", True, "bike, the stem with its e back"),
+        ("moper", True, "five letters are enough: mope + r"),
+        ("bobsledder", True, "a doubled consonant: bobsled"),
+        ("oxxer", True, "a doubled consonant after a stem of three letters: ox"),
+        ("skier", False, "a WordNet noun of its own"),
+        ("dog", False, "no -er"),
+        ("kayaked", False, "no -er, though kayak is a noun"),
+        ("xyzzyer", False, "no stem is a word"),
+        ("vlogger", False, "vlog is no WordNet word"),
+        ("bmxer", False, "bm is a word, but only a doubled consonant is dropped"),
+        ("younger", False, "a comparative"),
+    ],
+)
+def test_agent_nouns(word, agent, why):
+    assert WordNetNouns.load().agent_noun(word) is agent, why
+
+
+def test_reaches_a_named_sense_through_hypernyms():
+    wn = WordNetNouns.load()
+    assert wn.reaches("bus", "public transport") and wn.reaches("sedan", "car") and wn.reaches("buses", "bus")
+    assert not wn.reaches("dog", "car") and not wn.reaches("xyzzy", "car")
+    # the root has no hypernym above it, "physical entity" one
+    assert wn.ancestor_count(wn._senses["entity"][0]) == 0
+    assert wn.ancestor_count(wn._senses["physical entity"][0]) == 1
+
+
+def test_main_senses_prefer_tagged_physical_senses_then_untagged_objects():
+    wn = WordNetNouns.load()
+    assert wn.main_senses("xyzzy") == []
+    # never tagged: the pushchair, not the person who strolls (WordNet's first sense), even when two are asked
+    assert [wn.names(s)[0] for s in wn.main_senses("stroller", 2)] == ["baby buggy"]
+    # tagged, but no tagged sense is physical: the first, not an untagged physical one
+    assert [wn.names(s) for s in wn.main_senses("trick")] == [["trick", "fast one"]]
+    assert [wn.names(s) for s in wn.main_senses("trick", 2)] == [["trick", "fast one"], ["trick"]]
+
+
+def test_siblings_name_the_nearest_class_the_vocabulary_has():
+    """donkey -> equine (2 steps) <- horse, zebra; goat -> bovid (1) <- sheep, goat -> ruminant (2) <-
+    giraffe: SIBLING + steps up + 1."""
+    names = ["person", "horse", "zebra", "sheep", "giraffe", "dog", "car"]
+    matcher = WordNetMatcher()
+    assert matcher.distances("a donkey", names) == [INF, 203.0, 203.0, INF, INF, INF, INF]
+    assert matcher.distances("a goat", names) == [INF, INF, INF, 202.0, 203.0, INF, INF]
+    assert WordNetMatcher(downward=False).distances("a donkey", names) == [INF, 203.0, 203.0, INF, INF, INF, INF]
+    one = WordNetMatcher(siblings=1)
+    assert one.distances("a donkey", names) == [INF] * 7
+    assert one.distances("a goat", names) == [INF, INF, INF, 202.0, INF, INF, INF]
+    assert WordNetMatcher(siblings=0).distances("a goat", names) == [INF] * 7
+    # a class below the noun comes first: an animal is taught by its dogs, not by relatives
+    assert matcher.distances("an animal", names)[5] == 102.0
+
+
+def test_a_pickled_matcher_drops_wordnet_and_its_cache():
+    import pickle
+
+    matcher = WordNetMatcher()
+    before = matcher.distances("a woman", ["person", "dog"])
+    clone = pickle.loads(pickle.dumps(matcher))
+    assert clone._wn is None and len(clone._cache) == 0 and clone.senses == 1
+    assert matcher._wn is not None and len(matcher._cache) == 1
+    assert clone.distances("a woman", ["person", "dog"]) == before

@@ -470,3 +470,10 @@ def test_matching_scores_stay_within_zero_and_one():
         teacher = Teacher(matching)
         m = teacher.match(names, phrases)
         assert m.max().item() == 1.0 and m.min().item() == 0.0, matching
+
+
+def test_glove_similarity_of_single_words_and_empty_lists():
+    glove = Teacher("glove")
+    # a phrase of one word, read whole ("puppy", not a shorter key): cosine 0.78 with dog
+    assert glove.similarity(["dog", "car"], ["puppy"])[:, 0].tolist() == pytest.approx([0.7755, 0.1840], abs=1e-3)
+    assert glove.similarity([], ["a dog"]).shape == (0, 1) and glove.similarity(["dog"], []).shape == (1, 0)
