@@ -292,7 +292,7 @@ def test_teacher_arguments_and_defaults():
         Teacher("lexical", score_floor=-0.1)
     with pytest.raises(ValueError, match="mapping_file is only read by matching='mapping', not 'lexical'"):
         Teacher("lexical", mapping_file="heads.tsv")
-    with pytest.raises(ValueError, match="needs mapping_file and the detector's vocabulary"):
+    with pytest.raises(ValueError, match=r"^matching='mapping' needs mapping_file and the detector's vocabulary$"):
         Teacher("mapping", vocabulary=["dog"])
 
 
@@ -303,6 +303,15 @@ def test_mapping_teacher_reads_a_vocabulary_file(tmp_path):
     vocabulary.write_text("# detector classes\nperson\ndog\n", encoding="utf-8")
     teacher = Teacher("mapping", mapping_file=str(mapping), vocabulary=str(vocabulary))
     assert teacher.nearest_classes(["person", "dog"], ["a puppy", "a tree"]).tolist() == [[False, False], [True, False]]
+    listed = Teacher("mapping", mapping_file=str(mapping), vocabulary=("person", "dog"))  # a list, not a file
+    assert listed.nearest_classes(["person", "dog"], ["a puppy"]).tolist() == [[False], [True]]
+
+
+def test_wordnet_teacher_passes_its_senses_and_siblings_on():
+    # siblings: a donkey is taught by the horses (equine, 2 steps up), unless siblings stop at 1
+    assert Teacher("wordnet").similarity(["horse", "dog"], ["a donkey"]).tolist() == [[1.0], [0.0]]
+    assert Teacher("wordnet", wordnet_siblings=1).similarity(["horse", "dog"], ["a donkey"]).tolist() == [[0.0], [0.0]]
+    assert (Teacher("wordnet")._matcher.senses, Teacher("wordnet", wordnet_senses=2)._matcher.senses) == (1, 2)
 
 
 def test_a_pickled_teacher_drops_its_caches_and_keeps_its_settings():
@@ -329,6 +338,8 @@ def test_lexical_matching_reads_aliases_and_the_longest_class_name():
         [[1.0, 0, 0, 0, 1], [0, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 0, 0, 0]]
     )  # "traffic lights" is the traffic light only; "tables" no dining table
     torch.testing.assert_close(m, expected)
+    # a class name (or an alias) without a word names nothing
+    torch.testing.assert_close(lexical.similarity(["dog,", "!!"], ["a dog", "!!"]), torch.tensor([[1.0, 0], [0, 0]]))
     # another vocabulary: the cached class forms are rebuilt
     torch.testing.assert_close(lexical.similarity(["table"], ["tables"]), torch.ones(1, 1))
     torch.testing.assert_close(lexical.similarity(names, []), torch.zeros(4, 0))
