@@ -333,3 +333,31 @@ def test_a_pickled_matcher_drops_wordnet_and_its_cache():
     assert clone._wn is None and len(clone._cache) == 0 and clone.senses == 1
     assert matcher._wn is not None and len(matcher._cache) == 1
     assert clone.distances("a woman", ["person", "dog"]) == before
+
+
+@pytest.mark.parametrize(
+    ("phrase", "names", "expected", "why"),
+    [
+        ("a sports ball", ["sports ball", "ball", "person"], [0.0, INF, INF], "a class said in full wins alone"),
+        ("a kitchen wine glass", ["wine glass", "cup", "glass"], [0.0, INF, INF], "in full within longer words"),
+        ("a kitchen chair", ["chair", "person"], [0.0, INF], "two words that are no noun: the last one"),
+        ("a teddy bear", ["bear", "toy"], [INF, 1.0], "a noun of two words, no kind of its last word"),
+        ("a police car", ["car", "person"], [1.0, INF], "a noun of two words that reaches a class"),
+        ("a police car", ["taxi", "person"], [101.0, INF], "reaches none: read as the car it is a kind of"),
+    ],
+)
+def test_multi_word_heads_and_class_names(phrase, names, expected, why):
+    assert WordNetMatcher().distances(phrase, names) == expected, why
+
+
+def test_matcher_arguments_are_checked_and_its_cache_follows_use():
+    refused = (({"senses": 0}, r"^senses must be >= 1, got 0$"), ({"siblings": -1}, r"^siblings must be >= 0, got -1$"))
+    for kwargs, message in refused:
+        with pytest.raises(ValueError, match=message):
+            WordNetMatcher(**kwargs)
+    assert WordNetMatcher(siblings=0).siblings == 0
+    matcher = WordNetMatcher()
+    names = ["person", "dog"]
+    for phrase in ("a woman", "a dog", "a woman"):
+        matcher.distances(phrase, names)
+    assert list(matcher._cache) == [("a dog",), ("a woman",)]  # the most recent last
