@@ -359,5 +359,29 @@ def test_matcher_arguments_are_checked_and_its_cache_follows_use():
     matcher = WordNetMatcher()
     names = ["person", "dog"]
     for phrase in ("a woman", "a dog", "a woman"):
-        matcher.distances(phrase, names)
+        assert matcher.distances(phrase, names) == ([2.0, INF] if phrase == "a woman" else [INF, 0.0])
     assert list(matcher._cache) == [("a dog",), ("a woman",)]  # the most recent last
+    # at most 200 000 phrases: the least recent goes
+    matcher._cache.update(((f"p{i}",), [INF, INF]) for i in range(200_000 - 2))
+    assert matcher.distances("a puppy", names) == [INF, 1.0]
+    assert len(matcher._cache) == 200_000 and next(iter(matcher._cache)) == ("a woman",)
+
+
+def test_generic_class_names_are_taught_only_by_the_word_itself():
+    wn = WordNetNouns.load()
+    # a main sense with at most 4 hypernyms above it: artifact (4), not organism (5)
+    assert wn.is_generic("artifact") and wn.is_generic("group") and not wn.is_generic("organism")
+    matcher = WordNetMatcher()
+    assert matcher.distances("a structure", ["artifact", "whole"]) == [INF, INF]  # structure -> artifact: 1 step
+    assert matcher.distances("an artifact", ["artifact"]) == [0.0]
+    # a crowd is a group (generic, skipped) and is made of persons, read after it
+    assert matcher.distances("a crowd", ["group", "person"]) == [INF, 1.0]
+    # classes below the noun without the siblings, and the other way round
+    assert WordNetMatcher(siblings=0).distances("an animal", ["dog", "person"]) == [102.0, INF]
+
+
+def test_plural_class_names_match_singular_phrases():
+    matcher = WordNetMatcher()
+    assert matcher.distances("a ski", ["skis", "person"]) == [0.0, INF]  # COCO's "skis"
+    assert matcher.distances("a sports ball", ["sports balls"]) == [0.0]
+    assert matcher.distances("a kitchen wine glass", ["kitchen wine glasses", "glasses"]) == [0.0, INF]
