@@ -320,6 +320,9 @@ def test_siblings_name_the_nearest_class_the_vocabulary_has():
     assert one.distances("a donkey", names) == [INF] * 7
     assert one.distances("a goat", names) == [INF, INF, INF, 202.0, INF, INF, INF]
     assert WordNetMatcher(siblings=0).distances("a goat", names) == [INF] * 7
+    # two steps up by default: lion -> big cat (1) -> feline (2) <- cat, not carnivore (3) <- bear
+    assert matcher.distances("a lion", ["cat", "bear"]) == [203.0, INF]
+    assert WordNetMatcher(siblings=3).distances("a lion", ["cat", "bear"]) == [203.0, 204.0]
     # a class below the noun comes first: an animal is taught by its dogs, not by relatives
     assert matcher.distances("an animal", names)[5] == 102.0
 

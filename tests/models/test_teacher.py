@@ -311,6 +311,8 @@ def test_wordnet_teacher_passes_its_senses_and_siblings_on():
     # siblings: a donkey is taught by the horses (equine, 2 steps up), unless siblings stop at 1
     assert Teacher("wordnet").similarity(["horse", "dog"], ["a donkey"]).tolist() == [[1.0], [0.0]]
     assert Teacher("wordnet", wordnet_siblings=1).similarity(["horse", "dog"], ["a donkey"]).tolist() == [[0.0], [0.0]]
+    # two steps by default: a lion reaches cat (feline), not bear (carnivore, three steps up)
+    assert Teacher("wordnet").similarity(["cat", "bear"], ["a lion"]).tolist() == [[1.0], [0.0]]
     assert (Teacher("wordnet")._matcher.senses, Teacher("wordnet", wordnet_senses=2)._matcher.senses) == (1, 2)
 
 
