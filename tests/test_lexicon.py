@@ -388,3 +388,12 @@ def test_plural_class_names_match_singular_phrases():
     assert matcher.distances("a ski", ["skis", "person"]) == [0.0, INF]  # COCO's "skis"
     assert matcher.distances("a sports ball", ["sports balls"]) == [0.0]
     assert matcher.distances("a kitchen wine glass", ["kitchen wine glasses", "glasses"]) == [0.0, INF]
+
+
+def test_a_second_sense_reaches_classes_the_first_does_not():
+    names = ["car", "train", "suitcase"]
+    assert WordNetMatcher().distances("a van", names)[:2] == [INF, 202.0]  # the first sense reaches no car
+    assert WordNetMatcher(senses=2).distances("a van", names) == [1.0, INF, INF]  # the second: a car
+    assert WordNetMatcher().distances("a trunk", names) == [INF, INF, INF]  # a tree's trunk
+    assert WordNetMatcher(senses=2).distances("a trunk", names) == [INF, INF, 202.0]  # luggage
+    assert "car" in WordNetNouns.load().ancestors("van", senses=2) and "car" not in WordNetNouns.load().ancestors("van")
