@@ -397,3 +397,22 @@ def test_a_second_sense_reaches_classes_the_first_does_not():
     assert WordNetMatcher().distances("a trunk", names) == [INF, INF, INF]  # a tree's trunk
     assert WordNetMatcher(senses=2).distances("a trunk", names) == [INF, INF, 202.0]  # luggage
     assert "car" in WordNetNouns.load().ancestors("van", senses=2) and "car" not in WordNetNouns.load().ancestors("van")
+
+
+def test_groups_reach_their_members_one_step_away():
+    wn = WordNetNouns.load()
+    assert wn.ancestors("people")["person"] == 1 and wn.ancestors("herd")["cattle"] == 1
+    # a social group without listed members, at most 3 steps below "social group", is made of persons
+    assert wn.ancestors("couple")["person"] == 1  # social group 3 steps up
+    assert "person" not in wn.ancestors("firm")  # 4 steps up: a firm is no picture of its people
+
+
+def test_mapping_file_lines_are_checked(tmp_path):
+    path = tmp_path / "map.tsv"
+    path.write_text("  # an indented comment\nKayaker\tperson\n", encoding="utf-8")
+    m = MappingMatcher(path, ["person", "dog"])
+    assert m.distances("a kayaker", ["person", "dog"]) == [0.0, INF]  # a noun WordNet lacks, lower-cased
+    for line in ("\tperson", "puppy\t ", "puppy\tdog\textra"):
+        path.write_text(line + "\n", encoding="utf-8")
+        with pytest.raises(ValueError, match=r"map\.tsv:1: expected 'head noun<TAB>class name'"):
+            MappingMatcher(path, ["person", "dog"])
