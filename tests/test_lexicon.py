@@ -73,6 +73,8 @@ def test_wordnet_reachability():
     # an agent noun WordNet lacks is someone who does it
     assert "person" in wn.ancestors("kayaker")
     assert wn.is_collective("group") and not wn.is_collective("cup")
+    # read in the main and the first sense only: a second sense that is a group (a train's) does not count
+    assert not wn.is_collective("train") and not wn.is_collective("body")
 
 
 @pytest.mark.parametrize(
@@ -306,6 +308,9 @@ def test_main_senses_prefer_tagged_physical_senses_then_untagged_objects():
     # tagged, but no tagged sense is physical: the first, not an untagged physical one
     assert [wn.names(s) for s in wn.main_senses("trick")] == [["trick", "fast one"]]
     assert [wn.names(s) for s in wn.main_senses("trick", 2)] == [["trick", "fast one"], ["trick"]]
+    # a named place or person is never the main sense of a word that has other senses
+    assert "wellington boot" in wn.names(wn.main_senses("wellington")[0])  # not New Zealand's capital
+    assert wn.names(wn.main_senses("china")[0]) == ["china"]  # the porcelain, not the country
 
 
 def test_siblings_name_the_nearest_class_the_vocabulary_has():
