@@ -325,6 +325,8 @@ def test_siblings_name_the_nearest_class_the_vocabulary_has():
     assert one.distances("a donkey", names) == [INF] * 7
     assert one.distances("a goat", names) == [INF, INF, INF, 202.0, INF, INF, INF]
     assert WordNetMatcher(siblings=0).distances("a goat", names) == [INF] * 7
+    # a hub with exactly MIN_HUB_ANCESTORS (7) hypernyms counts: stool -> seat (1) -> furniture (2) <- chair, bench
+    assert matcher.distances("a stool", ["chair", "bench", "person"]) == [202.0, 202.0, INF]
     # two steps up by default: lion -> big cat (1) -> feline (2) <- cat, not carnivore (3) <- bear
     assert matcher.distances("a lion", ["cat", "bear"]) == [203.0, INF]
     assert WordNetMatcher(siblings=3).distances("a lion", ["cat", "bear"]) == [203.0, 204.0]
