@@ -416,10 +416,29 @@ def test_groups_reach_their_members_one_step_away():
 
 def test_mapping_file_lines_are_checked(tmp_path):
     path = tmp_path / "map.tsv"
-    path.write_text("  # an indented comment\nKayaker\tperson\n", encoding="utf-8")
-    m = MappingMatcher(path, ["person", "dog"])
+    path.write_text("  # an indented comment\nKayaker\tperson\nhydrant\tFire  Hydrant\n", encoding="utf-8")
+    m = MappingMatcher(path, ["person", "dog", "fire hydrant"])
     assert m.distances("a kayaker", ["person", "dog"]) == [0.0, INF]  # a noun WordNet lacks, lower-cased
+    assert m.distances("the hydrant", ["person", "fire hydrant"]) == [INF, 0.0]  # a class name's case and spaces
+    path.write_text("puppy\tdoggy\n", encoding="utf-8")
+    vocabulary = ["person", "dog", "cat", "car", "bus", "train"]
+    with pytest.raises(ValueError, match=r"\(6 classes, e\.g\. person, dog, cat, car, bus\)$"):
+        MappingMatcher(path, vocabulary)
     for line in ("\tperson", "puppy\t ", "puppy\tdog\textra"):
         path.write_text(line + "\n", encoding="utf-8")
         with pytest.raises(ValueError, match=r"map\.tsv:1: expected 'head noun<TAB>class name'"):
             MappingMatcher(path, ["person", "dog"])
+
+
+def test_a_fresh_table_reads_senses_counts_and_verbs():
+    """The table is read once per process; a second reader from the same file must read the same."""
+    import gzip
+    import json
+
+    from lightning_wsg.lexicon.wordnet import TABLE
+
+    with gzip.open(TABLE, "rt", encoding="utf-8") as f:
+        fresh = WordNetNouns(json.load(f))
+    assert fresh.agent_noun("kayaker") and not fresh.agent_noun("younger")  # verbs, parts of speech
+    assert [fresh.names(s) for s in fresh.main_senses("trick")] == [["trick", "fast one"]]  # sense counts
+    assert fresh.ancestors("woman")["person"] == 2 and fresh.is_collective("group") and fresh.is_colour("blue")
