@@ -45,6 +45,8 @@ INF = float("inf")
         ("woman standing", "woman"),
         ("man holding an umbrella", "man"),
         ("a teddy bear", "bear"),
+        ("a man alone", "man"),  # a last word that is no noun: the noun before it
+        ("the boy barefoot", "boy"),
     ],
 )
 def test_head_noun_of_real_phrases(phrase, head):
@@ -441,4 +443,7 @@ def test_a_fresh_table_reads_senses_counts_and_verbs():
         fresh = WordNetNouns(json.load(f))
     assert fresh.agent_noun("kayaker") and not fresh.agent_noun("younger")  # verbs, parts of speech
     assert [fresh.names(s) for s in fresh.main_senses("trick")] == [["trick", "fast one"]]  # sense counts
-    assert fresh.ancestors("woman")["person"] == 2 and fresh.is_collective("group") and fresh.is_colour("blue")
+    assert fresh.ancestors("woman")["person"] == 2 and fresh.is_colour("blue") and not fresh.is_colour("silver")
+    assert fresh.is_collective("group") and fresh.is_collective("sort") and not fresh.is_collective("cup")
+    assert fresh.ancestors("couple")["person"] == 1  # a social group: made of persons
+    assert [fresh.names(s)[0] for s in fresh.main_senses("stroller")] == ["baby buggy"]  # an object before a person
