@@ -447,3 +447,16 @@ def test_a_fresh_table_reads_senses_counts_and_verbs():
     assert fresh.is_collective("group") and fresh.is_collective("sort") and not fresh.is_collective("cup")
     assert fresh.ancestors("couple")["person"] == 1  # a social group: made of persons
     assert [fresh.names(s)[0] for s in fresh.main_senses("stroller")] == ["baby buggy"]  # an object before a person
+
+
+def test_tokens_split_possessives_and_strip_punctuation():
+    from lightning_wsg.lexicon.heads import tokens
+
+    assert tokens("The MAN's dog_house, (ok) j's") == ["the", "man", "'s", "dog", "house", "ok", "j", "'s"]
+    assert tokens("the man\u2019s hat") == ["the", "man", "'s", "hat"]  # a typographic apostrophe
+    assert tokens("'s , .") == ["'s"]  # too short to be a word's possessive
+
+
+def test_a_group_outside_of_something_is_the_group():
+    # "outside of" ends the noun phrase once it has a noun ("the outside of a bus" is the bus)
+    assert head_noun("a crowd outside of the stadium") == "crowd"
