@@ -460,3 +460,16 @@ def test_tokens_split_possessives_and_strip_punctuation():
 def test_a_group_outside_of_something_is_the_group():
     # "outside of" ends the noun phrase once it has a noun ("the outside of a bus" is the bus)
     assert head_noun("a crowd outside of the stadium") == "crowd"
+
+
+def test_head_with_modifiers_and_base_forms():
+    from lightning_wsg.lexicon import head_with_modifiers
+
+    assert head_with_modifiers("the man next to the car") == ["man"]
+    assert head_with_modifiers("a black or white dog") == ["dog"] and head_with_modifiers("a dog or a cat") == ["dog"]
+    assert head_with_modifiers("a man 's hard hat") == ["hard", "hat"]  # a possessive stops the modifiers
+    assert head_with_modifiers("the kitchen wine glass") == ["kitchen", "wine", "glass"]  # two words at most
+    assert head_with_modifiers("the old kitchen wine glass") == ["kitchen", "wine", "glass"]
+    wn = WordNetNouns.load()
+    assert wn.base_forms("hard-hat") == wn.base_forms("Hard_Hat") == ["hard hat"] and wn.base_forms("t-shirt") == ["t-shirt"]
+    assert wn.base_forms("foxes") == ["fox"] and wn.base_forms("xes") == ["xe"]  # "xes" is too short to be "x"
