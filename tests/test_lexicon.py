@@ -45,6 +45,8 @@ INF = float("inf")
         ("woman standing", "woman"),
         ("man holding an umbrella", "man"),
         ("a teddy bear", "bear"),
+        ("a man alone", "man"),  # a last word that is no noun: the noun before it
+        ("the boy barefoot", "boy"),
     ],
 )
 def test_head_noun_of_real_phrases(phrase, head):
@@ -73,6 +75,8 @@ def test_wordnet_reachability():
     # an agent noun WordNet lacks is someone who does it
     assert "person" in wn.ancestors("kayaker")
     assert wn.is_collective("group") and not wn.is_collective("cup")
+    # read in the main and the first sense only: a second sense that is a group (a train's) does not count
+    assert not wn.is_collective("train") and not wn.is_collective("body")
 
 
 @pytest.mark.parametrize(
@@ -240,3 +244,233 @@ def test_wordnet_teacher_keeps_the_nearest_class_each_image_has():
     ]
     torch.testing.assert_close(t, torch.tensor(expected))
     assert kd.tolist() == [[True, True, False], [True, True, False]]
+
+
+def test_mapping_file_maps_the_longest_name_it_lists(tmp_path):
+    path = tmp_path / "map.tsv"
+    path.write_text("police car\tbus\ncar\tcar\nglove\tperson\n", encoding="utf-8")
+    m = MappingMatcher(path, ["person", "car", "bus"])
+    assert m.distances("the police car", ["person", "car", "bus"]) == [INF, INF, 0.0]  # not its last word
+    assert m.distances("a red car", ["person", "car", "bus"]) == [INF, 0.0, INF]
+    # a name of two words not in the table falls back to its last word
+    assert m.distances("a baseball glove", ["person", "car", "bus"]) == [0.0, INF, INF]
+
+
+def test_read_class_names_skips_comments_and_blank_lines(tmp_path):
+    from lightning_wsg.lexicon.classes import read_class_names
+
+    path = tmp_path / "classes.txt"
+    path.write_text("# COCO\n  person \n\ndog\n#cat\nteddy bear\n", encoding="utf-8")
+    assert read_class_names(path) == ["person", "dog", "teddy bear"]
+    assert read_class_names(str(path)) == ["person", "dog", "teddy bear"]
+    path.write_text("# nothing\n\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"classes\.txt: no class names in the file"):
+        read_class_names(path)
+    with pytest.raises(FileNotFoundError, match=r"class name file .*missing\.txt not found"):
+        read_class_names(tmp_path / "missing.txt")
+
+
+@pytest.mark.parametrize(
+    ("word", "agent", "why"),
+    [
+        ("kayaker", True, "kayak + er"),
+        ("kayakers", True, "a plural"),
+        ("wakeboarder", True, "a noun that is no verb + er"),
+        ("biker", True, "bike, the stem with its e back"),
+        ("moper", True, "five letters are enough: mope + r"),
+        ("bobsledder", True, "a doubled consonant: bobsled"),
+        ("oxxer", True, "a doubled consonant after a stem of three letters: ox"),
+        ("skier", False, "a WordNet noun of its own"),
+        ("dog", False, "no -er"),
+        ("kayaked", False, "no -er, though kayak is a noun"),
+        ("xyzzyer", False, "no stem is a word"),
+        ("vlogger", False, "vlog is no WordNet word"),
+        ("bmxer", False, "bm is a word, but only a doubled consonant is dropped"),
+        ("younger", False, "a comparative"),
+    ],
+)
+def test_agent_nouns(word, agent, why):
+    assert WordNetNouns.load().agent_noun(word) is agent, why
+
+
+def test_reaches_a_named_sense_through_hypernyms():
+    wn = WordNetNouns.load()
+    assert wn.reaches("bus", "public transport") and wn.reaches("sedan", "car") and wn.reaches("buses", "bus")
+    assert not wn.reaches("dog", "car") and not wn.reaches("xyzzy", "car")
+    # the root has no hypernym above it, "physical entity" one
+    assert wn.ancestor_count(wn._senses["entity"][0]) == 0
+    assert wn.ancestor_count(wn._senses["physical entity"][0]) == 1
+
+
+def test_main_senses_prefer_tagged_physical_senses_then_untagged_objects():
+    wn = WordNetNouns.load()
+    assert wn.main_senses("xyzzy") == []
+    # never tagged: the pushchair, not the person who strolls (WordNet's first sense), even when two are asked
+    assert [wn.names(s)[0] for s in wn.main_senses("stroller", 2)] == ["baby buggy"]
+    # tagged, but no tagged sense is physical: the first, not an untagged physical one
+    assert [wn.names(s) for s in wn.main_senses("trick")] == [["trick", "fast one"]]
+    assert [wn.names(s) for s in wn.main_senses("trick", 2)] == [["trick", "fast one"], ["trick"]]
+    # a named place or person is never the main sense of a word that has other senses
+    assert "wellington boot" in wn.names(wn.main_senses("wellington")[0])  # not New Zealand's capital
+    assert wn.names(wn.main_senses("china")[0]) == ["china"]  # the porcelain, not the country
+
+
+def test_siblings_name_the_nearest_class_the_vocabulary_has():
+    """donkey -> equine (2 steps) <- horse, zebra; goat -> bovid (1) <- sheep, goat -> ruminant (2) <-
+    giraffe: SIBLING + steps up + 1."""
+    names = ["person", "horse", "zebra", "sheep", "giraffe", "dog", "car"]
+    matcher = WordNetMatcher()
+    assert matcher.distances("a donkey", names) == [INF, 203.0, 203.0, INF, INF, INF, INF]
+    assert matcher.distances("a goat", names) == [INF, INF, INF, 202.0, 203.0, INF, INF]
+    assert WordNetMatcher(downward=False).distances("a donkey", names) == [INF, 203.0, 203.0, INF, INF, INF, INF]
+    one = WordNetMatcher(siblings=1)
+    assert one.distances("a donkey", names) == [INF] * 7
+    assert one.distances("a goat", names) == [INF, INF, INF, 202.0, INF, INF, INF]
+    assert WordNetMatcher(siblings=0).distances("a goat", names) == [INF] * 7
+    # a hub with exactly MIN_HUB_ANCESTORS (7) hypernyms counts: stool -> seat (1) -> furniture (2) <- chair, bench
+    assert matcher.distances("a stool", ["chair", "bench", "person"]) == [202.0, 202.0, INF]
+    # two steps up by default: lion -> big cat (1) -> feline (2) <- cat, not carnivore (3) <- bear
+    assert matcher.distances("a lion", ["cat", "bear"]) == [203.0, INF]
+    assert WordNetMatcher(siblings=3).distances("a lion", ["cat", "bear"]) == [203.0, 204.0]
+    # a class below the noun comes first: an animal is taught by its dogs, not by relatives
+    assert matcher.distances("an animal", names)[5] == 102.0
+
+
+def test_a_pickled_matcher_drops_wordnet_and_its_cache():
+    import pickle
+
+    matcher = WordNetMatcher()
+    before = matcher.distances("a woman", ["person", "dog"])
+    clone = pickle.loads(pickle.dumps(matcher))
+    assert clone._wn is None and len(clone._cache) == 0 and clone.senses == 1
+    assert matcher._wn is not None and len(matcher._cache) == 1
+    assert clone.distances("a woman", ["person", "dog"]) == before
+
+
+@pytest.mark.parametrize(
+    ("phrase", "names", "expected", "why"),
+    [
+        ("a sports ball", ["sports ball", "ball", "person"], [0.0, INF, INF], "a class said in full wins alone"),
+        ("a kitchen wine glass", ["wine glass", "cup", "glass"], [0.0, INF, INF], "in full within longer words"),
+        ("a kitchen chair", ["chair", "person"], [0.0, INF], "two words that are no noun: the last one"),
+        ("a teddy bear", ["bear", "toy"], [INF, 1.0], "a noun of two words, no kind of its last word"),
+        ("a police car", ["car", "person"], [1.0, INF], "a noun of two words that reaches a class"),
+        ("a police car", ["taxi", "person"], [101.0, INF], "reaches none: read as the car it is a kind of"),
+    ],
+)
+def test_multi_word_heads_and_class_names(phrase, names, expected, why):
+    assert WordNetMatcher().distances(phrase, names) == expected, why
+
+
+def test_matcher_arguments_are_checked_and_its_cache_follows_use():
+    refused = (({"senses": 0}, r"^senses must be >= 1, got 0$"), ({"siblings": -1}, r"^siblings must be >= 0, got -1$"))
+    for kwargs, message in refused:
+        with pytest.raises(ValueError, match=message):
+            WordNetMatcher(**kwargs)
+    assert WordNetMatcher(siblings=0).siblings == 0
+    matcher = WordNetMatcher()
+    names = ["person", "dog"]
+    for phrase in ("a woman", "a dog", "a woman"):
+        assert matcher.distances(phrase, names) == ([2.0, INF] if phrase == "a woman" else [INF, 0.0])
+    assert list(matcher._cache) == [("a dog",), ("a woman",)]  # the most recent last
+    # at most 200 000 phrases: the least recent goes
+    matcher._cache.update(((f"p{i}",), [INF, INF]) for i in range(200_000 - 2))
+    assert matcher.distances("a puppy", names) == [INF, 1.0]
+    assert len(matcher._cache) == 200_000 and next(iter(matcher._cache)) == ("a woman",)
+
+
+def test_generic_class_names_are_taught_only_by_the_word_itself():
+    wn = WordNetNouns.load()
+    # a main sense with at most 4 hypernyms above it: artifact (4), not organism (5)
+    assert wn.is_generic("artifact") and wn.is_generic("group") and not wn.is_generic("organism")
+    matcher = WordNetMatcher()
+    assert matcher.distances("a structure", ["artifact", "whole"]) == [INF, INF]  # structure -> artifact: 1 step
+    assert matcher.distances("an artifact", ["artifact"]) == [0.0]
+    # a crowd is a group (generic, skipped) and is made of persons, read after it
+    assert matcher.distances("a crowd", ["group", "person"]) == [INF, 1.0]
+    # classes below the noun without the siblings, and the other way round
+    assert WordNetMatcher(siblings=0).distances("an animal", ["dog", "person"]) == [102.0, INF]
+
+
+def test_plural_class_names_match_singular_phrases():
+    matcher = WordNetMatcher()
+    assert matcher.distances("a ski", ["skis", "person"]) == [0.0, INF]  # COCO's "skis"
+    assert matcher.distances("a sports ball", ["sports balls"]) == [0.0]
+    assert matcher.distances("a kitchen wine glass", ["kitchen wine glasses", "glasses"]) == [0.0, INF]
+
+
+def test_a_second_sense_reaches_classes_the_first_does_not():
+    names = ["car", "train", "suitcase"]
+    assert WordNetMatcher().distances("a van", names)[:2] == [INF, 202.0]  # the first sense reaches no car
+    assert WordNetMatcher(senses=2).distances("a van", names) == [1.0, INF, INF]  # the second: a car
+    assert WordNetMatcher().distances("a trunk", names) == [INF, INF, INF]  # a tree's trunk
+    assert WordNetMatcher(senses=2).distances("a trunk", names) == [INF, INF, 202.0]  # luggage
+    assert "car" in WordNetNouns.load().ancestors("van", senses=2) and "car" not in WordNetNouns.load().ancestors("van")
+
+
+def test_groups_reach_their_members_one_step_away():
+    wn = WordNetNouns.load()
+    assert wn.ancestors("people")["person"] == 1 and wn.ancestors("herd")["cattle"] == 1
+    # a social group without listed members, at most 3 steps below "social group", is made of persons
+    assert wn.ancestors("couple")["person"] == 1  # social group 3 steps up
+    assert "person" not in wn.ancestors("firm")  # 4 steps up: a firm is no picture of its people
+
+
+def test_mapping_file_lines_are_checked(tmp_path):
+    path = tmp_path / "map.tsv"
+    path.write_text("  # an indented comment\nKayaker\tperson\nhydrant\tFire  Hydrant\n", encoding="utf-8")
+    m = MappingMatcher(path, ["person", "dog", "fire hydrant"])
+    assert m.distances("a kayaker", ["person", "dog"]) == [0.0, INF]  # a noun WordNet lacks, lower-cased
+    assert m.distances("the hydrant", ["person", "fire hydrant"]) == [INF, 0.0]  # a class name's case and spaces
+    path.write_text("puppy\tdoggy\n", encoding="utf-8")
+    vocabulary = ["person", "dog", "cat", "car", "bus", "train"]
+    with pytest.raises(ValueError, match=r"\(6 classes, e\.g\. person, dog, cat, car, bus\)$"):
+        MappingMatcher(path, vocabulary)
+    for line in ("\tperson", "puppy\t ", "puppy\tdog\textra"):
+        path.write_text(line + "\n", encoding="utf-8")
+        with pytest.raises(ValueError, match=r"map\.tsv:1: expected 'head noun<TAB>class name'"):
+            MappingMatcher(path, ["person", "dog"])
+
+
+def test_a_fresh_table_reads_senses_counts_and_verbs():
+    """The table is read once per process; a second reader from the same file must read the same."""
+    import gzip
+    import json
+
+    from lightning_wsg.lexicon.wordnet import TABLE
+
+    with gzip.open(TABLE, "rt", encoding="utf-8") as f:
+        fresh = WordNetNouns(json.load(f))
+    assert fresh.agent_noun("kayaker") and not fresh.agent_noun("younger")  # verbs, parts of speech
+    assert [fresh.names(s) for s in fresh.main_senses("trick")] == [["trick", "fast one"]]  # sense counts
+    assert fresh.ancestors("woman")["person"] == 2 and fresh.is_colour("blue") and not fresh.is_colour("silver")
+    assert fresh.is_collective("group") and fresh.is_collective("sort") and not fresh.is_collective("cup")
+    assert fresh.ancestors("couple")["person"] == 1  # a social group: made of persons
+    assert [fresh.names(s)[0] for s in fresh.main_senses("stroller")] == ["baby buggy"]  # an object before a person
+
+
+def test_tokens_split_possessives_and_strip_punctuation():
+    from lightning_wsg.lexicon.heads import tokens
+
+    assert tokens("The MAN's dog_house, (ok) j's") == ["the", "man", "'s", "dog", "house", "ok", "j", "'s"]
+    assert tokens("the man\u2019s hat") == ["the", "man", "'s", "hat"]  # a typographic apostrophe
+    assert tokens("'s , .") == ["'s"]  # too short to be a word's possessive
+
+
+def test_a_group_outside_of_something_is_the_group():
+    # "outside of" ends the noun phrase once it has a noun ("the outside of a bus" is the bus)
+    assert head_noun("a crowd outside of the stadium") == "crowd"
+
+
+def test_head_with_modifiers_and_base_forms():
+    from lightning_wsg.lexicon import head_with_modifiers
+
+    assert head_with_modifiers("the man next to the car") == ["man"]
+    assert head_with_modifiers("a black or white dog") == ["dog"] and head_with_modifiers("a dog or a cat") == ["dog"]
+    assert head_with_modifiers("a man 's hard hat") == ["hard", "hat"]  # a possessive stops the modifiers
+    assert head_with_modifiers("the kitchen wine glass") == ["kitchen", "wine", "glass"]  # two words at most
+    assert head_with_modifiers("the old kitchen wine glass") == ["kitchen", "wine", "glass"]
+    wn = WordNetNouns.load()
+    assert wn.base_forms("hard-hat") == wn.base_forms("Hard_Hat") == ["hard hat"]
+    assert wn.base_forms("t-shirt") == ["t-shirt"]
+    assert wn.base_forms("foxes") == ["fox"] and wn.base_forms("xes") == ["xe"]  # "xes" is too short to be "x"

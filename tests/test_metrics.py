@@ -482,3 +482,257 @@ def test_property_metrics_do_not_depend_on_padded_proposals(batch: dict, data: s
     }
     padded = take_proposals(wide, torch.tensor(columns))
     assert evaluate(padded) == evaluate(batch)
+
+
+# ------------------------------------------------------------------ ranking, outcomes, batches
+
+
+def test_rank_proposals_keeps_the_proposal_order_among_ties():
+    """40 tied scores (enough for an unstable sort to reorder them): real proposals first, each
+    group in index order; a 0/1 integer mask means the same as a bool one."""
+    from lightning_wsg.metrics import rank_proposals
+
+    R = 40
+    mask = torch.tensor([[i % 3 != 1 for i in range(R)]])
+    real = [i for i in range(R) if i % 3 != 1]
+    pads = [i for i in range(R) if i % 3 == 1]
+    for given in (mask, mask.long()):
+        order, valid = rank_proposals(torch.zeros(1, 2, R), given)
+        assert order.tolist() == [[real + pads] * 2]
+        assert valid.dtype == torch.bool and valid.tolist() == [[[True] * len(real) + [False] * len(pads)] * 2]
+
+
+def test_rank_proposals_puts_nan_below_every_real_score():
+    from lightning_wsg.metrics import rank_proposals
+
+    scores = torch.tensor([[[float("nan"), -5.0, -1e30, 2.0]]], dtype=torch.float16)
+    order, valid = rank_proposals(scores, torch.ones(1, 4, dtype=torch.bool))
+    # float16 cannot hold -1e30 (it is -inf there); NaN still ranks after it, as -inf in float32
+    assert order.tolist() == [[[3, 1, 2, 0]]] and valid.all()
+
+
+def test_predict_boxes_defaults_to_the_top_one_and_accepts_an_integer_mask():
+    proposals = torch.tensor([[[0.0, 0, 1, 1], [2, 2, 3, 3], [4, 4, 5, 5]]])
+    scores = torch.tensor([[[0.1, 0.9, 0.5]]])
+    top = predict_boxes(scores, proposals, torch.tensor([[1, 0, 1]]))
+    assert top.indices.tolist() == [[[2]]] and top.mask.dtype == torch.bool
+    assert top.boxes.tolist() == [[[[4.0, 4, 5, 5]]]] and top.scores.tolist() == [[[0.5]]]
+    top = predict_boxes(scores, proposals, torch.tensor([[1, 0, 1]]), k=3)
+    assert top.indices.tolist() == [[[2, 0, -1]]]
+    assert top.boxes[0, 0, 2].tolist() == [0.0] * 4 and top.scores[0, 0, 2].item() == float("-inf")
+    with pytest.raises(ValueError, match="k must be >= 1, got -1"):
+        predict_boxes(scores, proposals, torch.ones(1, 3, dtype=torch.bool), k=-1)
+
+
+def test_phrase_results_lists_the_chosen_box_and_the_next_ones():
+    proposals = torch.tensor(
+        [[[0.0, 0, 10.123456, 10], [1.005, 2.994, 3.5, 4.25], [5.0, 5, 9, 9], [0, 0, 1, 1]],
+         [[0.0, 0, 2, 2], [7.0, 7, 8, 8], [0, 0, 0, 0], [0, 0, 0, 0]]]
+    )  # fmt: skip
+    proposal_mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    scores = torch.tensor(
+        [[[0.1234567891, 0.9, 0.5, 99.0], [0.3, 0.2, 0.1, 99.0]],
+         [[0.25, 0.75, 99.0, 99.0], [0.0, 0.0, 0.0, 0.0]]]
+    )  # fmt: skip
+    words = [["a", "tall", "man", "in", "blue"], ["the", "dog"]]
+    spans = [[(0, 3), (3, 5)], [(1, 2)]]
+    rows = phrase_results(scores, proposals, proposal_mask, words, spans, top_k=2)
+    assert [[r["phrase"] for r in s] for s in rows] == [["a tall man", "in blue"], ["dog"]]
+    first = rows[0][0]
+    assert first["span"] == [0, 3] and all(type(v) is int for v in first["span"])
+    assert first["box"] == [1.0, 2.99, 3.5, 4.25] and first["score"] == 0.9
+    # the next top_k real proposals, best first, rounded like the chosen one (padding never listed)
+    assert first["alternatives"] == [
+        {"box": [5.0, 5.0, 9.0, 9.0], "score": 0.5},
+        {"box": [0.0, 0.0, 10.12, 10.0], "score": 0.123457},
+    ]
+    assert rows[0][1]["box"] == [0.0, 0.0, 10.12, 10.0] and rows[0][1]["score"] == 0.3
+    # the second image has two real proposals: one alternative only
+    assert rows[1][0] == {"phrase": "dog", "span": [1, 2], "box": [7.0, 7.0, 8.0, 8.0], "score": 0.75,
+                          "alternatives": [{"box": [0.0, 0.0, 2.0, 2.0], "score": 0.25}]}
+    for top_k in (0, -3):  # no alternatives, the chosen box still
+        rows = phrase_results(scores, proposals, proposal_mask, words, spans, top_k=top_k)
+        assert rows[0][0]["alternatives"] == [] and rows[0][0]["box"] == [1.0, 2.99, 3.5, 4.25]
+    rows = phrase_results(scores, proposals, proposal_mask, words, spans)  # default: 5 alternatives at most
+    assert len(rows[0][0]["alternatives"]) == 2
+    wide = torch.zeros(1, 1, 8)
+    rows = phrase_results(wide, torch.zeros(1, 8, 4), torch.ones(1, 8, dtype=torch.bool), [["x"]], [[(0, 1)]])
+    assert len(rows[0][0]["alternatives"]) == 5
+
+
+def test_metric_arguments_are_checked():
+    assert GroundingMetrics(ks=(1,)).ks == (1,)  # the smallest k is allowed
+    for ks in ((0,), (2, -1)):
+        with pytest.raises(ValueError, match="ks must be distinct positive integers"):
+            GroundingMetrics(ks=ks)
+    with pytest.raises(ValueError, match=r"duplicate phrase types in \('people', 'scene', 'people'\)"):
+        GroundingMetrics(phrase_types=("people", "scene", "people"))
+    m = GroundingMetrics()
+    assert m.phrase_types == FLICKR_PHRASE_TYPES and m.ks == (1, 5, 10) and m.iou_threshold == 0.5
+    inputs = single((1, 1, 10, 10), [(1, 1, 10, 10)])
+    with pytest.raises(ValueError, match=r"shape mismatch: gt_union \(1, 1, 4\), gt_boxes \(1, 1, 2, 4\), "
+                                         r"gt_box_mask \(1, 1, 1\) for scores \(1, 1, 1\)"):
+        m.update(**(inputs | {"gt_boxes": inputs["gt_boxes"].expand(1, 1, 2, 4).clone()}))
+    with pytest.raises(ValueError, match=r"gt_box_mask \(1, 1\) for scores"):
+        m.update(**(inputs | {"gt_box_mask": torch.ones(1, 1, dtype=torch.bool)}))
+    with pytest.raises(ValueError, match=r"gt_union \(1, 4\), gt_boxes"):
+        m.update(**(inputs | {"gt_union": inputs["gt_union"][0]}))
+    with pytest.raises(ValueError, match=r"proposal_mask \(1, 2\), phrase_mask \(1, 1\)"):
+        m.update(**(inputs | {"proposal_mask": torch.ones(1, 2, dtype=torch.bool)}))
+    with pytest.raises(ValueError, match=r"phrase_mask \(1, 2\)$"):
+        m.update(**(inputs | {"phrase_mask": torch.ones(1, 2, dtype=torch.bool)}))
+
+
+def test_iou_threshold_and_counts_are_exact():
+    inputs = single((1, 1, 10, 10), [(1, 1, 10, 5)])  # IoU exactly 0.5
+    for threshold, expected in ((0.5, 1.0), (0.51, 0.0)):
+        m = GroundingMetrics(iou_threshold=threshold)
+        m.update(**inputs)
+        assert m.compute()["acc"].item() == expected
+    m = GroundingMetrics()
+    m.update(**inputs)
+    m.update(**inputs)
+    out = m.compute()
+    assert out["num_phrases"].dtype == torch.long and out["num_phrases"].item() == 2
+    assert m.total.dtype == m.recall.dtype == m.type_total.dtype == torch.long
+
+
+def test_outcomes_are_bool_even_for_integer_masks():
+    gen = torch.Generator().manual_seed(6)
+    batch = scored_batch(gen)
+    m = GroundingMetrics(ks=(1, 2))
+    want = m.outcomes(**batch)
+    ints = batch | {k: batch[k].to(torch.uint8) for k in ("proposal_mask", "phrase_mask", "gt_box_mask")}
+    got = m.outcomes(**ints)
+    for name, a, b in zip(want._fields, want, got):
+        assert b.dtype == torch.bool and torch.equal(a, b), name
+    assert want.recall.shape == (3, 4, 2) and want.types.shape == (3, 4, len(FLICKR_PHRASE_TYPES))
+    assert want.counted.sum() == 10 and want.types.any() and want.correct.any() and not want.correct.all()
+    # types only where the phrase counts
+    assert not (want.types & ~want.counted[..., None]).any()
+    none = m.outcomes(**(batch | {"phrase_types": None}))
+    assert none.types.shape == want.types.shape and not none.types.any()
+    # every field on the device of the batch (the meta device standing in for a GPU), types too
+    for types in (batch["phrase_types"], None):
+        on_meta = m.outcomes(**{k: v.to("meta") if torch.is_tensor(v) else v for k, v in batch.items()} | {
+            "phrase_types": types})  # fmt: skip
+        assert [t.device.type for t in on_meta] == ["meta"] * 7 and on_meta.types.shape == want.types.shape
+
+
+def scored_batch(gen, **kwargs) -> dict:
+    """:func:`random_batch` whose phrase p mostly picks proposal p (jittered from its first gt box),
+    so that every outcome takes both values."""
+    batch = random_batch(gen, **kwargs)
+    P = batch["scores"].shape[1]
+    batch["scores"][:, range(P), range(P)] += 2.0
+    return batch
+
+
+def outcomes_of(batches, metric=None):
+    metric = metric or GroundingMetrics(ks=(1, 2))
+    return [metric.outcomes(**b) for b in batches]
+
+
+def test_phrase_outcomes_flatten_cat_and_select():
+    from lightning_wsg.metrics import PhraseOutcomes
+
+    gen = torch.Generator().manual_seed(4)
+    batches = [scored_batch(gen), scored_batch(gen, P=3)]
+    parts = outcomes_of(batches)
+    flat = parts[0].flatten()
+    assert [tuple(t.shape) for t in flat] == [(12,)] * 5 + [(12, 2), (12, len(FLICKR_PHRASE_TYPES))]
+    for a, b in zip(parts[0], flat):
+        assert torch.equal(a.reshape(b.shape), b)
+    both = PhraseOutcomes.cat(parts)
+    assert both.counted.shape == (21,) and both.recall.shape == (21, 2)
+    assert torch.equal(both.counted, torch.cat([parts[0].counted.reshape(-1), parts[1].counted.reshape(-1)]))
+    assert torch.equal(both.types[12:], parts[1].types.reshape(9, -1))
+
+    # accumulating the concatenated outcomes is accumulating the batches
+    direct, from_outcomes = GroundingMetrics(ks=(1, 2)), GroundingMetrics(ks=(1, 2))
+    for b in batches:
+        direct.update(**b)
+    from_outcomes.update(outcomes=both)
+    expected = direct.compute()
+    got = from_outcomes.compute()
+    assert set(got) == set(expected) and all(torch.equal(got[k], expected[k]) for k in expected)
+
+    # keeping some phrases (an integer mask) is evaluating the batches with only those phrases
+    keep = (torch.arange(21) % 3 != 0).to(torch.uint8)
+    kept = both.select(keep)
+    assert all(t.dtype == torch.bool for t in kept)
+    assert torch.equal(kept.counted, both.counted & keep.bool())
+    assert torch.equal(kept.recall, both.recall & keep.bool()[:, None])
+    assert torch.equal(kept.types, both.types & keep.bool()[:, None])
+    masked = [b | {"phrase_mask": b["phrase_mask"] & k.reshape(b["phrase_mask"].shape).bool()}
+              for b, k in zip(batches, keep.split([12, 9]))]  # fmt: skip
+    reference_metric, selected = GroundingMetrics(ks=(1, 2)), GroundingMetrics(ks=(1, 2))
+    for b in masked:
+        reference_metric.update(**b)
+    selected.update(outcomes=kept)
+    expected = reference_metric.compute()
+    got = selected.compute()
+    assert set(got) == set(expected) and all(torch.equal(got[k], expected[k]) for k in expected)
+    assert expected["num_phrases"] < direct.compute()["num_phrases"]
+    # select on the unflattened [B, P] outcomes too
+    part = parts[1].select(torch.zeros(3, 3, dtype=torch.bool))
+    assert not any(t.any() for t in part)
+    # outcomes kept on another device than the mask (the meta device standing in for a GPU)
+    on_meta = PhraseOutcomes(*(t.to("meta") for t in both)).select(keep)
+    assert all(t.device.type == "meta" for t in on_meta) and on_meta.types.shape == both.types.shape
+
+
+def test_update_takes_tensors_or_outcomes_not_both():
+    inputs = single((1, 1, 10, 10), [(1, 1, 10, 10)])
+    m = GroundingMetrics()
+    o = m.outcomes(**inputs)
+    message = r"^update\(\) takes either the batch's tensors or outcomes=, not both$"
+    with pytest.raises(TypeError, match=message):
+        m.update(inputs["scores"], outcomes=o)
+    with pytest.raises(TypeError, match=message):
+        m.update(scores=inputs["scores"], outcomes=o)
+    m.update(outcomes=o)
+    assert m.compute()["acc"].item() == 1.0 and m.total.item() == 1
+
+
+def test_outcomes_of_other_phrase_types_count_without_per_type_accuracy():
+    gen = torch.Generator().manual_seed(5)
+    batch = scored_batch(gen)
+    other = GroundingMetrics(phrase_types=("people", "scene"), ks=(1, 2)).outcomes(**batch)
+    m = GroundingMetrics(ks=(1, 2))
+    m.update(outcomes=other)
+    out = m.compute()
+    assert out["num_phrases"].item() == 10 and not [k for k in out if k.startswith("acc_") and k != "acc_any"]
+    # a metric without phrase types reports no per-type accuracy, with or without types given
+    untyped = GroundingMetrics(phrase_types=(), ks=(1, 2))
+    untyped.update(**batch)
+    out = untyped.compute()
+    assert out["num_phrases"].item() == 10 and not [k for k in out if k.startswith("acc_") and k != "acc_any"]
+
+
+def test_update_batch_reads_the_batch_ground_truth():
+    from lightning_wsg.data.batch import GroundingBatch
+
+    gen = torch.Generator().manual_seed(6)
+    b = scored_batch(gen)
+    B, P, _ = b["scores"].shape
+    R = b["proposals"].shape[1]
+
+    def make(**gt) -> GroundingBatch:
+        return GroundingBatch(
+            split="val", image_ids=[str(i) for i in range(B)], sentence_ids=[f"{i}#0" for i in range(B)],
+            images=torch.zeros(B, 3, 1, 1), image_sizes=torch.full((B, 2), 50), words=[["w"] * P] * B,
+            phrase_spans=[[(p, p + 1) for p in range(P)]] * B, phrase_ids=[[str(p) for p in range(P)]] * B,
+            phrase_mask=b["phrase_mask"], proposals=b["proposals"], roi_boxes=b["proposals"],
+            proposal_mask=b["proposal_mask"], proposal_scores=torch.ones(B, R), **gt,
+        )
+
+    via_batch, direct = GroundingMetrics(), GroundingMetrics()
+    via_batch.update_batch(b["scores"], make(gt_union=b["gt_union"], gt_boxes=b["gt_boxes"],
+                                             gt_box_mask=b["gt_box_mask"], phrase_types=b["phrase_types"]))
+    direct.update(**b)
+    expected, got = direct.compute(), via_batch.compute()
+    assert set(got) == set(expected) and all(torch.equal(got[k], expected[k]) for k in expected)
+    assert any(k.startswith("acc_") and k != "acc_any" for k in got)  # the types were passed on
+    with pytest.raises(ValueError, match="split 'val': evaluation batches must carry ground-truth boxes"):
+        GroundingMetrics().update_batch(b["scores"], make())

@@ -27,7 +27,7 @@ from PIL import Image
 
 from lightning_wsg.callbacks.report import PhraseRecord, TestReport, proposal_rows, render_report, size_rows, type_rows
 from lightning_wsg.cli import main
-from lightning_wsg.report_html import stylesheet
+from lightning_wsg.report_html import MAX_TYPES, stylesheet
 
 REPORT_YAML = str(REPO / "cli_configs" / "report.yaml")
 DDP_SIM_YAML = str(REPO / "cli_configs" / "trainer" / "ddp_sim.yaml")
@@ -244,6 +244,139 @@ def test_cards_and_bars_show_accuracy_and_upper_bound_of_all_phrases() -> None:
         assert [bound for *_, bound in shown] == pytest.approx([r / n for _, _, r, n in rows], abs=1e-3), chart
         assert page.bars[chart] == [n for *_, n in rows], chart
     assert page.rows["type"][0][1] == "25.0%" and page.rows["proposals"][1][1] == "66.7%"
+
+
+def test_type_rows_order_known_types_then_by_frequency_then_by_name() -> None:
+    records = [_record(k, k < 2, True, types, 0.1, 10) for k, types in enumerate(
+        [["zebra"], ["zebra", "cat"], ["cat"], ["ant"], ["bee"], ["bee"], []]
+    )]  # fmt: skip
+    # zebra, cat and bee twice, ant once; ties by name
+    assert [r[0] for r in type_rows(records)] == ["bee", "cat", "zebra", "(no type)", "ant"]
+    assert [r[0] for r in type_rows(records, known=("zebra", "dog"))] == ["zebra", "bee", "cat", "(no type)", "ant"]
+    assert type_rows(records)[2] == ("zebra", 2, 2, 2)
+    # at most MAX_TYPES bars: the known first, then the most frequent
+    many = [_record(k, False, False, [f"t{k:02d}"] * 1 + (["common"] if k % 2 else []), 0.1, 10) for k in range(30)]
+    rows = type_rows(many, known=("t29",))
+    assert len(rows) == MAX_TYPES == 20
+    assert [r[0] for r in rows[:3]] == ["t29", "common", "t00"] and rows[1][1] == 15 and rows[-1][0] == "t17"
+
+
+def test_size_rows_put_an_area_on_an_edge_in_the_bin_above() -> None:
+    areas = [0.0, 0.00499, 0.005, 0.01, 0.0999, 0.1, 0.5, 1.0]
+    rows = size_rows([_record(k, True, k % 2 == 0, [], a, 10) for k, a in enumerate(areas)])
+    assert rows == [
+        ("< 0.5%", 2, 2, 1),
+        ("0.5%\u20131%", 1, 1, 1),
+        ("1%\u20132%", 1, 1, 0),
+        ("7.5%\u201310%", 1, 1, 1),
+        ("10%\u201315%", 1, 1, 0),
+        ("\u2265 50%", 2, 2, 1),
+    ]
+
+
+def test_proposal_rows_one_bar_per_count_up_to_max_bars_then_sixths() -> None:
+    eight = [_record(k, True, True, [], 0.1, 10 + k % 8) for k in range(16)]
+    assert [r[:2] for r in proposal_rows(eight)] == [(str(10 + v), 2) for v in range(8)]
+    nine = [_record(k, True, True, [], 0.1, 10 + k) for k in range(9)]
+    assert len(proposal_rows(nine)) == 6 and len(proposal_rows(nine, max_bars=9)) == 9
+    assert [r[0] for r in proposal_rows(eight, max_bars=7)] == ["10", "11", "12\u201313", "14", "15", "16\u201317"]
+    # (the sixths of the 16 sorted counts start at 10, 11, 12, 14, 15, 16; each range ends before the next)
+    # 60 phrases with 5..64 proposals: six ranges of ten phrases each, from the sorted counts' sixths
+    many = [_record(k, k % 2 == 0, k % 3 == 0, [], 0.1, 5 + k) for k in range(60)]
+    assert proposal_rows(many) == [
+        ("5\u201314", 10, 5, 4),
+        ("15\u201324", 10, 5, 3),
+        ("25\u201334", 10, 5, 3),
+        ("35\u201344", 10, 5, 4),
+        ("45\u201354", 10, 5, 3),
+        ("55\u201364", 10, 5, 3),
+    ]
+    # a count that fills several sixths starts one range only: of the 39 sorted counts the sixths
+    # (0, 6, 13, 19, 26, 32) are 3 but the last, 6; the last range ends at the largest count
+    skewed = [_record(k, False, False, [], 0.1, n) for k, n in enumerate([3] * 30 + list(range(4, 13)))]
+    assert proposal_rows(skewed) == [("3\u20135", 32, 0, 0), ("6\u201312", 7, 0, 0)]
+
+
+#: the golden page: every string and number of the page (its stylesheet left out, checked above)
+GOLDEN_PAGE = Path(__file__).parent / "golden" / "report_page.html"
+
+
+def golden_report() -> str:
+    """A page with two splits, escaped text, a long label, many proposal counts and both galleries."""
+    val = [
+        PhraseRecord(
+            "val", f"v{k}", f"img{k // 2}", 'a "big" <dog> & a cat on a mat', (1, 3), '"big" <dog>',
+            # labels of 22 characters (the longest drawn whole) and 23 (cut)
+            ["a very long phrase type name", "animals"] if k % 3 == 0
+            else ["twenty-two characters!"] if k == 1 else ["twenty-three characters"] if k == 2 else ["animals"],
+            k % 4 == 0,
+            0.12345 + k / 100, 0.5 + k / 10, 0.001 * k, 10 + 3 * k, k % 4 != 3,
+        )  # fmt: skip
+        for k in range(12)
+    ]
+    records = HAND_RECORDS + val
+    metrics = {
+        "test/acc": 0.4285714, "test/num_phrases": 1234.0, "test/recall@5": 0.5, "test/acc_people": 0.25,
+        "test/my_score": 0.125, "test/loss/kd": 0.0625, "val/acc": 0.25, "val/upper_bound": 0.75,
+    }  # fmt: skip
+    worst = [(val[1], "data:image/png;base64,AAAA"), (HAND_RECORDS[2], "data:image/png;base64,BBBB")]
+    best = [(val[0], "data:image/png;base64,CCCC"), (HAND_RECORDS[3], "data:image/png;base64,DDDD")]  # 2 types, none
+    return render_report(
+        records, metrics, worst, best, title="Run <1> & co", phrase_types=("scene", "animals", "people"),
+        details={"checkpoint": "best.ckpt", "model": "<wsg>"},
+    )  # fmt: skip
+
+
+def test_the_page_matches_its_golden_copy() -> None:
+    """Every text, attribute and number of the page, against a copy checked by eye once.
+
+    After a deliberate change of the page, rewrite the copy with
+    ``UPDATE_GOLDEN=1 pytest tests/test_report.py -k golden`` and review its diff.
+    """
+    page = golden_report().replace(stylesheet(), "/* report.css */\n")
+    if os.environ.get("UPDATE_GOLDEN"):
+        GOLDEN_PAGE.parent.mkdir(exist_ok=True)
+        GOLDEN_PAGE.write_text(page, encoding="utf-8")
+    assert page == GOLDEN_PAGE.read_text(encoding="utf-8")
+
+
+def test_the_golden_page_says_what_its_records_say() -> None:
+    """The values of the golden page that matter, read back (so that its copy was right to keep)."""
+    text = golden_report()
+    page = Page(text)
+    assert page.num_phrases == 19 and page.cards["images"] == "13" and page.cards["sentences"] == "19"
+    assert page.cards["accuracy"] == "31.6%" and page.cards["upper bound"] == "73.7%"  # 6 / 19, 14 / 19
+    # the table: known metrics in their order, then the others; per-type accuracies left out
+    assert page.metric_rows == ["acc", "recall@5", "upper_bound", "num_phrases", "my_score", "loss/kd"]
+    assert '<td>loss/kd</td><td class="num">6.2%</td>' in text  # a name may hold a "/" after the split's
+    assert '<td class="num">1,234</td>' in text and '<td class="num">42.9%</td>' in text
+    assert '<tr class="metric" data-metric="upper_bound"><td>upper_bound</td><td class="num"></td>' in text
+    # escaped everywhere, the phrase marked in its sentence
+    assert "<dog>" not in text and "<h1>Run &lt;1&gt; &amp; co</h1>" in text and "model <b>&lt;wsg&gt;</b>" in text
+    assert 'a <mark>&quot;big&quot; &lt;dog&gt;</mark> &amp; a cat on a mat' in text
+    assert 'alt="&quot;big&quot; &lt;dog&gt;"' in text
+    # a long label is cut in the chart, whole in its tooltip
+    assert "<title>a very long phrase type name</title>a very long phrase ty\u2026</text>" in text
+    assert "<title>twenty-two characters!</title>twenty-two characters!</text>" in text
+    assert "<title>twenty-three characters</title>twenty-three characte\u2026</text>" in text
+    assert "a very long phrase type name, animals</div>" in text and "&middot; no type</div>" in text
+    assert page.gallery == {"worst": [0.1335, 0.1], "best": [0.1235, 0.9]}
+    assert [label for label, *_ in page.rows["proposals"]][:2] == ["10", "30"]
+    # the known types first, in their order (people are the more frequent in the test split)
+    assert [label for label, *_ in page.rows["type"]][:3] == ["animals", "people", "(no type)"]
+    assert len([t for t in page.rows["proposals"]]) == 2 + 6  # the val split has 12 counts: sixths
+
+
+def test_a_page_of_one_phrase_or_none_and_no_metric() -> None:
+    text = render_report(HAND_RECORDS[:1], {})
+    page = Page(text)
+    assert "<title>Grounding test report</title>" in text and "<h1>Grounding test report</h1>" in text
+    assert '<h2>Metrics</h2><p class="empty">No metric was logged.</p></section>' in text and page.metric_rows == []
+    assert page.cards["accuracy"] == page.cards["upper bound"] == "100.0%" and page.cards["phrases"] == "1"
+    assert '<div class="gallery" data-kind="worst"><p class=empty>none</p></div>' in text
+    page = Page(render_report([], {}))
+    assert page.num_phrases == 0 and page.cards["accuracy"] == page.cards["upper bound"] == "0.0%"
+    assert not page.rows  # no split, no chart
 
 
 def test_the_page_inlines_the_stylesheet_as_it_is() -> None:

@@ -222,3 +222,271 @@ def test_kd_mask_reads_only_the_classes_of_the_phrases_own_image(matching, resca
     # without rescaling image 0's teacher is not flat (0.9 cos vs 0.5 cos): only the image's own
     # classes keep it out of the distillation
     assert kd.tolist() == [[False], [True]]
+
+
+# ------------------------------------------------------------------ words, forms, arguments
+
+
+def test_singular_forms_strip_s_and_es_only_from_words_long_enough():
+    assert singular_forms("bus") == {"bus", "bu"}
+    assert singular_forms("us") == {"us"}  # two letters: kept whole
+    assert singular_forms("yes") == {"yes", "ye"}  # three letters: "es" is not stripped
+    assert singular_forms("axes") == {"axes", "axe", "ax"}
+    assert singular_forms("dog") == {"dog"}
+    irregular = {"men": "man", "women": "woman", "children": "child", "people": "person", "feet": "foot",
+                 "teeth": "tooth"}  # fmt: skip
+    for plural, singular in irregular.items():
+        assert singular_forms(plural) == {plural, singular}, plural
+
+
+def test_words_keep_hyphens_and_apostrophes_inside_a_word():
+    assert head_word("A man-made LAKE_side!") == "side"
+    assert head_word("the children's") == "children's"
+    assert head_word("the man - ") == "man"
+    assert head_word("") is None
+    assert phrase_texts([["a", "b", "c"], ["d"]], [[(0, 3), (1, 2)], []]) == [["a b c", "b"], []]
+
+
+def test_lru_cache_evicts_the_least_recently_used_key():
+    from collections import OrderedDict
+
+    from lightning_wsg.models.teacher import _lru
+
+    cache, calls = OrderedDict(), []
+
+    def compute(key):
+        calls.append(key)
+        return key.upper()
+
+    assert _lru(cache, "a", compute, max_size=2) == "A"
+    assert _lru(cache, "b", compute, max_size=2) == "B"
+    assert _lru(cache, "a", compute, max_size=2) == "A"  # cached; now the most recent
+    assert _lru(cache, "c", compute, max_size=2) == "C"  # evicts b, the least recent
+    assert list(cache) == ["a", "c"] and calls == ["a", "b", "c"]
+    assert _lru(cache, "b", compute) == "B" and calls == ["a", "b", "c", "b"]  # default size: nothing evicted
+    assert list(cache) == ["a", "c", "b"]
+    # the default bound: 100 000 entries
+    big = OrderedDict((i, i) for i in range(100_000))
+    assert _lru(big, -1, lambda key: key) == -1 and len(big) == 100_000 and 0 not in big
+
+
+def test_teacher_arguments_and_defaults():
+    assert Teacher().matching == "glove"
+    for matching, (min_match, head) in {
+        "wordnet": (0.5, "last"), "mapping": (0.5, "last"), "lexical": (0.5, "last"), "glove": (0.8, "last"),
+        "minilm": (0.55, "all"),
+    }.items():  # fmt: skip
+        if matching != "mapping":
+            t = Teacher(matching)
+            assert (t.min_match, t.phrase_head) == (min_match, head), matching
+    t = Teacher("glove", min_match=0.3, phrase_head="all", full_score=1.0, score_floor=0.25)
+    assert (t.min_match, t.phrase_head, t.full_score, t.score_floor) == (0.3, "all", 1.0, 0.25)
+    assert repr(t) == "Teacher(matching='glove', min_match=0.3, phrase_head='all', full_score=1.0, score_floor=0.25)"
+    with pytest.raises(ValueError, match="unknown phrase_head 'first'"):
+        Teacher("lexical", phrase_head="first")
+    for bad in (1.01, -0.5):
+        with pytest.raises(ValueError, match=rf"full_score must lie in \(0, 1\], got {bad}"):
+            Teacher("lexical", full_score=bad)
+    assert Teacher("lexical", score_floor=0.0).score_floor == 0.0
+    with pytest.raises(ValueError, match=r"score_floor must lie in \[0, 1\), got -0.1"):
+        Teacher("lexical", score_floor=-0.1)
+    with pytest.raises(ValueError, match="mapping_file is only read by matching='mapping', not 'lexical'"):
+        Teacher("lexical", mapping_file="heads.tsv")
+    with pytest.raises(ValueError, match=r"^matching='mapping' needs mapping_file and the detector's vocabulary$"):
+        Teacher("mapping", vocabulary=["dog"])
+
+
+def test_mapping_teacher_reads_a_vocabulary_file(tmp_path):
+    mapping = tmp_path / "heads.tsv"
+    mapping.write_text("puppy\tdog\n", encoding="utf-8")
+    vocabulary = tmp_path / "classes.txt"
+    vocabulary.write_text("# detector classes\nperson\ndog\n", encoding="utf-8")
+    teacher = Teacher("mapping", mapping_file=str(mapping), vocabulary=str(vocabulary))
+    assert teacher.nearest_classes(["person", "dog"], ["a puppy", "a tree"]).tolist() == [[False, False], [True, False]]
+    listed = Teacher("mapping", mapping_file=str(mapping), vocabulary=("person", "dog"))  # a list, not a file
+    assert listed.nearest_classes(["person", "dog"], ["a puppy"]).tolist() == [[False], [True]]
+
+
+def test_wordnet_teacher_passes_its_senses_and_siblings_on():
+    # siblings: a donkey is taught by the horses (equine, 2 steps up), unless siblings stop at 1
+    assert Teacher("wordnet").similarity(["horse", "dog"], ["a donkey"]).tolist() == [[1.0], [0.0]]
+    assert Teacher("wordnet", wordnet_siblings=1).similarity(["horse", "dog"], ["a donkey"]).tolist() == [[0.0], [0.0]]
+    # two steps by default: a lion reaches cat (feline), not bear (carnivore, three steps up)
+    assert Teacher("wordnet").similarity(["cat", "bear"], ["a lion"]).tolist() == [[1.0], [0.0]]
+    assert (Teacher("wordnet")._matcher.senses, Teacher("wordnet", wordnet_senses=2)._matcher.senses) == (1, 2)
+
+
+def test_a_pickled_teacher_drops_its_caches_and_keeps_its_settings():
+    import pickle
+
+    teacher = Teacher("glove", min_match=0.7, full_score=0.5)
+    before = teacher.similarity(CLASSES, ["a puppy"])
+    assert teacher._embedder is not None and len(teacher._cache) > 0
+    clone = pickle.loads(pickle.dumps(teacher))
+    assert clone._embedder is None and len(clone._cache) == 0
+    assert (clone.matching, clone.min_match, clone.full_score) == ("glove", 0.7, 0.5)
+    assert teacher._embedder is not None and len(teacher._cache) > 0  # the original keeps them
+    torch.testing.assert_close(clone.similarity(CLASSES, ["a puppy"]), before)
+
+
+# ------------------------------------------------------------------ matching
+
+
+def test_lexical_matching_reads_aliases_and_the_longest_class_name():
+    lexical = Teacher("lexical")
+    names = ["tv,television", "traffic light", "light", "dining table"]
+    m = lexical.similarity(names, ["a television", "the traffic lights", "a light", "tables", "the tv"])
+    expected = torch.tensor(
+        [[1.0, 0, 0, 0, 1], [0, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 0, 0, 0]]
+    )  # "traffic lights" is the traffic light only; "tables" no dining table
+    torch.testing.assert_close(m, expected)
+    # a class name (or an alias) without a word names nothing
+    torch.testing.assert_close(lexical.similarity(["dog,", "!!"], ["a dog", "!!"]), torch.tensor([[1.0, 0], [0, 0]]))
+    # another vocabulary: the cached class forms are rebuilt
+    torch.testing.assert_close(lexical.similarity(["table"], ["tables"]), torch.ones(1, 1))
+    torch.testing.assert_close(lexical.similarity(names, []), torch.zeros(4, 0))
+
+
+def test_nearest_classes_keep_the_best_classes_that_reach_min_match():
+    lexical = Teacher("lexical")
+    nearest = lexical.nearest_classes(["dog", "hot dog", "dogs", "cat"], ["a dog", "the sky"])
+    assert nearest.tolist() == [[True, False], [False, False], [True, False], [False, False]]  # ties: both
+    for empty in (lexical.nearest_classes([], ["a dog"]), lexical.nearest_classes(["dog"], [])):
+        assert empty.dtype == torch.bool and empty.numel() == 0
+    assert lexical.nearest_classes([], ["a dog"]).shape == (0, 1)
+    assert lexical.nearest_classes(["dog"], []).shape == (1, 0)
+    wordnet = Teacher("wordnet")
+    # each phrase's nearest class, however near the class is to another phrase ("a person": 0 steps)
+    nearest = wordnet.nearest_classes(["person", "dog", "car"], ["a woman", "a puppy", "the sky", "a person"])
+    assert nearest.tolist() == [[True, False, False, True], [False, True, False, False], [False, False, False, False]]
+    torch.testing.assert_close(
+        wordnet.similarity(["person", "dog"], ["a woman", "the sky"]), torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    )
+
+
+def test_match_of_a_min_match_of_one_is_an_exact_match():
+    strict = Teacher("lexical", min_match=1.0)
+    torch.testing.assert_close(strict.match(["dog", "cat"], ["a dog"]), torch.tensor([[1.0], [0.0]]))
+    raw = Teacher("lexical", rescale=False)
+    torch.testing.assert_close(raw.match(["dog", "cat"], ["a dog"]), torch.tensor([[1.0], [0.0]]))
+
+
+def test_glove_phrase_head_last_or_best_word():
+    last, every = Teacher("glove"), Teacher("glove", phrase_head="all")
+    # "dog" only in the middle: the last word (park) decides with "last", the best word with "all"
+    s_last = last.similarity(["dog"], ["a dog in a park"]).item()
+    s_all = every.similarity(["dog"], ["a dog in a park"]).item()
+    assert s_all == pytest.approx(1.0, abs=1e-5) and s_last < 0.8
+    # words without a vector are skipped; a phrase or class without any has cosine -1 (similarity 0)
+    assert last.similarity(["dog"], ["a dog qqzzxxq"]).item() == pytest.approx(1.0, abs=1e-5)
+    cos = last._cosine(["dog", "qqzzxxq"], ["zzqqxx", "a dog"])
+    assert cos[0, 1].item() == pytest.approx(1.0, abs=1e-5) and [cos[0, 0], cos[1, 0], cos[1, 1]] == [-1.0] * 3
+    assert last.similarity(["dog", "qqzzxxq"], ["zzqqxx", "a dog"])[1].tolist() == [0.0, 0.0]
+
+
+# ------------------------------------------------------------------ forward
+
+
+def test_forward_reads_labels_up_to_the_proposals_and_pads_short_ones():
+    teacher = Teacher("lexical")
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])  # an integer mask is a bool one
+    labels = [["dog", "cat", "dog", "dog"], ["cat", "dog"]]  # longer than R / shorter than R
+    scores = torch.tensor([[0.9, 0.8, 0.7], [0.6, 0.5, 0.4]], dtype=torch.float64)
+    t, kd = teacher([["a dog", "   "], ["the dog"]], labels, scores, mask)
+    expected = torch.tensor([[[0.9, 0.0, 0.0], [0.0, 0.0, 0.0]], [[0.0, 0.5, 0.0], [0.0, 0.0, 0.0]]])
+    torch.testing.assert_close(t, expected)
+    assert t.dtype == torch.float32 and kd.tolist() == [[True, False], [True, False]]  # a blank phrase is padding
+
+
+def test_forward_without_real_boxes_or_phrases_teaches_nothing():
+    teacher = Teacher("lexical")
+    t, kd = teacher([["a dog"]], [["dog", "dog"]], torch.ones(1, 2), torch.zeros(1, 2, dtype=torch.bool))
+    assert t.shape == (1, 1, 2) and not t.any() and kd.tolist() == [[False]]
+    t, kd = teacher([[""], []], [["dog"], ["dog"]], torch.ones(2, 1), torch.ones(2, 1, dtype=torch.bool))
+    assert t.shape == (2, 1, 1) and not t.any() and not kd.any()
+    t, kd = teacher([], [], torch.ones(0, 1), torch.ones(0, 1, dtype=torch.bool))
+    assert t.shape == (0, 0, 1) and kd.shape == (0, 0)
+
+
+def test_a_teacher_flat_to_a_millionth_is_left_out():
+    teacher = Teacher("lexical")
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    for gap, taught in ((5e-7, False), (1e-5, True)):
+        _, kd = teacher([["a dog"]], [["dog", "dog"]], torch.tensor([[0.5 + gap, 0.5]]), mask)
+        assert kd.tolist() == [[taught]], gap
+
+
+def test_class_probs_need_one_name_per_column():
+    teacher = Teacher("lexical")
+    probs = torch.ones(1, 2, 3) / 3
+    for names in (None, ["a", "b"]):
+        with pytest.raises(ValueError, match="class_probs needs class_names, one per column"):
+            teacher([["a dog"]], None, torch.ones(1, 2), torch.ones(1, 2, dtype=torch.bool), probs, names)
+    # full_score applies to the probabilities; every class counts as present in every image
+    t, kd = Teacher("lexical", full_score=0.5)(
+        [["a dog"]], None, torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool),
+        torch.tensor([[[0.6, 0.1], [0.2, 0.3]]]), ["dog", "cat"],
+    )  # fmt: skip
+    torch.testing.assert_close(t, torch.tensor([[[1.0, 0.4]]]))
+    assert kd.tolist() == [[True]]
+
+
+def test_nearest_classes_of_similarities_are_per_phrase():
+    glove = Teacher("glove", min_match=0.5)
+    # "a dog" is nearer to cat (0.92) than "a puppy" is to dog (0.78): each phrase keeps its own best
+    nearest = glove.nearest_classes(["dog", "cat", "car"], ["a puppy", "a dog", "a car"])
+    assert nearest.tolist() == [[True, True, False], [False, False, False], [False, False, True]]
+    # a similarity equal to min_match is enough
+    assert Teacher("lexical", min_match=1.0).nearest_classes(["dog", "cat"], ["a dog"]).tolist() == [[True], [False]]
+
+
+def test_glove_class_names_are_their_words_averaged():
+    import torch.nn.functional as F
+
+    glove = Teacher("glove")
+    cos = glove._cosine(["traffic light", "light"], ["the stoplight"])[:, 0]
+    emb = glove._embedder
+    stoplight = emb.vector("stoplight")
+    expected = [F.cosine_similarity(emb.text_vector(c), stoplight, dim=0).item() for c in ("traffic light", "light")]
+    assert cos.tolist() == pytest.approx(expected, abs=1e-5) and abs(expected[0] - expected[1]) > 0.05
+
+
+def test_embeddings_are_read_from_the_given_folders(tmp_path):
+    with pytest.raises(FileNotFoundError, match="glove_6B_index.parquet"):
+        Teacher("glove", glove_root=str(tmp_path / "glove")).similarity(["dog"], ["a cat"])
+    with pytest.raises(OSError, match="no_minilm_here"):
+        Teacher("minilm", minilm_path=str(tmp_path / "no_minilm_here")).similarity(["dog"], ["a cat"])
+
+
+def test_minilm_embeds_the_phrase_or_its_head_and_keeps_its_model():
+    every, last = Teacher("minilm"), Teacher("minilm", phrase_head="last")
+    cos = every._cosine(["dog", "traffic light"], ["A dog, in a park!"])
+    emb = every._embedder
+    expected = emb.encode(["dog", "traffic light"]) @ emb.encode(["a dog in a park"]).T
+    torch.testing.assert_close(cos, expected)
+    # the head noun alone with "last"
+    torch.testing.assert_close(last._cosine(["dog", "traffic light"], ["A dog, in a park!"]),
+                               every._cosine(["dog", "traffic light"], ["park"]))  # fmt: skip
+    assert (cos[0] - last._cosine(["dog"], ["A dog, in a park!"])[0]).abs().item() > 0.1
+    # a phrase or a class without a word has cosine -1
+    assert every._cosine(["dog", "!!"], [", .", "a dog"]).tolist()[0][0] == -1.0
+    assert every._cosine(["dog", "!!"], [", .", "a dog"])[1].tolist() == [-1.0, -1.0]
+    assert every._embedder is emb  # loaded once, not per call
+
+
+def test_matching_scores_stay_within_zero_and_one():
+    """Cosines of a word with itself can come out a rounding error above 1 (here some do, in both
+    embeddings); m(c, p) still stops at 1."""
+    names = ["dog", "ball", "car", "person", "traffic light", "cat", "tree", "man", "woman", "bicycle"]
+    phrases = [f"a {n}" for n in names] + names
+    for matching in ("glove", "minilm"):
+        teacher = Teacher(matching)
+        m = teacher.match(names, phrases)
+        assert m.max().item() == 1.0 and m.min().item() == 0.0, matching
+
+
+def test_glove_similarity_of_single_words_and_empty_lists():
+    glove = Teacher("glove")
+    # a phrase of one word, read whole ("puppy", not a shorter key): cosine 0.78 with dog
+    assert glove.similarity(["dog", "car"], ["puppy"])[:, 0].tolist() == pytest.approx([0.7755, 0.1840], abs=1e-3)
+    assert glove.similarity([], ["a dog"]).shape == (0, 1) and glove.similarity(["dog"], []).shape == (1, 0)
