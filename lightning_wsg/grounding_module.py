@@ -189,6 +189,10 @@ class GroundingModule(LightningModule):
                 "features before training: add lightning_wsg.callbacks.FeatureStatistics() to the Trainer's "
                 "callbacks (the lightning command adds it), or call region_encoder.prepare(...) yourself"
             )
+
+    def on_train_start(self) -> None:
+        # here, not in on_fit_start: estimated_stepping_batches sets up the training loader, and
+        # before a checkpoint's loop state is restored that would lose a mid-epoch resume position
         self.loss.set_total_steps(int(self.trainer.estimated_stepping_batches))
 
     def _metrics_for(self, split: str) -> GroundingMetrics:

@@ -49,12 +49,12 @@ def test_a_run_relative_ramp_without_the_run_length_says_so() -> None:
         _loss().kd_weight(3)
 
 
-def test_the_module_tells_the_loss_the_run_length_at_fit_start() -> None:
+def test_the_module_tells_the_loss_the_run_length_at_train_start() -> None:
     from helpers.model import tiny_model
 
     module = tiny_model(kd_weight_every=0.25, kd_weight_unit="run")
     module._trainer = SimpleNamespace(estimated_stepping_batches=40)
-    module.on_fit_start()
+    module.on_train_start()
     assert module.loss.total_steps == 40 and module.loss.ramp_steps() == 10
 
 
