@@ -199,13 +199,13 @@ def test_distillation_from_detections_without_labels_is_refused_before_training(
     unlabelled = _without_labels(tiny, tmp_path / "unlabelled.jsonl")
     started = _Started()
     trainer = quiet_trainer(tmp_path / "run", callbacks=[started], limit_train_batches=1, limit_val_batches=1)
-    with pytest.raises(ValueError, match=rf"model\.use_kd=true distils .* but {re.escape(str(unlabelled))} has no labels for "
-                       r"\d+ training images .*or set model\.use_kd=false"):  # fmt: skip
+    with pytest.raises(ValueError, match=rf"model\.loss\.use_kd=true distils .* but {re.escape(str(unlabelled))} has no labels for "
+                       r"\d+ training images .*or set model\.loss\.use_kd=false"):  # fmt: skip
         trainer.fit(tiny_model(use_kd=True), datamodule=_dm(tiny, detections=unlabelled, require_labels=True))
     assert not started.train_started and trainer.global_step == 0
     # not told (Python, no CLI): the first training batch stops it, naming the setting
     trainer = quiet_trainer(tmp_path / "run1", limit_train_batches=1, limit_val_batches=1)
-    with pytest.raises(ValueError, match=r"distillation needs detector labels .* set model\.use_kd=false"):
+    with pytest.raises(ValueError, match=r"distillation needs detector labels .* set model\.loss\.use_kd=false"):
         trainer.fit(tiny_model(use_kd=True), datamodule=_dm(tiny, detections=unlabelled))
     # the same detections train without distillation, and evaluation never needs labels
     trainer = quiet_trainer(tmp_path / "run2", limit_train_batches=1, limit_val_batches=1)
@@ -215,7 +215,7 @@ def test_distillation_from_detections_without_labels_is_refused_before_training(
 
 def test_the_cli_refuses_distillation_without_labels(tiny, tmp_path):
     unlabelled = _without_labels(tiny, tmp_path / "unlabelled.jsonl")
-    with pytest.raises(ValueError, match=r"model\.use_kd=true distils .*no labels"):
+    with pytest.raises(ValueError, match=r"model\.loss\.use_kd=true distils .*no labels"):
         main(["fit", *_cli_args(tiny, tmp_path, unlabelled), "--model.loss.use_kd=true"])
 
 

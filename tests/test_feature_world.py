@@ -185,8 +185,11 @@ def test_paper_and_recommended_fragments_train_on_the_feature_world(worlds, tmp_
         "--trainer.fast_dev_run=1", *trainer_args(tmp_path),
     ]  # fmt: skip
     fit = main(["fit", *args])
-    assert {k: fit.model.hparams[k] for k in expected} == expected
-    assert fit.model.hparams.teacher["init_args"]["matching"] == "wordnet"
+    assert {k: fit.model.hparams.loss[k] for k in expected} == expected
+    assert {k: getattr(fit.model.loss, k) for k in expected if k != "kd_weight_every"} == {
+        k: v for k, v in expected.items() if k != "kd_weight_every"
+    }  # what the loss uses, not only what was parsed
+    assert fit.model.hparams.loss["teacher"]["init_args"]["matching"] == "wordnet"
     assert fit.datamodule.store.class_names == list(COCO80)
     assert torch.isfinite(fit.trainer.callback_metrics["train/kd"]) and fit.trainer.global_step == 1
 

@@ -236,7 +236,7 @@ def test_validation_pictures_to_tensorboard(trained, tmp_path: Path) -> None:
 # ------------------------------------------------------------------- ground()
 def test_ground_api_from_checkpoint(trained) -> None:
     model = GroundingModule.load_from_checkpoint(trained["ckpt"], map_location="cpu")
-    assert model.predict_image_size == 64  # from the checkpoint's datamodule
+    assert model.model.image_size == 64  # from the checkpoint's datamodule
     out = model.ground(trained["images"][0], "a [red square] above [a blue square]", top_k=3)
     assert [p["phrase"] for p in out] == ["red square", "a blue square"]
     grid = box_grid(80, 64).tolist()

@@ -270,7 +270,7 @@ def test_setup_never_reads_the_model(toy, tmp_path):
 def test_require_labels_refuses_unlabelled_training_detections(toy, tmp_path):
     unlabelled = [Detections(i, _dets(i).boxes, None, _dets(i).scores) for i in SIZES]
     write_jsonl(tmp_path / "dets.jsonl", unlabelled)
-    with pytest.raises(ValueError, match=r"model.use_kd=true distils .* no labels for 5 training images"):
+    with pytest.raises(ValueError, match=r"model.loss.use_kd=true distils .* no labels for 5 training images"):
         toy(require_labels=True).setup("fit")
     toy().setup("fit")  # without distillation they train
 

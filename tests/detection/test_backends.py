@@ -37,13 +37,13 @@ def _fit_one_step(tiny, callback: DetectionCache, tmp_path) -> tuple[Trainer, Fl
         tiny.root, tiny.image_dir, None, batch_size=4, num_workers=0, image_size=64, max_proposals=20
     )
     model = tiny_model()
-    before = [p.detach().clone() for p in model.region_encoder.parameters()]
+    before = [p.detach().clone() for p in model.model.region_encoder.parameters()]
     trainer = quiet_trainer(
         tmp_path, limit_train_batches=1, limit_val_batches=1, enable_checkpointing=False, callbacks=[callback]
     )
     trainer.fit(model, datamodule=dm)
     assert trainer.global_step == 1
-    assert any(not torch.equal(a, b) for a, b in zip(before, model.region_encoder.parameters()))  # it learned
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.model.region_encoder.parameters()))  # it learned
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
     return trainer, dm
 

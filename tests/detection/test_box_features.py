@@ -216,7 +216,8 @@ def test_lightning_fit_trains_the_feature_tower_on_torchvision_box_features(tiny
     categories.write_text("\n".join(CATEGORIES) + "\n")
     detector = "--trainer.callbacks.backend.init_args"
     args = [
-        "--config", FLICKR_YAML, "--config", CKD_YAML, "--config", TORCHVISION_YAML,
+        "--config", FLICKR_YAML, "--config", CKD_YAML, "--config", str(REPO / "cli_configs" / "model" / "paper.yaml"),
+        "--config", TORCHVISION_YAML,
         f"--data.root={tiny.root}", f"--data.image_dir={tiny.image_dir}",
         f"{detector}.model=fasterrcnn_resnet50_fpn", f"{detector}.weights=null",
         f"{detector}.categories={categories}", f"{detector}.score_threshold=0.0", f"{detector}.max_boxes=10",
@@ -236,7 +237,7 @@ def test_lightning_fit_trains_the_feature_tower_on_torchvision_box_features(tiny
     train = fit.datamodule.datasets["train"]
     assert train.read_features and not train.read_images and train.detections.feature_dim == 1024
     assert fit.trainer.global_step > 0 and torch.isfinite(fit.trainer.callback_metrics["train/loss"])
-    region = fit.model.region_encoder
+    region = fit.model.model.region_encoder
     kept = torch.cat([train.detections.features(i)[train.kept_proposals(i)] for i in tiny.splits["train"]])
     assert int(region.feature_count) == len(kept)  # statistics of the cached features
     assert torch.allclose(region.feature_mean, kept.mean(0), atol=1e-5)
@@ -251,7 +252,6 @@ def test_lightning_fit_trains_the_feature_tower_on_torchvision_box_features(tiny
     model = GroundingModule(
         FeatureRegionEncoder(feature_dim=16, hidden_dim=8, embed_dim=4),
         LstmPhraseEncoder("glove-6b-50d", hidden_size=8, hidden_dim=8, embed_dim=4),
-        use_kd=False,
     )
     with pytest.raises(
         DetectionFormatError,

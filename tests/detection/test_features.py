@@ -15,6 +15,7 @@ from helpers.model import TINY_TEXT
 from helpers.trainer import quiet_trainer
 
 from lightning_wsg.cli import main
+from lightning_wsg.contrastive_distillation import ContrastiveDistillationLoss
 from lightning_wsg.data import Flickr30kEntitiesDataModule, SentencesFileDataModule
 from lightning_wsg.detection.formats import DetectionFormatError, TsvDetections, open_detections
 from lightning_wsg.detection.hdf5 import Hdf5Detections
@@ -162,7 +163,7 @@ def _feature_model(dim: int) -> GroundingModule:
     return GroundingModule(
         FeatureRegionEncoder(feature_dim=dim, hidden_dim=32, embed_dim=16, box_geometry=True),
         PhraseEncoder("all-MiniLM-L6-v2", pretrained=False, config_overrides=TINY_TEXT, hidden_dim=32, embed_dim=16),
-        use_kd=False,
+        ContrastiveDistillationLoss(use_kd=False),
     )
 
 
@@ -178,7 +179,7 @@ def test_feature_mode_reads_no_image_and_normalises_with_training_statistics(tmp
     trainer.fit(model, datamodule=dm)
     train_images = sorted({e.image_id for e in dm.datasets["train"].entries})
     kept = torch.cat([dm.store.features(i)[dm.datasets["train"].kept_proposals(i)] for i in train_images])
-    region = model.region_encoder
+    region = model.model.region_encoder
     assert int(region.feature_count) == len(kept)
     assert torch.allclose(region.feature_mean, kept.mean(0), atol=1e-4)
     assert torch.allclose(region.feature_std, kept.std(0, unbiased=False), atol=1e-4)
@@ -223,7 +224,7 @@ def test_a_feature_model_on_a_datamodule_built_for_images_says_how_to_fix_it(tmp
         trainer.fit(_feature_model(16), datamodule=dm)
     model = _feature_model(16)
     store = open_detections(tsv)
-    model.region_encoder.prepare(store.features(i) for i in store)  # prepared: no statistics needed
+    model.model.region_encoder.prepare(store.features(i) for i in store)  # prepared: no statistics needed
     with pytest.raises(ValueError, match=r"the batch has none: build the datamodule with read_features=True"):
         quiet_trainer(tmp_path).validate(model, datamodule=dm, verbose=False)
     # told, the same folders train: images are not read
@@ -240,7 +241,7 @@ CKD_YAML = str(REPO / "cli_configs" / "model" / "ckd_features.yaml")
 
 def _ckd_args(tiny, detections, tmp_path, *extra: str) -> list[str]:
     return [
-        "--config", FLICKR_YAML, "--config", CKD_YAML,
+        "--config", FLICKR_YAML, "--config", CKD_YAML, "--config", str(REPO / "cli_configs" / "model" / "paper.yaml"),
         f"--data.root={tiny.root}", f"--data.detections={detections}",
         "--model.region_encoder.feature_dim=16",
         "--model.region_encoder.hidden_dim=32", "--model.region_encoder.embed_dim=16",
@@ -269,8 +270,8 @@ def test_lightning_fit_then_test_on_precomputed_features(tmp_path, tiny, data, s
             write_hdf5(tmp_path / "h5" / f"{split}.hdf5", data, ids)
         detections, extra = tmp_path / "h5", ["--model.loss.use_kd=false"]
     fit = main(["fit", *_ckd_args(tiny, detections, tmp_path, *extra), "--trainer.max_epochs=2"])
-    assert fit.datamodule.image_dir is None and fit.trainer.global_step > 0
-    assert not fit.model.region_encoder.needs_preparation
+    assert not fit.datamodule.reads_images() and fit.trainer.global_step > 0
+    assert not fit.model.model.region_encoder.needs_preparation
     metrics = fit.trainer.callback_metrics
     assert "val/acc" in metrics and ("train/kd" in metrics) == (source != "hdf5")
     best = fit.trainer.checkpoint_callback.best_model_path
@@ -282,7 +283,8 @@ def test_lightning_fit_then_test_on_precomputed_features(tmp_path, tiny, data, s
 
     # the checkpoint alone rebuilds both towers and their statistics; ground() takes features
     model = GroundingModule.load_from_checkpoint(best, map_location="cpu")
-    assert type(model.phrase_encoder).__name__ == "LstmPhraseEncoder" and not model.region_encoder.needs_preparation
+    assert type(model.model.phrase_encoder).__name__ == "LstmPhraseEncoder"
+    assert not model.model.region_encoder.needs_preparation
     image_id = tiny.splits["test"][0]
     d = data["images"][image_id]
     out = model.ground(
@@ -302,7 +304,7 @@ def test_lightning_predict_with_the_feature_tower_reads_boxes_and_features(tmp_p
     tsv = write_tsv(tmp_path / "f.tsv", data)
     model = _feature_model(16)
     store = open_detections(tsv)
-    model.region_encoder.prepare(store.features(i) for i in store)
+    model.model.region_encoder.prepare(store.features(i) for i in store)
     ids = tiny.splits["test"][:2]
     inputs = tmp_path / "inputs.jsonl"
     inputs.write_text(

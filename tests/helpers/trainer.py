@@ -9,7 +9,13 @@ from pytorch_lightning import Trainer
 
 
 def quiet_trainer(root: Path, **overrides: Any) -> Trainer:
-    """``Trainer`` on one CPU for one epoch, writing only under ``root``; ``overrides`` win."""
+    """``Trainer`` on one CPU for one epoch, writing only under ``root``; ``overrides`` win.
+
+    Like the ``lightning`` command it carries :class:`FeatureStatistics` (a feature tower's
+    training statistics); ``callbacks`` given are added to it.
+    """
+    from lightning_wsg.callbacks import FeatureStatistics
+
     settings = {
         "accelerator": "cpu",
         "devices": 1,
@@ -20,4 +26,5 @@ def quiet_trainer(root: Path, **overrides: Any) -> Trainer:
         "num_sanity_val_steps": 0,
         "default_root_dir": root,
     }
+    overrides["callbacks"] = [FeatureStatistics(), *(overrides.get("callbacks") or [])]
     return Trainer(**(settings | overrides))

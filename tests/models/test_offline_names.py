@@ -31,7 +31,7 @@ def error(make):
         return [type(err).__name__, str(err), chained]
     return None
 
-flickr = ["--config", "cli_configs/flickr.yaml", *json.loads(sys.argv[1])]
+flickr = ["--config", "cli_configs/flickr.yaml", "--config", "cli_configs/model/resnet_bert.yaml", *json.loads(sys.argv[1])]
 print(json.dumps({
     "text_encoder": error(lambda: PhraseEncoder("bogus-org/no-such-model")),
     "backbone": error(lambda: RegionEncoder("resnet18", pretrained=True)),
@@ -106,6 +106,8 @@ def test_the_console_script_dies_with_one_error(tmp_path):
         "fit",
         "--config",
         "cli_configs/flickr.yaml",
+        "--config",
+        "cli_configs/model/resnet_bert.yaml",
         "--model.region_encoder.pretrained=false",
         *FLICKR_DATA,
     ]
