@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from pytorch_lightning import Callback, Trainer
 
+from lightning_wsg.callbacks import FeatureStatistics
+from lightning_wsg.contrastive_distillation import ContrastiveDistillationLoss
 from lightning_wsg.data import Flickr30kEntitiesDataModule
 from lightning_wsg.data.flickr30k_entities import read_split
 from lightning_wsg.detection.base import Detections, DetectionStore
@@ -106,19 +108,19 @@ def main() -> None:
     store_s = time.perf_counter() - t0
 
     dm = Flickr30kEntitiesDataModule(
-        str(args.root), None, str(store_dir), batch_size=32, num_workers=args.num_workers, max_proposals=args.boxes
+        str(args.root), None, str(store_dir), batch_size=32, num_workers=args.num_workers, max_proposals=args.boxes,
+        read_features=True, feature_dim=args.dim, require_labels=True,
     )
     model = GroundingModule(
         FeatureRegionEncoder(feature_dim=args.dim),
         LstmPhraseEncoder("glove-6b-50d", hidden_size=300),
-        Teacher("wordnet"),
-        kd_weight_initial=1.0,
+        ContrastiveDistillationLoss(Teacher("wordnet"), kd_weight_initial=1.0, kd_weight_every=500, kd_weight_unit="steps"),
     )
     timer = StepTimer()
     trainer = Trainer(
         accelerator="cpu", devices=1, max_steps=args.warmup + args.steps, limit_val_batches=0,
         num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[timer],
+        enable_model_summary=False, callbacks=[FeatureStatistics(), timer],
     )  # fmt: skip
     t1 = time.perf_counter()
     trainer.fit(model, datamodule=dm)

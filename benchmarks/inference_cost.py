@@ -102,8 +102,7 @@ def _run(kind: str, paths: list[str], args: argparse.Namespace, queue) -> None:
     model = GroundingModule(
         RegionEncoder(args.backbone, pretrained=False, hidden_dim=1024, embed_dim=512),
         PhraseEncoder("all-MiniLM-L6-v2", pretrained=False, hidden_dim=1024, embed_dim=512),
-        use_kd=False,
-    ).eval().to(device)  # fmt: skip
+    ).eval().to(device)  # fmt: skip  (no loss: inference only)
     detect = _detector(kind, args, device) if kind != "cached" else None
     rng = np.random.default_rng(1)
     cache = {}  # the "detection cache": boxes per image computed beforehand (not timed)

@@ -21,7 +21,8 @@ Usage::
     .venv/bin/python benchmarks/training_throughput.py                         # CPU, demo world
     .venv/bin/python benchmarks/training_throughput.py --json out.json -- --data.num_workers 2
     .venv/bin/python benchmarks/training_throughput.py -- --config cli_configs/flickr.yaml \\
-        --config cli_configs/trainer/ddp.yaml --trainer.devices 1                # one GPU, bf16
+        --config cli_configs/model/resnet_bert.yaml --config cli_configs/model/paper.yaml \\
+        --config cli_configs/model/gpu.yaml --config cli_configs/trainer/ddp.yaml --trainer.devices 1  # one GPU, bf16
 """
 
 from __future__ import annotations
