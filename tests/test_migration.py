@@ -91,3 +91,18 @@ def test_the_command_line_takes_a_layout1_model_folder(tmp_path) -> None:
     assert args[0] == "--config" and args[2] == f"--model.weights={folder}"
     doc = yaml.safe_load(args[1])  # the migrated configuration, given inline
     assert "loss" in doc["model"] and "tau_student" not in doc["model"]
+
+
+def test_resuming_or_testing_from_a_layout1_checkpoint_renames_its_weights_before_they_load() -> None:
+    """``lightning test --ckpt_path old.ckpt``: the CLI builds today's module, then Lightning hands
+    the raw checkpoint to on_load_checkpoint before load_state_dict."""
+    from pytorch_lightning.cli import instantiate_module
+
+    raw = torch.load(LAYOUT1 / "layout1.ckpt", weights_only=True)
+    config = migrate_model_config(raw["hyper_parameters"])
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    module = instantiate_module(GroundingModule, config)
+    module.on_load_checkpoint(raw)
+    module.load_state_dict(raw["state_dict"])  # strict: every name found
+    module.eval()
+    _same_results(_ground(module.model), json.loads((LAYOUT1 / "expected.json").read_text()))
