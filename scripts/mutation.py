@@ -65,7 +65,11 @@ MODULES: tuple[Module, ...] = (
     Module("losses", ("lightning_wsg/losses.py",), ("tests/test_losses.py",)),
     Module("model_folder", ("lightning_wsg/model_folder.py",), ("tests/test_model_folder.py",)),
     Module("metrics", ("lightning_wsg/metrics.py",), ("tests/test_metrics.py",)),
-    Module("distributed", ("lightning_wsg/distributed.py",), ("tests/test_distributed.py", "-m", "not slow")),
+    Module(
+        "distributed",
+        ("lightning_wsg/distributed.py", "lightning_wsg/contrastive_distillation.py"),
+        ("tests/test_distributed.py", "tests/test_contrastive_distillation.py", "-m", "not slow"),
+    ),
     Module("lexicon", ("lightning_wsg/lexicon/*.py",), ("tests/test_lexicon.py",)),
     Module("teacher", ("lightning_wsg/models/teacher.py",), ("tests/models/test_teacher.py",)),
     Module(
