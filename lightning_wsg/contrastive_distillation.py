@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, Literal, final
 
@@ -31,8 +30,9 @@ import torch
 from torch import Tensor, nn
 
 from .distributed import all_gather_padded, gather_sizes, image_id_codes, world_size_and_rank
-from .losses import distillation_kl, image_sentence_scores, info_nce, region_phrase_scores
+from .losses import distillation_kl, image_sentence_scores, info_nce, kd_weight, region_phrase_scores
 from .models.teacher import Teacher
+from .models.towers import RecordsInitArgs, init_config, plain_values
 
 __all__ = ["REFERENCE_RAMP_FRACTION", "ContrastiveDistillationLoss", "gathered_info_nce"]
 
@@ -126,7 +126,7 @@ def gathered_info_nce(
 
 
 @final  # a config sets its arguments directly (model.loss.tau_sentence), no class_path
-class ContrastiveDistillationLoss(nn.Module):
+class ContrastiveDistillationLoss(RecordsInitArgs, nn.Module):
     """InfoNCE over image-sentence scores plus ``lambda(step)`` times the distillation KL.
 
     Args:
@@ -177,7 +177,6 @@ class ContrastiveDistillationLoss(nn.Module):
     ) -> None:
         super().__init__()
         _check_settings(locals())
-        self._init_args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.teacher = teacher if use_kd else None  # parameter-free; unused without distillation
         self.tau_sentence = float(tau_sentence)
         self.phrase_reduce = phrase_reduce
@@ -202,9 +201,7 @@ class ContrastiveDistillationLoss(nn.Module):
     def config(self) -> dict[str, Any]:
         """The constructor's arguments as plain values, the teacher as ``class_path`` / ``init_args``
         (what a checkpoint stores to rebuild this loss)."""
-        from .models.towers import init_config, plain_values
-
-        args = dict(self._init_args)
+        args = dict(self._init_args)  # recorded by RecordsInitArgs
         teacher = args.pop("teacher")
         return {"teacher": init_config(teacher) if teacher is not None else None, **plain_values(args)}
 
@@ -230,7 +227,7 @@ class ContrastiveDistillationLoss(nn.Module):
         if not self.use_nce:
             return 1.0
         r = self.ramp
-        return min(r["initial"] + r["increment"] * math.floor(step / self.ramp_steps()), r["maximum"])
+        return kd_weight(step, r["initial"], r["increment"], self.ramp_steps(), r["maximum"])
 
     # ---------------------------------------------------------------- terms
     def contrastive(self, batch: Any, regions: Tensor, phrases: Tensor) -> Tensor:
