@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .boxes import scale_boxes
 from .data.batch import GroundingBatch, GroundingSample, collate
-from .data.images import image_input, read_pixels
+from .data.images import image_input, read_pixels, read_size
 from .data.predict_file import PREDICT_SPLIT, parse_sentence
 from .detection.grid import box_grid
 from .losses import region_phrase_scores
@@ -125,6 +125,8 @@ class GroundingModel(nn.Module):
             height, width = (int(v) for v in pixels.shape[-2:])
         elif isinstance(image, (tuple, list)) and len(image) == 2:
             pixels, (width, height) = None, (int(image[0]), int(image[1]))
+        elif isinstance(image, (str, Path)):  # the size from the file's header: no pixel is read
+            pixels, (width, height) = None, read_size(image)
         else:
             pixels = None
             height, width = (int(v) for v in read_pixels(image).shape[-2:])

@@ -483,3 +483,24 @@ def test_towers_must_agree_and_distillation_needs_a_teacher() -> None:
     towers = model.model.region_encoder, model.model.phrase_encoder
     with pytest.raises(TypeError, match="cannot be stored in a checkpoint"):
         GroundingModule(*towers, ContrastiveDistillationLoss(use_kd=False), optimizer=lambda p: None)
+
+
+def test_a_feature_tower_grounds_an_image_file_by_its_size_alone(tmp_path) -> None:
+    """A feature tower reads no pixels: a path gives the same result as its (width, height)."""
+    from PIL import Image
+
+    from lightning_wsg.models import FeatureRegionEncoder, PhraseEncoder
+
+    torch.manual_seed(0)
+    region = FeatureRegionEncoder(feature_dim=4, hidden_dim=8, embed_dim=8, box_geometry=True, normalize=False)
+    phrase = PhraseEncoder("all-MiniLM-L6-v2", pretrained=False, config_overrides=TINY_TEXT, hidden_dim=8, embed_dim=8)
+    model = GroundingModule(region, phrase).model.eval()
+    Image.new("RGB", (160, 60)).save(tmp_path / "wide.png")
+    boxes = [[0.0, 0.0, 80.0, 30.0], [40.0, 15.0, 160.0, 60.0]]
+    features = torch.randn(2, 4, generator=torch.Generator().manual_seed(0))
+    args = {"proposals": boxes, "features": features}
+    by_path = model.ground(tmp_path / "wide.png", "a [red car]", **args)
+    assert by_path == model.ground((160, 60), "a [red car]", **args)
+    assert by_path != model.ground((60, 160), "a [red car]", **args)  # the size does reach the geometry
+    with pytest.raises(FileNotFoundError, match="image not found: .*missing.png"):
+        model.ground(tmp_path / "missing.png", "a [red car]", **args)
