@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from . import flickr30k_parsers
 from .base import GroundingDataModule, GroundingEntry
 from .flickr30k_parsers import (
     PHRASE_TYPES,
@@ -28,19 +29,7 @@ from .flickr30k_parsers import (
     read_unrelated_captions,
 )
 
-__all__ = [
-    "PHRASE_TYPES",
-    "Flickr30kFormatError",
-    "Phrase",
-    "FlickrAnnotation",
-    "parse_sentence",
-    "parse_annotation",
-    "read_sentences",
-    "read_split",
-    "read_unrelated_captions",
-    "load_entries",
-    "Flickr30kEntitiesDataModule",
-]
+__all__ = [*flickr30k_parsers.__all__, "Flickr30kEntitiesDataModule"]  # the parsers stay importable from here
 
 
 class Flickr30kEntitiesDataModule(GroundingDataModule):

@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from . import refcoco_parsers
 from .base import GroundingDataModule, GroundingEntry
 from .dataset import examples
 from .refcoco_parsers import (
@@ -32,19 +33,7 @@ from .refcoco_parsers import (
     refs_path,
 )
 
-__all__ = [
-    "REFER_SPLITS",
-    "RefCOCODataModule",
-    "ReferFormatError",
-    "ReferIndex",
-    "available_splits",
-    "default_eval_splits",
-    "instances_path",
-    "load_entries",
-    "read_instances",
-    "read_refs",
-    "refs_path",
-]
+__all__ = [*refcoco_parsers.__all__, "RefCOCODataModule"]  # the parsers stay importable from here
 
 logger = logging.getLogger("lightning_wsg")
 
