@@ -284,3 +284,122 @@ def test_jsonl_class_probs_rows_must_match_the_boxes(tmp_path):
         DetectionFormatError, match=rf"{re.escape(str(path))}:2: image x: 2 boxes but class_probs of shape \(1, 3\)"
     ):
         open_detections(path)
+
+
+# --- the package's own writers (features extract, the feature world) and the stores' state ------
+
+
+def _featured(image_id: str, n: int, seed: int, size: tuple[int, int] | None, dim: int = 5):
+    det = _dets(image_id, n, seed)
+    det.image_size = size
+    return det, np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+
+
+def test_write_tsv_round_trips_boxes_features_sizes_labels_and_scores(tmp_path):
+    # not square, ids neither sorted nor numbered like their rows, one image without boxes
+    records = [_featured("1000092795", 3, 0, (640, 480)), _featured("abc", 2, 1, (300, 500)),
+               _featured("7", 0, 2, (10, 20))]  # fmt: skip
+    names = [f"class{i}" for i in range(3)][::-1]  # labels are written as their index in this list
+    path = tmp_path / "f.tsv"
+    from lightning_wsg.detection.tsv import write_tsv
+
+    write_tsv(path, records, class_names=names)
+    assert not (tmp_path / "f.tsv.tmp").exists()
+    (tmp_path / "vocab.txt").write_text("\n".join(names) + "\n")
+    store = TsvDetections(path, tmp_path / "vocab.txt")
+    assert list(store) == ["1000092795", "abc", "7"] and store.feature_dim == 5
+    for det, features in records:
+        back = store[det.image_id]
+        assert back.image_size == det.image_size
+        assert torch.equal(back.boxes, det.boxes.float())
+        assert back.labels == det.labels
+        assert torch.allclose(back.scores, det.scores)
+        assert np.array_equal(store.features(det.image_id).numpy(), features.reshape(len(det), 5))
+    rows = path.read_text().splitlines()
+    assert [len(r.split("\t")) for r in rows] == [10, 10, 10]
+    assert rows[0].split("\t")[:4] == ["1000092795", "640", "480", "3"]
+
+
+def test_write_tsv_without_class_names_writes_six_fields_and_checks_its_records(tmp_path):
+    from lightning_wsg.detection.tsv import write_tsv
+
+    det, features = _featured("5", 2, 3, None)
+    write_tsv(tmp_path / "f.tsv", [(det, features)])
+    row = (tmp_path / "f.tsv").read_text().rstrip("\n").split("\t")
+    assert len(row) == 6 and row[1:4] == ["0", "0", "2"]
+    assert TsvDetections(tmp_path / "f.tsv")["5"].labels is None
+    with pytest.raises(ValueError, match=r"image 5: 3 feature rows for 2 boxes"):
+        write_tsv(tmp_path / "g.tsv", [(det, np.zeros((3, 4), np.float32))])
+    unnamed = Detections("6", det.boxes, None, det.scores)
+    with pytest.raises(ValueError, match=r"image 6: no labels to write as objects_id"):
+        write_tsv(tmp_path / "h.tsv", [(unnamed, features)], class_names=["a"])
+    assert not (tmp_path / "h.tsv").exists()
+
+
+def test_write_hdf5_round_trips_and_pickles_numeric_ids_as_integers(tmp_path):
+    import pickle
+
+    from lightning_wsg.detection.hdf5 import Hdf5Detections, index_path, write_hdf5
+
+    records = [_featured("1000092795", 3, 0, (640, 480)), _featured("abc", 2, 1, (300, 500)),
+               _featured("42", 4, 2, (123, 77))]  # fmt: skip
+    path = write_hdf5(tmp_path / "f.hdf5", records)
+    with index_path(path).open("rb") as fh:
+        assert pickle.load(fh) == {1000092795: 0, "abc": 1, 42: 2}
+    store = Hdf5Detections(path)
+    assert store.feature_dim == 5 and set(store) == {"1000092795", "abc", "42"}
+    for det, features in records:
+        back = store[det.image_id]
+        assert back.image_size == det.image_size  # read back from spatial_features
+        assert torch.allclose(back.boxes, det.boxes.float())
+        assert np.array_equal(store.features(det.image_id).numpy(), features)
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        assert f["pos_boxes"][:].tolist() == [[0, 3], [3, 5], [5, 9]]
+        assert f["spatial_features"].shape == (9, 6)
+        assert np.allclose(f["spatial_features"][3], [*(records[1][0].boxes[0] / torch.tensor([300, 500] * 2)).tolist(),
+                                                      *((records[1][0].boxes[0, 2:] - records[1][0].boxes[0, :2])
+                                                        / torch.tensor([300, 500])).tolist()])  # fmt: skip
+    # one image without its size: no spatial_features at all, so no image sizes
+    sizeless = write_hdf5(tmp_path / "g.hdf5", [records[0], _featured("9", 1, 5, None)])
+    with h5py.File(sizeless, "r") as f:
+        assert "spatial_features" not in f
+    assert Hdf5Detections(sizeless)["1000092795"].image_size is None
+
+
+def test_stores_pickle_without_their_open_files(tmp_path):
+    import pickle
+
+    from lightning_wsg.detection.hdf5 import Hdf5Detections, write_hdf5
+    from lightning_wsg.detection.native import convert
+    from lightning_wsg.detection.tsv import write_tsv
+
+    records = [_featured(str(i), 3 + i, i, (200 + i, 100), dim=512) for i in range(4)]
+    write_tsv(tmp_path / "f.tsv", records)
+    stores = [TsvDetections(tmp_path / "f.tsv"), Hdf5Detections(write_hdf5(tmp_path / "f.hdf5", records))]
+    stores.append(open_detections(convert(tmp_path / "f.tsv", tmp_path / "native", shard_size=2)))
+    for store in stores:
+        first = store.features("1").numpy()  # opens a file handle or maps a shard
+        payload = pickle.dumps(store)  # what a spawned DataLoader worker receives
+        # the features stay in the file: the pickle holds no copy of them
+        assert len(payload) < sum(f.nbytes for _, f in records), type(store).__name__
+        clone = pickle.loads(payload)
+        assert np.array_equal(clone.features("1").numpy(), first)
+        assert np.array_equal(clone.features("3").numpy(), store.features("3").numpy())
+        assert np.allclose(clone.features("3").numpy(), records[3][1], atol=5e-3)  # native: float16
+
+
+def test_store_membership_repr_and_the_refusal_of_features(tmp_path):
+    from lightning_wsg.detection.native import convert
+    from lightning_wsg.detection.tsv import write_tsv
+
+    write_tsv(tmp_path / "f.tsv", [_featured("1000092795", 2, 0, (64, 48)), _featured("x", 1, 1, (64, 48))])
+    native = open_detections(convert(tmp_path / "f.tsv", tmp_path / "native", shard_size=1))
+    assert "x" in native and 1000092795 in native and "y" not in native and 7 not in native
+    path = tmp_path / "p.jsonl"
+    write_jsonl(path, [_dets("a", 2, 0), _dets("b", 1, 1), _dets("c", 0, 2)])
+    store = open_detections(path)
+    assert repr(store) == f"JsonlDetections({str(path)!r}, images=3)"
+    with pytest.raises(DetectionFormatError, match=r"p\.jsonl: this detections source has no per-box features"):
+        store.features("a")
