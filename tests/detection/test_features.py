@@ -3,13 +3,10 @@
 
 from __future__ import annotations
 
-import pickle
-
-import numpy as np
 import pytest
 import torch
 from helpers.cli import FLICKR_YAML, REPO, trainer_args
-from helpers.features import b64, features_of, write_hdf5, write_tsv, write_vocabulary
+from helpers.features import features_of, write_hdf5, write_tsv, write_vocabulary
 from helpers.flickr import make_tiny_flickr
 from helpers.model import TINY_TEXT
 from helpers.trainer import quiet_trainer
@@ -17,8 +14,7 @@ from helpers.trainer import quiet_trainer
 from lightning_wsg.cli import main
 from lightning_wsg.contrastive_distillation import ContrastiveDistillationLoss
 from lightning_wsg.data import Flickr30kEntitiesDataModule, SentencesFileDataModule
-from lightning_wsg.detection.formats import DetectionFormatError, TsvDetections, open_detections
-from lightning_wsg.detection.hdf5 import Hdf5Detections
+from lightning_wsg.detection.formats import DetectionFormatError, open_detections
 from lightning_wsg.detection.native import convert
 from lightning_wsg.grounding_module import GroundingModule
 from lightning_wsg.models import FeatureRegionEncoder, PhraseEncoder
@@ -32,131 +28,6 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def data(tiny):
     return features_of(tiny.detections, tiny.sizes, dim=16)
-
-
-def test_tsv_features_are_read_one_image_at_a_time(tmp_path, data):
-    path = write_tsv(tmp_path / "f.tsv", data)
-    store = open_detections(path, write_vocabulary(tmp_path / "vocab.txt", data))
-    assert isinstance(store, TsvDetections) and store.feature_dim == 16
-    for image_id, d in data["images"].items():
-        det = store[image_id]
-        assert torch.equal(store.features(image_id), torch.from_numpy(d["features"]))
-        assert torch.equal(det.boxes, torch.from_numpy(d["boxes"])) and det.image_size == d["size"]
-        assert det.labels == [data["names"][i] for i in d["ids"]]
-    # the store travels to DataLoader workers without its open file
-    clone = pickle.loads(pickle.dumps(store))
-    assert clone._fh is None and torch.equal(clone.features(image_id), store.features(image_id))
-
-
-def test_hdf5_files_of_a_folder_form_one_store(tmp_path, data, tiny):
-    folder = tmp_path / "h5"
-    folder.mkdir()
-    train = tiny.splits["train"]
-    write_hdf5(folder / "train.hdf5", data, train)
-    write_hdf5(folder / "test.h5", data, [i for i in data["images"] if i not in train])
-    store = open_detections(folder)
-    assert isinstance(store, Hdf5Detections) and store.feature_dim == 16 and set(store) == set(data["images"])
-    for image_id, d in data["images"].items():
-        assert torch.equal(store.features(image_id), torch.from_numpy(d["features"]))
-        assert torch.equal(store[image_id].boxes, torch.from_numpy(d["boxes"]))
-        assert store[image_id].labels is None and store[image_id].image_size == d["size"]  # from spatial_features
-    single = open_detections(folder / "train.hdf5")
-    assert set(single) == set(train)
-    clone = pickle.loads(pickle.dumps(single))
-    assert torch.equal(clone.features(train[0]), single.features(train[0]))
-
-
-@pytest.mark.parametrize("fixed", [False, True], ids=["pos_boxes", "fixed_size"])
-def test_hdf5_index_says_where_each_image_lies(tmp_path, data, fixed):
-    """The images lie in the file in another order than the index lists them: each gets its own rows."""
-    ids = list(data["images"])
-    path = write_hdf5(tmp_path / "f.hdf5", data, ids, fixed=fixed)
-    with (tmp_path / "f_imgid2idx.pkl").open("rb") as fh:
-        index = pickle.load(fh)
-    assert list(index) == [int(i) for i in ids] and all(index[int(i)] != k for k, i in enumerate(ids))
-    store = Hdf5Detections(path)
-    keep = min(len(d["boxes"]) for d in data["images"].values()) if fixed else None
-    assert set(store) == set(ids)
-    for image_id, d in data["images"].items():
-        assert torch.equal(store[image_id].boxes, torch.from_numpy(d["boxes"][:keep])), image_id
-        assert torch.equal(store.features(image_id), torch.from_numpy(d["features"][:keep])), image_id
-        assert store[image_id].image_size == d["size"], image_id
-
-
-def _tsv_row(image_id="1", n=2, dim=4, feature_rows=None, size=("40", "30")) -> str:
-    boxes = np.array([[0, 0, 10, 10]] * n, np.float32)
-    feats = np.zeros((feature_rows if feature_rows is not None else n, dim), np.float32)
-    return "\t".join([image_id, *size, str(n), b64(boxes), b64(feats)])
-
-
-@pytest.mark.parametrize(
-    "rows, message",
-    [
-        # three rows of 5 for two boxes (three of 4 would read as two boxes of 6: the file-wide width catches it)
-        ([_tsv_row(feature_rows=3, dim=5)], r":1 \(image 1\): the features field holds 60 bytes, not num_boxes=2 rows"),
-        ([_tsv_row(), _tsv_row("2", feature_rows=3)], r"features of 4 values per box \(line 1, image 1\) and of 6"),
-        (
-            [_tsv_row(dim=4), _tsv_row("2", dim=5)],
-            r"features of 4 values per box \(line 1, image 1\) and of 5 \(line 2, image 2\)",
-        ),
-        (
-            [_tsv_row(), _tsv_row("2")[:-7]],
-            r":2 \(image 2\): the features field is not base64 \(length \d+; a truncated row\?\)",
-        ),
-        (
-            [_tsv_row(), _tsv_row("2").split("\t", 3)[0]],
-            r":2: expected 6 or 10 tab-separated fields, got 1 \(a truncated file\?\)",
-        ),
-        ([_tsv_row(size=("forty", "30"))], r":1: image_w / image_h are not numbers"),
-    ],
-)
-def test_tsv_feature_errors_name_the_file_the_line_and_the_image(tmp_path, rows, message):
-    path = tmp_path / "bad.tsv"
-    path.write_text("\n".join(rows) + "\n")
-    with pytest.raises(DetectionFormatError, match=rf"{path}{message}" if message.startswith(":") else message):
-        TsvDetections(path)
-
-
-def test_hdf5_errors_name_the_file_and_the_image(tmp_path, data):
-    import h5py
-
-    path = write_hdf5(tmp_path / "val.hdf5", data)
-    first = next(iter(data["images"]))
-    # truncated: the file cut in half
-    cut = tmp_path / "cut.hdf5"
-    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    (tmp_path / "cut_imgid2idx.pkl").write_bytes((tmp_path / "val_imgid2idx.pkl").read_bytes())
-    with pytest.raises(DetectionFormatError, match=rf"{cut}: not a readable HDF5 file \(truncated or corrupt\?\)"):
-        Hdf5Detections(cut)
-    # an index row beyond pos_boxes
-    with (tmp_path / "val_imgid2idx.pkl").open("wb") as fh:
-        pickle.dump({int(first): 99}, fh)
-    with pytest.raises(
-        DetectionFormatError, match=rf"{path} \(index val_imgid2idx.pkl\): image {first}: row 99 outside"
-    ):
-        Hdf5Detections(path)
-    # pos_boxes past the feature rows
-    with (tmp_path / "val_imgid2idx.pkl").open("wb") as fh:
-        pickle.dump({int(first): 0}, fh)
-    with h5py.File(path, "r+") as f:
-        f["pos_boxes"][0] = [0, 10_000]
-    with pytest.raises(
-        DetectionFormatError, match=rf"image {first}: pos_boxes \[0, 10000\) outside the \d+ feature rows"
-    ):
-        Hdf5Detections(path)
-    # a truncated index, a missing index, features and boxes of different row counts
-    (tmp_path / "val_imgid2idx.pkl").write_bytes(b"\x80\x04\x95")
-    with pytest.raises(DetectionFormatError, match=r"val_imgid2idx.pkl: not a readable pickle"):
-        Hdf5Detections(path)
-    (tmp_path / "val_imgid2idx.pkl").unlink()
-    with pytest.raises(FileNotFoundError, match=r"val_imgid2idx.pkl is missing"):
-        Hdf5Detections(path)
-    with h5py.File(tmp_path / "rows.h5", "w") as f:
-        f["image_features"] = np.zeros((5, 4), np.float32)
-        f["image_bb"] = np.zeros((4, 4), np.float32)
-        f["pos_boxes"] = np.array([[0, 4]])
-    with pytest.raises(DetectionFormatError, match=r"rows.h5: image_features \(5, 4\) and image_bb \(4, 4\) disagree"):
-        Hdf5Detections(tmp_path / "rows.h5")
 
 
 def _feature_model(dim: int) -> GroundingModule:

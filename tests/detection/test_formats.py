@@ -1,16 +1,21 @@
-"""Detection files: JSON Lines round trip and errors, bottom-up-attention TSV with a vocabulary."""
+"""Detection files: JSON Lines round trip and errors, bottom-up-attention TSV with a vocabulary, per-box
+features from TSV and BAN / MAF HDF5 files with their bad inputs, and the package's own writers.
+
+The readers' mutation run (scripts/mutation.py) selects this file: a test of what a reader reads
+belongs here; tests/detection/test_features.py trains and tests on what they read."""
 
 from __future__ import annotations
 
-import base64
-import re
 import json
+import pickle
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers.flickr import SHARED_DATA
+from helpers.features import b64, features_of, write_hdf5, write_tsv, write_vocabulary
+from helpers.flickr import SHARED_DATA, make_tiny_flickr
 from helpers.shared import require_shared
 
 from lightning_wsg.detection import (
@@ -22,6 +27,7 @@ from lightning_wsg.detection import (
     read_vocabulary,
     write_jsonl,
 )
+from lightning_wsg.detection.hdf5 import Hdf5Detections
 
 VOCAB = SHARED_DATA / "visual_genome" / "vg_objects_vocab.txt"
 
@@ -154,19 +160,15 @@ def test_open_detections_errors(tmp_path):
 # --- bottom-up-attention TSV -------------------------------------------------------------
 
 
-def _b64(array: np.ndarray) -> str:
-    return base64.b64encode(np.ascontiguousarray(array).tobytes()).decode("ascii")
-
-
 def _tsv_row(image_id: str, boxes: np.ndarray, ids: np.ndarray | None = None, layout: str = "plain") -> str:
     n = len(boxes)
     w, h = "500", "375"
-    feats = _b64(np.zeros((n, 8), np.float32))
-    base = [image_id, w, h, str(n), _b64(boxes.astype(np.float32)), feats]
+    feats = b64(np.zeros((n, 8), np.float32))
+    base = [image_id, w, h, str(n), b64(boxes.astype(np.float32)), feats]
     if ids is None:
         return "\t".join(base)
-    labels = [_b64(ids.astype(np.int64)), _b64(np.linspace(0.9, 0.5, n, dtype=np.float32))]
-    attrs = [_b64(np.zeros(n, np.int64)), _b64(np.ones(n, np.float32))]
+    labels = [b64(ids.astype(np.int64)), b64(np.linspace(0.9, 0.5, n, dtype=np.float32))]
+    attrs = [b64(np.zeros(n, np.int64)), b64(np.ones(n, np.float32))]
     if layout == "appended":
         return "\t".join(base + labels + attrs)
     # LXMERT order: img_id, img_h, img_w, objects_id, objects_conf, attrs_id, attrs_conf, num_boxes, boxes, features
@@ -247,12 +249,12 @@ def _good_tsv_row() -> str:
     [
         (4, "%%% not base64 %%%", "field 'boxes' is not base64 float32"),
         (4, "AAAAA", "field 'boxes' is not base64 float32"),  # a cut string: bad padding
-        (4, _b64(np.zeros(5, np.uint8)), "field 'boxes' is not base64 float32"),  # 5 bytes: no whole float
-        (6, _b64(np.array([0, 1], np.int64)), "num_boxes=3 but 2 objects_id and 3 objects_conf"),
-        (7, _b64(np.array([0.9], np.float32)), "num_boxes=3 but 3 objects_id and 1 objects_conf"),
+        (4, b64(np.zeros(5, np.uint8)), "field 'boxes' is not base64 float32"),  # 5 bytes: no whole float
+        (6, b64(np.array([0, 1], np.int64)), "num_boxes=3 but 2 objects_id and 3 objects_conf"),
+        (7, b64(np.array([0.9], np.float32)), "num_boxes=3 but 3 objects_id and 1 objects_conf"),
         (6, "@@", "field 'objects_id' is not base64 int64"),
         # stray characters are refused, not dropped (dropping them would read these three floats)
-        (7, _b64(np.array([0.9, 0.8, 0.7], np.float32)) + "!!", "field 'objects_conf' is not base64 float32"),
+        (7, b64(np.array([0.9, 0.8, 0.7], np.float32)) + "!!", "field 'objects_conf' is not base64 float32"),
     ],
 )
 def test_tsv_bad_fields_name_file_line_and_field(tmp_path, field, value, problem):
@@ -405,3 +407,141 @@ def test_store_membership_repr_and_the_refusal_of_features(tmp_path):
     assert repr(store) == f"JsonlDetections({str(path)!r}, images=3)"
     with pytest.raises(DetectionFormatError, match=r"p\.jsonl: this detections source has no per-box features"):
         store.features("a")
+
+
+# --- per-box features: bottom-up-attention TSV and BAN / MAF HDF5 ----------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_flickr(tmp_path_factory.mktemp("tiny"), n_images=10, seed=3, split_sizes=(2, 2))
+
+
+@pytest.fixture(scope="module")
+def data(tiny):
+    return features_of(tiny.detections, tiny.sizes, dim=16)
+
+
+def test_tsv_features_are_read_one_image_at_a_time(tmp_path, data):
+    path = write_tsv(tmp_path / "f.tsv", data)
+    store = open_detections(path, write_vocabulary(tmp_path / "vocab.txt", data))
+    assert isinstance(store, TsvDetections) and store.feature_dim == 16
+    for image_id, d in data["images"].items():
+        det = store[image_id]
+        assert torch.equal(store.features(image_id), torch.from_numpy(d["features"]))
+        assert torch.equal(det.boxes, torch.from_numpy(d["boxes"])) and det.image_size == d["size"]
+        assert det.labels == [data["names"][i] for i in d["ids"]]
+    # the store travels to DataLoader workers without its open file
+    clone = pickle.loads(pickle.dumps(store))
+    assert clone._fh is None and torch.equal(clone.features(image_id), store.features(image_id))
+
+
+def test_hdf5_files_of_a_folder_form_one_store(tmp_path, data, tiny):
+    folder = tmp_path / "h5"
+    folder.mkdir()
+    train = tiny.splits["train"]
+    write_hdf5(folder / "train.hdf5", data, train)
+    write_hdf5(folder / "test.h5", data, [i for i in data["images"] if i not in train])
+    store = open_detections(folder)
+    assert isinstance(store, Hdf5Detections) and store.feature_dim == 16 and set(store) == set(data["images"])
+    for image_id, d in data["images"].items():
+        assert torch.equal(store.features(image_id), torch.from_numpy(d["features"]))
+        assert torch.equal(store[image_id].boxes, torch.from_numpy(d["boxes"]))
+        assert store[image_id].labels is None and store[image_id].image_size == d["size"]  # from spatial_features
+    single = open_detections(folder / "train.hdf5")
+    assert set(single) == set(train)
+    clone = pickle.loads(pickle.dumps(single))
+    assert torch.equal(clone.features(train[0]), single.features(train[0]))
+
+
+@pytest.mark.parametrize("fixed", [False, True], ids=["pos_boxes", "fixed_size"])
+def test_hdf5_index_says_where_each_image_lies(tmp_path, data, fixed):
+    """The images lie in the file in another order than the index lists them: each gets its own rows."""
+    ids = list(data["images"])
+    path = write_hdf5(tmp_path / "f.hdf5", data, ids, fixed=fixed)
+    with (tmp_path / "f_imgid2idx.pkl").open("rb") as fh:
+        index = pickle.load(fh)
+    assert list(index) == [int(i) for i in ids] and all(index[int(i)] != k for k, i in enumerate(ids))
+    store = Hdf5Detections(path)
+    keep = min(len(d["boxes"]) for d in data["images"].values()) if fixed else None
+    assert set(store) == set(ids)
+    for image_id, d in data["images"].items():
+        assert torch.equal(store[image_id].boxes, torch.from_numpy(d["boxes"][:keep])), image_id
+        assert torch.equal(store.features(image_id), torch.from_numpy(d["features"][:keep])), image_id
+        assert store[image_id].image_size == d["size"], image_id
+
+
+def _feature_row(image_id="1", n=2, dim=4, feature_rows=None, size=("40", "30")) -> str:
+    boxes = np.array([[0, 0, 10, 10]] * n, np.float32)
+    feats = np.zeros((feature_rows if feature_rows is not None else n, dim), np.float32)
+    return "\t".join([image_id, *size, str(n), b64(boxes), b64(feats)])
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        # three rows of 5 for two boxes (three of 4 would read as two boxes of 6: the file-wide width catches it)
+        ([_feature_row(feature_rows=3, dim=5)], r":1 \(image 1\): the features field holds 60 bytes, not num_boxes=2 rows"),
+        ([_feature_row(), _feature_row("2", feature_rows=3)], r"features of 4 values per box \(line 1, image 1\) and of 6"),
+        (
+            [_feature_row(dim=4), _feature_row("2", dim=5)],
+            r"features of 4 values per box \(line 1, image 1\) and of 5 \(line 2, image 2\)",
+        ),
+        (
+            [_feature_row(), _feature_row("2")[:-7]],
+            r":2 \(image 2\): the features field is not base64 \(length \d+; a truncated row\?\)",
+        ),
+        (
+            [_feature_row(), _feature_row("2").split("\t", 3)[0]],
+            r":2: expected 6 or 10 tab-separated fields, got 1 \(a truncated file\?\)",
+        ),
+        ([_feature_row(size=("forty", "30"))], r":1: image_w / image_h are not numbers"),
+    ],
+)
+def test_tsv_feature_errors_name_the_file_the_line_and_the_image(tmp_path, rows, message):
+    path = tmp_path / "bad.tsv"
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(DetectionFormatError, match=rf"{path}{message}" if message.startswith(":") else message):
+        TsvDetections(path)
+
+
+def test_hdf5_errors_name_the_file_and_the_image(tmp_path, data):
+    import h5py
+
+    path = write_hdf5(tmp_path / "val.hdf5", data)
+    first = next(iter(data["images"]))
+    # truncated: the file cut in half
+    cut = tmp_path / "cut.hdf5"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    (tmp_path / "cut_imgid2idx.pkl").write_bytes((tmp_path / "val_imgid2idx.pkl").read_bytes())
+    with pytest.raises(DetectionFormatError, match=rf"{cut}: not a readable HDF5 file \(truncated or corrupt\?\)"):
+        Hdf5Detections(cut)
+    # an index row beyond pos_boxes
+    with (tmp_path / "val_imgid2idx.pkl").open("wb") as fh:
+        pickle.dump({int(first): 99}, fh)
+    with pytest.raises(
+        DetectionFormatError, match=rf"{path} \(index val_imgid2idx.pkl\): image {first}: row 99 outside"
+    ):
+        Hdf5Detections(path)
+    # pos_boxes past the feature rows
+    with (tmp_path / "val_imgid2idx.pkl").open("wb") as fh:
+        pickle.dump({int(first): 0}, fh)
+    with h5py.File(path, "r+") as f:
+        f["pos_boxes"][0] = [0, 10_000]
+    with pytest.raises(
+        DetectionFormatError, match=rf"image {first}: pos_boxes \[0, 10000\) outside the \d+ feature rows"
+    ):
+        Hdf5Detections(path)
+    # a truncated index, a missing index, features and boxes of different row counts
+    (tmp_path / "val_imgid2idx.pkl").write_bytes(b"\x80\x04\x95")
+    with pytest.raises(DetectionFormatError, match=r"val_imgid2idx.pkl: not a readable pickle"):
+        Hdf5Detections(path)
+    (tmp_path / "val_imgid2idx.pkl").unlink()
+    with pytest.raises(FileNotFoundError, match=r"val_imgid2idx.pkl is missing"):
+        Hdf5Detections(path)
+    with h5py.File(tmp_path / "rows.h5", "w") as f:
+        f["image_features"] = np.zeros((5, 4), np.float32)
+        f["image_bb"] = np.zeros((4, 4), np.float32)
+        f["pos_boxes"] = np.array([[0, 4]])
+    with pytest.raises(DetectionFormatError, match=r"rows.h5: image_features \(5, 4\) and image_bb \(4, 4\) disagree"):
+        Hdf5Detections(tmp_path / "rows.h5")
