@@ -133,11 +133,11 @@ class Detections:
     def validate(self, where: str) -> None:
         """Raise :class:`DetectionFormatError` naming ``where`` if fields disagree or
         ``class_probs`` are no probabilities (:func:`check_class_probs`)."""
-        n = len(self)
-        if self.boxes.ndim != 2 or self.boxes.shape[1] != 4:
+        if self.boxes.ndim != 2 or self.boxes.shape[1] != 4:  # before len(): a scalar has no length
             raise DetectionFormatError(
                 f"{where}: image {self.image_id}: boxes must be [N, 4], got {tuple(self.boxes.shape)}"
             )
+        n = len(self)
         if self.labels is not None and len(self.labels) != n:
             raise DetectionFormatError(f"{where}: image {self.image_id}: {n} boxes but {len(self.labels)} labels")
         if self.scores.shape != (n,):

@@ -545,3 +545,65 @@ def test_hdf5_errors_name_the_file_and_the_image(tmp_path, data):
         f["pos_boxes"] = np.array([[0, 4]])
     with pytest.raises(DetectionFormatError, match=r"rows.h5: image_features \(5, 4\) and image_bb \(4, 4\) disagree"):
         Hdf5Detections(tmp_path / "rows.h5")
+
+
+# --- what the readers say about bad input, and what the writer rounds -----------------------------
+
+
+@pytest.mark.parametrize(
+    "record, problem",
+    [
+        ({"image_id": 1, "boxes": "abc"}, "field 'boxes' is not numeric"),
+        ({"image_id": 1, "boxes": [[0, 0, 1, 1]], "scores": ["x"]}, "field 'scores' is not numeric"),
+        ({"image_id": 1, "boxes": [[0, 0, 1, 1]], "class_probs": [["y"]]}, "field 'class_probs' is not numeric"),
+        # a scalar: a clear error, not the IndexError of asking its length
+        ({"image_id": 1, "boxes": 5}, r"image 1: boxes must be \[N, 4\], got \(\)"),
+        ({"image_id": 1, "boxes": [0, 0, 1, 1]}, r"image 1: boxes must be \[N, 4\], got \(4,\)"),
+        ({"image_id": 1, "boxes": [[0, 0, 1, 1]] * 2, "class_probs": []}, r"2 boxes but class_probs of shape \(0, 0\)"),
+        ({"image_id": 1, "boxes": [[0, 0, 1, 1]] * 2, "scores": [0.5]}, "image 1: 2 boxes but 1 scores"),
+    ],
+)
+def test_jsonl_record_errors_name_the_field(tmp_path, record, problem):
+    path = _write_lines(tmp_path / "bad.jsonl", [{"class_names": ["a"]}, record])
+    with pytest.raises(DetectionFormatError, match=rf"{path}:2: .*{problem}" if "image" not in problem else rf"{path}:2: {problem}"):
+        open_detections(path)
+
+
+def test_jsonl_header_and_missing_file(tmp_path):
+    plain = _write_lines(tmp_path / "plain.jsonl", [{"image_id": "a", "boxes": [[0, 0, 1, 1]]}])
+    store = open_detections(plain)
+    assert store.class_names is None and store["a"].scores.tolist() == [1.0]
+    probs = _write_lines(tmp_path / "probs.jsonl", [{"image_id": "a", "boxes": [[0, 0, 1, 1]], "class_probs": [[1.0]]}])
+    with pytest.raises(DetectionFormatError, match=r"rows of width 1, no header\)"):
+        open_detections(probs)
+    with pytest.raises(FileNotFoundError, match=r"detections file not found: .*gone\.jsonl"):
+        JsonlDetections(tmp_path / "gone.jsonl")
+    with pytest.raises(FileNotFoundError, match=r"detections file not found: .*gone\.tsv"):
+        TsvDetections(tmp_path / "gone.tsv")
+
+
+def test_write_jsonl_rounds_as_documented(tmp_path):
+    det = Detections("a", torch.tensor([[1.234567, 2.0, 3.98765, 4.5]]), None, torch.tensor([0.123456789]),
+                     torch.tensor([[0.1234567, 0.8765]]))  # fmt: skip
+    write_jsonl(tmp_path / "r.jsonl", [det], class_names=["x", "y"])
+    record = json.loads((tmp_path / "r.jsonl").read_text().splitlines()[1])
+    assert record["boxes"] == [[1.23, 2.0, 3.99, 4.5]]
+    assert record["scores"] == [0.1235]
+    assert record["class_probs"] == [[0.12346, 0.8765]]
+
+
+def test_read_vocabulary_names_a_synonym_line_by_its_first_name(tmp_path):
+    (tmp_path / "v.txt").write_text("dog, puppy,hound\n  man \ncar,automobile\n")
+    assert read_vocabulary(tmp_path / "v.txt") == ["dog", "man", "car"]
+    with pytest.raises(FileNotFoundError, match=r"vocabulary file not found: .*none\.txt"):
+        read_vocabulary(tmp_path / "none.txt")
+
+
+def test_a_vocabulary_reaches_only_the_readers_that_take_one(tmp_path):
+    from lightning_wsg.detection.hdf5 import write_hdf5 as write_package_hdf5
+
+    (tmp_path / "v.txt").write_text("a\n")
+    records = [_featured("1", 2, 0, (64, 48))]
+    write_jsonl(tmp_path / "d.jsonl", [records[0][0]])
+    for path in (tmp_path / "d.jsonl", write_package_hdf5(tmp_path / "d.hdf5", records)):
+        assert list(open_detections(path, vocabulary=tmp_path / "v.txt")) == ["1"]
