@@ -300,7 +300,7 @@ def _featured(image_id: str, n: int, seed: int, size: tuple[int, int] | None, di
 def test_write_tsv_round_trips_boxes_features_sizes_labels_and_scores(tmp_path):
     # not square, ids neither sorted nor numbered like their rows, one image without boxes
     records = [_featured("1000092795", 3, 0, (640, 480)), _featured("abc", 2, 1, (300, 500)),
-               _featured("7", 0, 2, (10, 20))]  # fmt: skip
+               _featured("7", 0, 2, (10, 20)), _featured("8", 1, 3, (33, 44))]  # fmt: skip
     names = [f"class{i}" for i in range(3)][::-1]  # labels are written as their index in this list
     path = tmp_path / "f.tsv"
     from lightning_wsg.detection.tsv import write_tsv
@@ -309,7 +309,8 @@ def test_write_tsv_round_trips_boxes_features_sizes_labels_and_scores(tmp_path):
     assert not (tmp_path / "f.tsv.tmp").exists()
     (tmp_path / "vocab.txt").write_text("\n".join(names) + "\n")
     store = TsvDetections(path, tmp_path / "vocab.txt")
-    assert list(store) == ["1000092795", "abc", "7"] and store.feature_dim == 5
+    assert list(store) == ["1000092795", "abc", "7", "8"] and store.feature_dim == 5
+    assert store.features("7").shape == (0, 5)  # an image without boxes: no rows, the file's width
     for det, features in records:
         back = store[det.image_id]
         assert back.image_size == det.image_size
@@ -318,7 +319,7 @@ def test_write_tsv_round_trips_boxes_features_sizes_labels_and_scores(tmp_path):
         assert torch.allclose(back.scores, det.scores)
         assert np.array_equal(store.features(det.image_id).numpy(), features.reshape(len(det), 5))
     rows = path.read_text().splitlines()
-    assert [len(r.split("\t")) for r in rows] == [10, 10, 10]
+    assert [len(r.split("\t")) for r in rows] == [10, 10, 10, 10]
     assert rows[0].split("\t")[:4] == ["1000092795", "640", "480", "3"]
 
 
@@ -495,7 +496,7 @@ def _feature_row(image_id="1", n=2, dim=4, feature_rows=None, size=("40", "30"))
             [_feature_row(), _feature_row("2").split("\t", 3)[0]],
             r":2: expected 6 or 10 tab-separated fields, got 1 \(a truncated file\?\)",
         ),
-        ([_feature_row(size=("forty", "30"))], r":1: image_w / image_h are not numbers"),
+        ([_feature_row(size=("forty", "30"))], r":1: image_w / image_h are not numbers: 'forty', '30'"),
     ],
 )
 def test_tsv_feature_errors_name_the_file_the_line_and_the_image(tmp_path, rows, message):
@@ -607,3 +608,51 @@ def test_a_vocabulary_reaches_only_the_readers_that_take_one(tmp_path):
     write_jsonl(tmp_path / "d.jsonl", [records[0][0]])
     for path in (tmp_path / "d.jsonl", write_package_hdf5(tmp_path / "d.hdf5", records)):
         assert list(open_detections(path, vocabulary=tmp_path / "v.txt")) == ["1"]
+
+
+def test_tsv_rows_blank_lines_line_endings_and_a_last_field_ending_in_x(tmp_path):
+    from lightning_wsg.detection.tsv import write_tsv
+
+    features = np.zeros((1, 3), np.float32)
+    features.view(np.uint8)[0, -4:] = [0, 0, 0, 0x57]  # base64 of the row ends in "X"
+    det, _ = _featured("2", 1, 0, (64, 48))
+    write_tsv(tmp_path / "x.tsv", [_featured("1", 2, 1, (64, 48), dim=3), (det, features)])
+    lines = (tmp_path / "x.tsv").read_text().splitlines()
+    assert lines[1].endswith("X")
+    # a blank line between rows, and Windows line endings
+    (tmp_path / "y.tsv").write_bytes((lines[0] + "\r\n\r\n" + lines[1] + "\r\n").encode("ascii"))
+    for name in ("x.tsv", "y.tsv"):
+        store = TsvDetections(tmp_path / name)
+        assert list(store) == ["1", "2"], name
+        assert np.array_equal(store.features("2").numpy(), features), name
+
+
+def test_tsv_errors_found_when_opening_and_when_reading_features(tmp_path):
+    from lightning_wsg.detection.tsv import write_tsv
+
+    path = tmp_path / "f.tsv"
+    write_tsv(path, [_featured("1", 2, 1, (64, 48)), _featured("2", 3, 2, (64, 48))])
+    good = path.read_bytes()
+    path.write_bytes(good.replace(b"\t64\t48\t3\t", b"\t64\t48\t3\t\xe9", 1))
+    with pytest.raises(DetectionFormatError, match=rf"{path}:2: not a bottom-up-attention TSV row \(non-ASCII\)"):
+        TsvDetections(path)
+    fields = good.decode().splitlines()[0].split("\t")
+    path.write_text("\t".join(fields[:5] + [""]) + "\n")
+    with pytest.raises(DetectionFormatError, match=rf"{path}:1 \(image 1\): the features field holds 0 bytes, not num_boxes=2"):
+        TsvDetections(path)
+    # the file changes after it was opened: cut inside, or the features field overwritten
+    path.write_bytes(good)
+    store = TsvDetections(path)
+    lines = good.decode().splitlines(keepends=True)
+    row = lines[1].split("\t")
+    row[5] = "!" * len(row[5])
+    path.write_text(lines[0] + "\t".join(row))
+    with pytest.raises(DetectionFormatError, match=rf"{path}:2 \(image 2\): field 'features' is not base64 float32"):
+        store.features("2")
+    path.write_bytes(good)
+    store = TsvDetections(path)
+    path.write_bytes(good[: len(good) - 20])
+    with pytest.raises(
+        DetectionFormatError, match=rf"{path}:2 \(image 2\): the file ended inside the features \(changed since"
+    ):
+        store.features("2")
