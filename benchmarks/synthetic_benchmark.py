@@ -205,11 +205,41 @@ def fit_and_test(
         "fit_seconds": fit_seconds,
         "fit_cpu_seconds": fit_cpu_seconds,
         "best_checkpoint": best,
+        "environment": environment(),
         **describe(cli, model),
     }
     run_dir.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     return result
+
+
+def environment() -> dict:
+    """What a run's numbers depend on besides the code and the seed.
+
+    The same code, seed and packages give different accuracies on CPUs with different vector
+    instructions (the kernels of ATen, MKL and oneDNN round differently): the demo's world gave
+    test/acc 0.892 with AVX-512 kernels and 0.877 with AVX2 ones on one machine.
+    """
+    from importlib.metadata import version
+
+    packages = ("torch", "pytorch-lightning", "transformers", "timm", "numpy", "pillow", "torchmetrics")
+    return {
+        "cpu": _cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "packages": {name: version(name) for name in packages},
+        **{name: os.environ[name] for name in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA") if name in os.environ},
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def train_and_test(name: str, extra: list[str], args: argparse.Namespace, test_set: tuple, seed: int) -> dict:

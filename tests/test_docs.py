@@ -44,11 +44,13 @@ The demo trains the paper's method with the paper's distillation settings (WordN
 class matching, KL towards the teacher, tau 1 / 2, top-K 8, the reference lambda ramp scaled
 to the run) on a world whose captions name objects as real captions do ("a toddler", "the
 puppy", "a sedan") while the simulated detector says "person", "dog", "car". Measured on this
-2-core machine (the benchmark's seed-0 run of exactly this config, 124 s of training): `test/acc`
-0.882 (union box, IoU >= 0.5), `test/pointing` 0.910, best `val/acc` 0.871; the world's upper
+2-core machine (the benchmark's seed-0 run of exactly this config, 128 s of training): `test/acc`
+0.892 (union box, IoU >= 0.5), `test/pointing` 0.924, best `val/acc` 0.879; the world's upper
 bound (phrases some proposal reaches) is 0.94. On a fresh clone after `make test` had installed
-`.venv`, `make demo` took 1 min 51 s (world generation, 3 epochs, test) and printed exactly
-these metrics (the run is deterministic).
+`.venv`, `make demo` took 2 min 46 s (world generation, 3 epochs, test) and printed exactly
+these metrics. The run is deterministic on a given CPU; its last digits depend on the CPU's
+vector instructions: 0.892 with AVX-512 kernels, 0.877 with AVX2 ones, 0.882 on the machine of
+the first measurement ([docs/benchmarks.md](docs/benchmarks.md#the-demo-on-other-cpus)).
 
 """
 
