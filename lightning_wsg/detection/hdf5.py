@@ -141,6 +141,8 @@ class Hdf5Detections(DetectionStore):
             where = f"{file} (index {index_path(file).name}): image {image_id}"
             if not 0 <= idx < images:
                 raise DetectionFormatError(f"{where}: row {idx} outside the file's {images} images")
+            if image_id in records:  # before this file's rows replace the first file's
+                raise DetectionFormatError(f"{where}: the image is also in {self._files[self._rows[image_id][0]]}")
             if pos is not None:
                 start, end = (int(v) for v in pos[idx])
                 if not 0 <= start <= end <= total:
@@ -148,8 +150,6 @@ class Hdf5Detections(DetectionStore):
                 rows, self._rows[image_id] = slice(start, end), (number, start, end)
             else:
                 rows, self._rows[image_id] = idx, (number, idx, -1)
-            if image_id in records:
-                raise DetectionFormatError(f"{where}: the image is also in {self._files[self._rows[image_id][0]]}")
             det = Detections(image_id, torch.from_numpy(boxes[rows].copy()).reshape(-1, 4), None, torch.ones(0))
             det.scores = torch.ones(len(det))
             if spatial is not None:

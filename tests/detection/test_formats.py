@@ -656,3 +656,206 @@ def test_tsv_errors_found_when_opening_and_when_reading_features(tmp_path):
         DetectionFormatError, match=rf"{path}:2 \(image 2\): the file ended inside the features \(changed since"
     ):
         store.features("2")
+
+
+# --- the checks of every record, and HDF5 files written by hand -----------------------------------
+
+
+def test_class_probs_checks_accept_the_bounds_and_name_the_box():
+    from lightning_wsg.detection.base import check_class_probs
+
+    check_class_probs(torch.tensor([[0.0, 1.0], [0.5, 0.5], [0.0, 0.0]]), "f", "1", width=2)  # zeros, sums of 1
+    with pytest.raises(DetectionFormatError, match=r"^f: image 1: class_probs must be \[N, C\], got \(3,\)"):
+        check_class_probs(torch.ones(3), "f", "1")
+    with pytest.raises(DetectionFormatError, match=r"\(class_names\): one column per class name"):
+        check_class_probs(torch.zeros(2, 3), "f", "1", width=2)
+    with pytest.raises(DetectionFormatError, match=r"^f: image 1: negative class_probs on box 1 \(min -0.1\): probabilities, not logits"):
+        check_class_probs(torch.tensor([[0.0, 1.0], [-0.1, 0.5]]), "f", "1")
+    with pytest.raises(
+        DetectionFormatError,
+        match=r"box 1 .*row is P\(class \| box\) over the foreground classes \(the background takes the rest\), "
+        r"not per-class sigmoid scores",
+    ):
+        check_class_probs(torch.tensor([[0.0, 1.0], [0.7, 0.7]]), "f", "1")
+
+
+def test_detections_validate_features_finite_and_degenerate_boxes():
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 5.0, 5.0]])  # a zero-size box is a box
+    Detections("1", boxes, None, torch.ones(2)).validate("f")
+    det = Detections("1", boxes, None, torch.ones(2), features=torch.zeros(3, 4))
+    with pytest.raises(DetectionFormatError, match=r"^f: image 1: 2 boxes but features of shape \(3, 4\)$"):
+        det.validate("f")
+    bad = Detections("1", torch.tensor([[0.0, 0.0, float("nan"), 1.0]]), None, torch.ones(1))
+    with pytest.raises(DetectionFormatError, match=r"^f: image 1: non-finite box coordinates$"):
+        bad.validate("f")
+    jsonl = JsonlDetections.__new__(JsonlDetections)
+    jsonl.path = Path("p.jsonl")
+    with pytest.raises(
+        DetectionFormatError,
+        match=r"bottom-up-attention TSV with its features column, or an HDF5 file of image_features\)$",
+    ):
+        jsonl.features("1")
+
+
+def test_jsonl_scores_of_any_shape_and_a_first_line_that_is_a_record(tmp_path):
+    path = _write_lines(
+        tmp_path / "s.jsonl",
+        [
+            {"image_id": "a", "boxes": [[0, 0, 1, 1]] * 2, "scores": [[0.5], [0.25]], "class_names": ["x"]},
+            {"image_id": "b", "boxes": [], "scores": [[]]},
+        ],
+    )
+    store = open_detections(path)
+    assert store.class_names is None and list(store) == ["a", "b"]  # a record naming classes is no header
+    assert store["a"].scores.tolist() == [0.5, 0.25] and store["b"].scores.shape == (0,)
+
+
+def _h5(path: Path, index: dict, **datasets) -> Path:
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        for name, data in datasets.items():
+            f.create_dataset(name, data=data)
+    with (path.parent / f"{path.stem}_imgid2idx.pkl").open("wb") as fh:
+        pickle.dump(index, fh)
+    return path
+
+
+def test_hdf5_files_written_by_hand_read_as_float32_with_their_rows(tmp_path):
+    # float64 on disk, an image of no boxes first (rows [0, 0)), ids mapped to rows out of order
+    feats = np.arange(3 * 4, dtype=np.float64).reshape(3, 4)
+    boxes = np.array([[0, 0, 10, 20], [5, 5, 5, 9], [1, 1, 2, 2]], np.float64)
+    spatial = np.array([[0, 0, 10 / 64, 20 / 48, 10 / 64, 20 / 48], [5 / 64, 5 / 48, 5 / 64, 9 / 48, 0, 4 / 48],
+                        [0, 0, 0, 0, 0, 0]], np.float64)  # fmt: skip
+    path = _h5(tmp_path / "f.h5", {"empty": 0, 7: 2, "pair": 1}, image_features=feats, image_bb=boxes,
+               spatial_features=spatial, pos_boxes=np.array([[0, 0], [0, 2], [2, 3]], np.int32))  # fmt: skip
+    store = Hdf5Detections(path)
+    assert store["empty"].boxes.shape == (0, 4) and store.features("empty").shape == (0, 4)
+    assert store["pair"].boxes.dtype == torch.float32 and store["pair"].boxes.tolist() == boxes[:2].tolist()
+    assert store["pair"].image_id == "pair" and store["pair"].scores.tolist() == [1.0, 1.0]
+    assert store.features("7").dtype == torch.float32 and store.features("7").tolist() == [feats[2].tolist()]
+    assert store["pair"].image_size == (64, 48)
+    assert store["7"].image_size is None  # no box of positive relative size to divide by
+    one = _h5(tmp_path / "one.h5", {"d": 0}, image_features=feats[1:2], image_bb=boxes[1:2],
+              spatial_features=spatial[1:2], pos_boxes=np.array([[0, 1]]))  # fmt: skip
+    assert Hdf5Detections(one)["d"].image_size == (64, 48)  # a box of zero width still gives the size
+
+
+def test_hdf5_layout_errors_name_the_file_and_the_layout(tmp_path):
+    feats, boxes = np.zeros((2, 4), np.float32), np.zeros((2, 4), np.float32)
+    pos = np.array([[0, 2]])
+    cases = [
+        (dict(image_features=feats), r"no dataset 'image_bb' \(expected image_features, image_bb, pos_boxes; "
+                                     r"has \['image_features'\]\)"),
+        (dict(image_features=feats, image_bb=boxes[None], pos_boxes=pos),
+         r"image_features \(2, 4\) and image_bb \(1, 2, 4\) disagree \(expected \[rows, dim\] and \[rows, 4\]\)"),
+        (dict(image_features=feats[None, :, :3], image_bb=boxes),
+         r"image_features \(1, 2, 3\) and image_bb \(2, 4\) disagree \(expected \[images, K, dim\] and \[images, K, 4\] without pos_boxes\)"),
+        (dict(image_features=feats[None], image_bb=boxes),
+         r"image_features \(1, 2, 4\) and image_bb \(2, 4\) disagree \(expected \[images, K, dim\]"),
+        # only the boxes' rank is wrong (the leading sizes agree)
+        (dict(image_features=np.zeros((2, 4, 5)), image_bb=boxes),
+         r"image_features \(2, 4, 5\) and image_bb \(2, 4\) disagree"),
+        (dict(image_features=feats, image_bb=boxes[:, None], pos_boxes=pos),
+         r"image_features \(2, 4\) and image_bb \(2, 1, 4\) disagree \(expected \[rows, dim\] and \[rows, 4\]\)"),
+        (dict(image_features=feats, image_bb=boxes, pos_boxes=np.array([0, 2])),
+         r"pos_boxes must be \[num_images, 2\], got \(2,\)"),
+        (dict(image_features=feats, image_bb=boxes, pos_boxes=np.array([[0, 1, 2]])),
+         r"pos_boxes must be \[num_images, 2\], got \(1, 3\)"),
+    ]  # fmt: skip
+    for k, (datasets, message) in enumerate(cases):
+        path = _h5(tmp_path / f"bad{k}.h5", {"1": 0}, **datasets)
+        with pytest.raises(DetectionFormatError, match=rf"^{path}: {message}"):
+            Hdf5Detections(path)
+    ok = dict(image_features=feats, image_bb=boxes, pos_boxes=np.array([[0, 1], [1, 2]]))
+    path = _h5(tmp_path / "row.h5", {"1": 2}, **ok)
+    with pytest.raises(DetectionFormatError, match=r"image 1: row 2 outside the file's 2 images"):
+        Hdf5Detections(path)
+    path = _h5(tmp_path / "box.h5", {"1": 0}, **{**ok, "image_bb": np.array([[5, 0, 1, 1], [0, 0, 1, 1]], np.float32)})
+    with pytest.raises(DetectionFormatError, match=rf"^{path} \(index box_imgid2idx.pkl\): image 1: image 1: a box has x2"):
+        Hdf5Detections(path)
+    for name, index, message in [("list", [1], "expected a dict image_id -> row, got list"),
+                                 ("rows", {"1": "x"}, "the rows must be integers")]:  # fmt: skip
+        path = _h5(tmp_path / f"{name}.h5", index, **ok)
+        with pytest.raises(DetectionFormatError, match=rf"{name}_imgid2idx.pkl: {message}$"):
+            Hdf5Detections(path)
+
+
+def test_hdf5_folders_refuse_mixed_widths_twice_listed_images_and_no_files(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    rows = dict(image_bb=np.zeros((1, 4), np.float32), pos_boxes=np.array([[0, 1]]))
+    _h5(a / "x.h5", {"1": 0}, image_features=np.zeros((1, 16), np.float32), **rows)
+    _h5(a / "y.h5", {"2": 0}, image_features=np.zeros((1, 8), np.float32), **rows)
+    with pytest.raises(DetectionFormatError, match=rf"^{a}: features of width 16 in {a / 'x.h5'} but 8 in {a / 'y.h5'}$"):
+        Hdf5Detections(a)
+    _h5(b / "x.h5", {"1": 0}, image_features=np.zeros((1, 8), np.float32), **rows)
+    _h5(b / "y.h5", {"1": 0}, image_features=np.zeros((1, 8), np.float32), **rows)
+    with pytest.raises(DetectionFormatError, match=rf"{b / 'y.h5'} \(index y_imgid2idx.pkl\): image 1: the image is also in {b / 'x.h5'}$"):
+        Hdf5Detections(b)
+    (tmp_path / "c").mkdir()
+    with pytest.raises(DetectionFormatError, match=rf"^{tmp_path / 'c'}: a folder without .h5 / .hdf5 files$"):
+        Hdf5Detections(tmp_path / "c")
+    with pytest.raises(FileNotFoundError, match=rf"^detections not found: {tmp_path / 'none.h5'}$"):
+        Hdf5Detections(tmp_path / "none.h5")
+
+
+def test_write_hdf5_stores_float32_and_int64_and_writes_an_empty_file(tmp_path):
+    import h5py
+
+    from lightning_wsg.detection.hdf5 import write_hdf5 as write_package_hdf5
+
+    det = Detections("1", torch.tensor([[0.0, 0.0, 3.0, 4.0]], dtype=torch.float64), None, torch.ones(1))
+    det.image_size = (8, 8)
+    path = write_package_hdf5(tmp_path / "f.hdf5", [(det, np.ones((1, 3), np.float64))])
+    with h5py.File(path, "r") as f:
+        kinds = {name: f[name].dtype for name in ("image_features", "image_bb", "spatial_features", "pos_boxes")}
+    assert kinds == {"image_features": np.float32, "image_bb": np.float32, "spatial_features": np.float32,
+                     "pos_boxes": np.int64}  # fmt: skip
+    empty = write_package_hdf5(tmp_path / "e.hdf5", [])
+    with h5py.File(empty, "r") as f:
+        assert f["image_features"].shape == (0, 0) and f["image_features"].dtype == np.float32
+        assert f["image_bb"].shape == (0, 4) and f["image_bb"].dtype == np.float32
+        assert f["pos_boxes"].shape == (0, 2)
+
+
+def test_reading_hdf5_needs_h5py_and_says_so(monkeypatch):
+    import sys
+
+    from lightning_wsg.detection.hdf5 import _h5py
+
+    monkeypatch.setitem(sys.modules, "h5py", None)
+    with pytest.raises(ImportError, match=r"^reading HDF5 region features needs h5py \(pip install h5py\)$"):
+        _h5py()
+
+
+def test_tsv_labels_vocabulary_bounds_and_a_file_of_empty_images(tmp_path):
+    from lightning_wsg.detection.tsv import write_tsv
+
+    names = ["a", "b"]
+    (tmp_path / "v.txt").write_text("a\nb\n")
+    det, features = _featured("1", 2, 0, (64, 48))
+    det.labels = ["b", "a"]
+    write_tsv(tmp_path / "f.tsv", [(det, features.astype(np.float64))], class_names=names)  # float64 in
+    store = TsvDetections(tmp_path / "f.tsv", tmp_path / "v.txt")
+    assert store.class_names == names and store["1"].labels == ["b", "a"]
+    assert np.array_equal(store.features("1").numpy(), features)  # written as float32
+    (tmp_path / "v1.txt").write_text("a\n")  # objects_id 1 is one past this vocabulary
+    with pytest.raises(DetectionFormatError, match=rf"^{tmp_path / 'f.tsv'}:1: objects_id outside the 1-class vocabulary$"):
+        TsvDetections(tmp_path / "f.tsv", tmp_path / "v1.txt")
+    row = (tmp_path / "f.tsv").read_text()
+    (tmp_path / "twice.tsv").write_text(row + row)
+    with pytest.raises(DetectionFormatError, match=rf"^{tmp_path / 'twice.tsv'}:2: image 1 appears twice$"):
+        TsvDetections(tmp_path / "twice.tsv")
+    fields = row.rstrip("\n").split("\t")
+    (tmp_path / "n.tsv").write_text("\t".join(fields[:3] + ["3"] + fields[4:]) + "\n")
+    with pytest.raises(DetectionFormatError, match=rf"^{tmp_path / 'n.tsv'}:1: num_boxes=3 but boxes hold 8 floats$"):
+        TsvDetections(tmp_path / "n.tsv")
+    flipped = Detections("9", torch.tensor([[5.0, 0.0, 1.0, 1.0]]), None, torch.ones(1))
+    write_tsv(tmp_path / "b.tsv", [(flipped, np.zeros((1, 2), np.float32))])
+    with pytest.raises(DetectionFormatError, match=rf"^{tmp_path / 'b.tsv'}:1: image 9: a box has x2 < x1"):
+        TsvDetections(tmp_path / "b.tsv")
+    none = Detections("0", torch.zeros(0, 4), None, torch.ones(0))
+    write_tsv(tmp_path / "e.tsv", [(none, np.zeros((0, 2), np.float32))])
+    empty = TsvDetections(tmp_path / "e.tsv")
+    assert empty.feature_dim is None and empty.features("0").shape == (0, 0)
