@@ -11,6 +11,7 @@ without the converter, which itself opens its sources through ``open_detections`
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,7 @@ class NativeDetections(DetectionStore):
             path = folder / SHARDS / f"{k:06d}.pt"
             try:
                 index = torch.load(path, weights_only=True)
-            except (OSError, RuntimeError, EOFError) as err:
+            except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
                 raise DetectionFormatError(f"{path}: unreadable shard index (truncated or corrupt?): {err}") from None
             self._indexes.append(index)
             for n, image_id in enumerate(index["image_ids"]):

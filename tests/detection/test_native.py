@@ -280,3 +280,54 @@ def test_native_store_refuses_probabilities_of_another_width_or_shape(tmp_path):
     path.unlink()
     with pytest.raises(DetectionFormatError, match=rf"^{re.escape(str(path))}: unreadable class probabilities"):
         NativeDetections(folder)["img1"]
+
+
+# --- the store's manifest, indexes and what a record carries ----------------------------------
+
+
+def test_native_manifest_and_index_errors_name_the_file(tmp_path):
+    folder = _write(_memory_store(probs=False), tmp_path / "native")
+    manifest = folder / "features.json"
+    good = manifest.read_text()
+    for text in ("[]", json.dumps({**json.loads(good), "format": 0})):
+        manifest.write_text(text)
+        with pytest.raises(DetectionFormatError, match=rf"^{manifest}: not a format-\d+ native feature store$"):
+            NativeDetections(folder)
+    manifest.write_text(json.dumps({**json.loads(good), "complete": False}))
+    with pytest.raises(DetectionFormatError, match=rf"^{folder}: an unfinished conversion \(3 shards planned\); run the"):
+        NativeDetections(folder)
+    manifest.write_text(good)
+    store = NativeDetections(folder)
+    assert store.manifest == json.loads(good)
+    (folder / "shards" / "000001.pt").write_bytes(b"PK\x03")
+    with pytest.raises(DetectionFormatError, match=rf"^{folder / 'shards' / '000001.pt'}: unreadable shard index \(truncated or corrupt\?\)"):
+        NativeDetections(folder)
+
+
+def test_native_records_carry_their_id_and_a_size_only_when_known(tmp_path):
+    source = _memory_store(probs=False)
+    source._records["img2"].image_size = None  # converted as 0 x 0: no size
+    native = NativeDetections(_write(source, tmp_path / "native"))
+    assert [native[i].image_id for i in native] == list(source)
+    assert native["img0"].image_size == (64, 64) and native["img2"].image_size is None
+    assert native["img1"].labels == [] and native["img1"].boxes.shape == (0, 4)
+
+
+def test_a_pickled_native_store_maps_its_probability_shards_again(tmp_path):
+    import pickle
+
+    wide = [f"c{i}" for i in range(2000)]
+    gen = torch.Generator().manual_seed(0)
+    records, features = [], {}
+    for k in range(3):
+        rows = torch.softmax(torch.randn(4, 2001, generator=gen), 1)[:, 1:]
+        records.append(Detections(f"i{k}", torch.tensor([[0.0, 0, 5, 5]] * 4), [wide[0]] * 4, torch.ones(4), rows))
+        features[f"i{k}"] = torch.zeros(4, 6)
+    store = MemoryStore(records, features, class_names=wide)
+    native = NativeDetections(write_native(store, tmp_path / "n", {"source": {"path": "w"}}, 1))
+    unread = len(pickle.dumps(native))
+    for image_id in native:
+        native[image_id]  # maps every probability shard (3 x 4 x 2000 float16: 48 kB)
+    payload = pickle.dumps(native)
+    assert len(payload) == unread  # the maps stay behind
+    assert torch.equal(pickle.loads(payload)["i2"].class_probs, native["i2"].class_probs)
