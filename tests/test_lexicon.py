@@ -183,8 +183,8 @@ def test_wordnet_class_matching_on_whole_names(phrase, expected):
         # sedan -> car (1) ... vehicle (5); the nearer car keeps the fallback readings out
         ("a sedan", ["vehicle", "car"], 5, [5.0, 1.0]),
         ("a sedan", ["vehicle", "car"], 4, [INF, 1.0]),
-        # a name past the limit does not end the reading: people -> group (2 steps, skipped), then
-        # its members, person (1), read after the group's hypernyms
+        # a name past the limit does not end the reading: people -> grouping (1) -> abstract entity
+        # (2, skipped), then its members, person (1), read after the group's hypernyms
         ("people", ["person"], 1, [1.0]),
     ],
 )
@@ -534,7 +534,7 @@ def test_plural_names_count_in_the_singular_at_their_nearest_distance():
     assert wn.ancestors("herd")["cow"] == 1 and wn.ancestors("cattle")["cow"] == 0
     # a cow is a cow (0), though cattle, one step up, is also called "cows"
     assert wn.ancestors("cow")["cow"] == 0
-    # jam's hypernym is also called "preserves", but a preserve is mainly a reserve: not even in two senses
+    # jam's hypernym is also called "preserves", but a preserve is a domain or a reserve in its two main senses
     assert wn.ancestors("jam", senses=2)["preserves"] == 1 and "preserve" not in wn.ancestors("jam", senses=2)
 
 
