@@ -77,6 +77,8 @@ def test_wordnet_reachability():
     assert wn.is_collective("group") and not wn.is_collective("cup")
     # read in the main and the first sense only: a second sense that is a group (a train's) does not count
     assert not wn.is_collective("train") and not wn.is_collective("body")
+    # a main sense that is not the first: a hunt is the hunt club (WordNet's first hunt is a painter)
+    assert wn.is_collective("hunt")
 
 
 @pytest.mark.parametrize(
@@ -181,6 +183,9 @@ def test_wordnet_class_matching_on_whole_names(phrase, expected):
         # sedan -> car (1) ... vehicle (5); the nearer car keeps the fallback readings out
         ("a sedan", ["vehicle", "car"], 5, [5.0, 1.0]),
         ("a sedan", ["vehicle", "car"], 4, [INF, 1.0]),
+        # a name past the limit does not end the reading: people -> grouping (1) -> abstract entity
+        # (2, skipped), then its members, person (1), read after the group's hypernyms
+        ("people", ["person"], 1, [1.0]),
     ],
 )
 def test_max_distance_is_inclusive(phrase, names, max_distance, expected):
@@ -287,6 +292,7 @@ def test_read_class_names_skips_comments_and_blank_lines(tmp_path):
         ("vlogger", False, "vlog is no WordNet word"),
         ("bmxer", False, "bm is a word, but only a doubled consonant is dropped"),
         ("younger", False, "a comparative"),
+        ("flyfisher", True, "flyfish is only a verb"),
     ],
 )
 def test_agent_nouns(word, agent, why):
@@ -327,8 +333,10 @@ def test_siblings_name_the_nearest_class_the_vocabulary_has():
     assert one.distances("a donkey", names) == [INF] * 7
     assert one.distances("a goat", names) == [INF, INF, INF, 202.0, INF, INF, INF]
     assert WordNetMatcher(siblings=0).distances("a goat", names) == [INF] * 7
-    # a hub with exactly MIN_HUB_ANCESTORS (7) hypernyms counts: stool -> seat (1) -> furniture (2) <- chair, bench
+    # stool -> seat (1, 8 hypernyms above it) <- chair, bench
     assert matcher.distances("a stool", ["chair", "bench", "person"]) == [202.0, 202.0, INF]
+    # a hub with exactly MIN_HUB_ANCESTORS (7) hypernyms counts: schoolbag -> bag (1) <- backpack
+    assert matcher.distances("a schoolbag", ["backpack", "suitcase", "person"]) == [202.0, INF, INF]
     # two steps up by default: lion -> big cat (1) -> feline (2) <- cat, not carnivore (3) <- bear
     assert matcher.distances("a lion", ["cat", "bear"]) == [203.0, INF]
     assert WordNetMatcher(siblings=3).distances("a lion", ["cat", "bear"]) == [203.0, 204.0]
@@ -354,8 +362,10 @@ def test_a_pickled_matcher_drops_wordnet_and_its_cache():
         ("a kitchen wine glass", ["wine glass", "cup", "glass"], [0.0, INF, INF], "in full within longer words"),
         ("a kitchen chair", ["chair", "person"], [0.0, INF], "two words that are no noun: the last one"),
         ("a teddy bear", ["bear", "toy"], [INF, 1.0], "a noun of two words, no kind of its last word"),
+        ("a teddy bear", ["bear", "person"], [INF, INF], "reaching no class does not make it a bear"),
         ("a police car", ["car", "person"], [1.0, INF], "a noun of two words that reaches a class"),
         ("a police car", ["taxi", "person"], [101.0, INF], "reaches none: read as the car it is a kind of"),
+        ("a rocky mountain sheep", ["sheep", "person"], [203.0, INF], "three words read as the two it is a kind of"),
     ],
 )
 def test_multi_word_heads_and_class_names(phrase, names, expected, why):
@@ -373,9 +383,11 @@ def test_matcher_arguments_are_checked_and_its_cache_follows_use():
     for phrase in ("a woman", "a dog", "a woman"):
         assert matcher.distances(phrase, names) == ([2.0, INF] if phrase == "a woman" else [INF, 0.0])
     assert list(matcher._cache) == [("a dog",), ("a woman",)]  # the most recent last
-    # at most 200 000 phrases: the least recent goes
-    matcher._cache.update(((f"p{i}",), [INF, INF]) for i in range(200_000 - 2))
+    # at most 200 000 phrases: the 200 000th is kept, the least recent goes only past it
+    matcher._cache.update(((f"p{i}",), [INF, INF]) for i in range(200_000 - 3))
     assert matcher.distances("a puppy", names) == [INF, 1.0]
+    assert len(matcher._cache) == 200_000 and next(iter(matcher._cache)) == ("a dog",)
+    assert matcher.distances("a kitten", names) == [INF, INF]
     assert len(matcher._cache) == 200_000 and next(iter(matcher._cache)) == ("a woman",)
 
 
@@ -442,9 +454,11 @@ def test_a_fresh_table_reads_senses_counts_and_verbs():
     with gzip.open(TABLE, "rt", encoding="utf-8") as f:
         fresh = WordNetNouns(json.load(f))
     assert fresh.agent_noun("kayaker") and not fresh.agent_noun("younger")  # verbs, parts of speech
+    assert fresh.agent_noun("flyfisher")  # a stem that is only a verb
     assert [fresh.names(s) for s in fresh.main_senses("trick")] == [["trick", "fast one"]]  # sense counts
     assert fresh.ancestors("woman")["person"] == 2 and fresh.is_colour("blue") and not fresh.is_colour("silver")
     assert fresh.is_collective("group") and fresh.is_collective("sort") and not fresh.is_collective("cup")
+    assert fresh.is_collective("herd") and fresh.is_collective("couple")  # the first sense of "group"
     assert fresh.ancestors("couple")["person"] == 1  # a social group: made of persons
     assert [fresh.names(s)[0] for s in fresh.main_senses("stroller")] == ["baby buggy"]  # an object before a person
 
@@ -470,7 +484,70 @@ def test_head_with_modifiers_and_base_forms():
     assert head_with_modifiers("a man 's hard hat") == ["hard", "hat"]  # a possessive stops the modifiers
     assert head_with_modifiers("the kitchen wine glass") == ["kitchen", "wine", "glass"]  # two words at most
     assert head_with_modifiers("the old kitchen wine glass") == ["kitchen", "wine", "glass"]
+    assert head_with_modifiers("the city bus stop sign") == ["bus", "stop", "sign"]  # not a third noun either
+    assert head_with_modifiers("teddy bear") == ["teddy", "bear"]  # a first word is a modifier too
+    # an adjective or a position word before the head is no part of its name ("White Horse", "top shelf")
+    assert head_with_modifiers("a white horse") == ["horse"] and head_with_modifiers("the top shelf") == ["shelf"]
+    # a head that is not the last word: what comes after it is no modifier
+    assert head_with_modifiers("the boy barefoot") == ["boy"]
+    assert head_with_modifiers("giraffe second from left") == ["giraffe"]  # a position after the head
     wn = WordNetNouns.load()
     assert wn.base_forms("hard-hat") == wn.base_forms("Hard_Hat") == ["hard hat"]
     assert wn.base_forms("t-shirt") == ["t-shirt"]
     assert wn.base_forms("foxes") == ["fox"] and wn.base_forms("xes") == ["xe"]  # "xes" is too short to be "x"
+    # a plural needs a stem of two letters: "uses" is no plural of "us", "as" none of "a"
+    assert wn.base_forms("uses") == ["use"] and wn.base_forms("as") == ["as"]
+
+
+@pytest.mark.parametrize(
+    ("phrase", "words", "why"),
+    [
+        ("the bear next to the tree", ["bear"], '"next to" ends the phrase before "next", so bear stays its last word'),
+        ("the one with the hat", [], "no object before the preposition: none, not the hat after it"),
+        ("a crowd outside the stadium", ["crowd"], '"outside" ends the phrase unless "of" follows it'),
+        ("a chicken wing", ["chicken", "wing"], 'an "-ing" word that is mainly a noun goes on the phrase'),
+        ("a horse led by a man", ["horse"], 'a last word that is mostly a verb in "-ed" is no head after a noun'),
+        ("a blue and white boat", ["boat"], '"and" between colours: the colours are no modifiers of the boat'),
+    ],
+)
+def test_where_the_first_noun_phrase_ends(phrase, words, why):
+    from lightning_wsg.lexicon import head_with_modifiers
+
+    assert head_with_modifiers(phrase) == words, why
+
+
+def test_a_second_sense_is_followed_only_where_asked():
+    """A trunk is a tree's trunk; read in two senses, it is also luggage, at every level."""
+    wn = WordNetNouns.load()
+    luggage = wn._senses["luggage"][0]
+    assert not wn.reaches("trunk", "luggage") and wn.reaches("trunk", "luggage", senses=2)
+    assert luggage not in wn.synset_distances("trunk") and wn.synset_distances("trunk", 2)[luggage] == 1
+    assert "luggage" not in wn.ancestors("trunk") and wn.ancestors("trunk", senses=2)["luggage"] == 1
+    # a class below the noun in its second sense: the matcher's senses reach the class names too
+    assert WordNetMatcher(senses=2).distances("the luggage", ["trunk", "car"]) == [101.0, INF]
+    assert WordNetMatcher().distances("the luggage", ["trunk", "car"]) == [INF, INF]
+
+
+def test_plural_names_count_in_the_singular_at_their_nearest_distance():
+    wn = WordNetNouns.load()
+    # a herd's members are cattle, named "cows": the detector's cow, one step away
+    assert wn.ancestors("herd")["cow"] == 1 and wn.ancestors("cattle")["cow"] == 0
+    # a cow is a cow (0), though cattle, one step up, is also called "cows"
+    assert wn.ancestors("cow")["cow"] == 0
+    # jam's hypernym is also called "preserves", but a preserve is a domain or a reserve in its two main senses
+    assert wn.ancestors("jam", senses=2)["preserves"] == 1 and "preserve" not in wn.ancestors("jam", senses=2)
+
+
+def test_related_classes_follow_the_nearest_reading_of_the_noun():
+    # "cows" is a lemma of its own (cattle itself) and the plural of cow (cattle one step up): the
+    # nearer reading decides, so a bull, a kind of cattle, lies below the noun
+    assert WordNetMatcher().distances("two cows", ["bull", "person"]) == [101.0, INF]
+    # a class below the noun is read first and the siblings are not: pony below horse, zebra beside it
+    assert WordNetMatcher().distances("a horse", ["pony", "zebra"]) == [101.0, INF]
+    # without the downward reading the sibling: a class below the noun itself is none
+    assert WordNetMatcher(downward=False).distances("a horse", ["pony", "zebra"]) == [INF, 202.0]
+
+
+def test_a_class_name_wordnet_lacks_is_matched_as_it_is():
+    # a vocabulary may name things WordNet lacks (an agent noun): the name itself still matches
+    assert WordNetMatcher().distances("a kayaker", ["kayaker", "person", "dog"]) == [0.0, 0.0, INF]
