@@ -366,3 +366,44 @@ def test_gathered_info_nce_stays_on_the_features_device() -> None:
     for symmetric in (False, True):
         out = gathered_info_nce(regions, masks[0], phrases, masks[1], batch.image_ids, symmetric=symmetric)
         assert out.device.type == "meta" and out.shape == ()
+
+
+def test_refusals_say_exactly_what_to_set() -> None:
+    cases = [
+        (lambda: _loss(use_nce=False, use_kd=False), "model.loss: at least one of use_nce and use_kd must be true"),
+        (
+            lambda: ContrastiveDistillationLoss(),
+            "model.loss.use_kd=true needs a teacher: set model.loss.teacher "
+            "(class_path: lightning_wsg.models.Teacher) or model.loss.use_kd=false",
+        ),
+        (
+            lambda: _loss(kd_weight_every=2.5, kd_weight_unit="steps"),
+            "model.loss.kd_weight_every=2.5: with kd_weight_unit='steps' it is a whole number of steps >= 1",
+        ),
+        (
+            lambda: _loss(kd_weight_every=1.5),
+            "model.loss.kd_weight_every=1.5: with kd_weight_unit='run' it is a fraction of the run in (0, 1]",
+        ),
+    ]
+    for build, message in cases:
+        with pytest.raises(ValueError) as refused:
+            build()
+        assert str(refused.value) == message
+    with pytest.raises(RuntimeError) as refused:
+        _loss().ramp_steps()
+    assert str(refused.value) == (
+        "model.loss.kd_weight_unit='run' needs the run's length: call set_total_steps(total) "
+        "(GroundingModule does, from trainer.estimated_stepping_batches)"
+    )
+
+
+def test_the_limits_of_the_settings_are_allowed() -> None:
+    assert _loss(kd_top_k=1).kd_top_k == 1
+    whole_run = _loss(kd_weight_every=1.0)  # one step: the whole run
+    whole_run.set_total_steps(30)
+    assert whole_run.ramp_steps() == 30
+    assert _loss(kd_weight_every=1, kd_weight_unit="steps").ramp_steps() == 1
+    short = _loss(kd_weight_every=0.5)
+    for total, expected in ((0, 1), (1, 1), (3, 2)):  # at least one step, rounded
+        short.set_total_steps(total)
+        assert short.total_steps == max(1, total) and short.ramp_steps() == expected
