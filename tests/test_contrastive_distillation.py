@@ -223,8 +223,10 @@ def test_contrastive_gathers_negatives_unless_told_not_to() -> None:
                 lambda rank: loss.contrastive(share(rank), regions[rows[rank]], phrases[rows[rank]]).item()
             )
 
+    for settings in ({}, VARIED):  # every setting passed on across ranks too
+        whole = _loss(**settings).contrastive(batch, regions, phrases).item()
+        assert sum(run(_loss(**settings))) / 2 == pytest.approx(whole, rel=1e-6)
     whole = _loss().contrastive(batch, regions, phrases).item()
-    assert sum(run(_loss())) / 2 == pytest.approx(whole, rel=1e-6)
     local = [
         gathered_info_nce(regions[r], batch.proposal_mask[r], phrases[r], batch.phrase_mask[r], batch.image_ids[r])
         for r in rows

@@ -192,6 +192,27 @@ def test_nccl_backward_reduce_scatters_each_ranks_gradient() -> None:
         assert region_grad.abs().sum() > 0 and phrase_grad.abs().sum() > 0
 
 
+def test_gathered_info_nce_makes_its_tensors_on_the_features_device() -> None:
+    """Under another default device (``meta`` here, as ``torch.set_default_device("cuda")`` would be
+    on a GPU machine), the loss of CPU features is the same: the codes, positives and masks it makes
+    are made on the features' device, on one rank and across ranks."""
+    split = {"sizes": [2, 1], "image_ids": ["a", "b", "a"], "n_regions": [3, 1, 2], "n_phrases": [1, 2, 2], "seed": 9}
+    rows = [slice(0, 2), slice(2, 3)]
+    for case in (CASES[0], CASES[-1]):
+        for one_rank in (True, False):
+
+            def loss(rank: int, default: str, case=case, one_rank=one_rank) -> float:
+                x = _features(rows[rank], split)
+                with torch.device(default):
+                    return gathered_info_nce(**x, tau=0.5, gather=not one_rank, **case).item()
+
+            group = ThreadGroup(2)
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(distributed, "dist", group)
+                expected = group.run(lambda rank: loss(rank, "cpu"))
+                assert group.run(lambda rank: loss(rank, "meta")) == expected
+
+
 def test_pad_to_pads_the_end_of_each_dim() -> None:
     x = torch.arange(6.0).reshape(2, 3)
     assert _pad_to(x, [2, 3]) is x  # nothing to pad: the tensor itself
