@@ -273,6 +273,15 @@ def test_gather_sizes_of_one_or_two_tensors_on_their_device() -> None:
 def test_image_id_codes_are_stable_and_distinct() -> None:
     codes = image_id_codes(["a", "b", "a", "1000092795"])
     assert codes.dtype == torch.long and codes[0] == codes[2] and len(set(codes.tolist())) == 3
+    # 64 bits read as signed: half of all ids have a negative code (unsigned, they would not fit int64)
+    many = image_id_codes([str(i) for i in range(64)])
+    assert (many < 0).any() and (many > 0).any()
+    assert image_id_codes(["a"], "meta").device.type == "meta"
+
+
+def test_one_process_is_rank_0_of_1() -> None:
+    assert not torch.distributed.is_initialized()
+    assert distributed.world_size_and_rank() == (1, 0)
 
 
 def test_image_id_codes_agree_across_processes_with_different_hash_seeds() -> None:
