@@ -409,3 +409,29 @@ def test_the_limits_of_the_settings_are_allowed() -> None:
     for total, expected in ((0, 1), (1, 1), (3, 2)):  # at least one step, rounded
         short.set_total_steps(total)
         assert short.total_steps == max(1, total) and short.ramp_steps() == expected
+
+
+def test_distillation_scores_are_on_the_features_device() -> None:
+    """The teacher runs where the batch's detections are (here the CPU); the scores and the mask
+    it returns join the features' device (``meta`` standing in for a GPU)."""
+    batch = _hand_batch()
+    batch.phrase_mask = batch.phrase_mask.to("meta")
+    regions, phrases = (x.detach().to("meta") for x in _features())
+    student, teacher, kd_mask = _loss().distillation_scores(batch, regions, phrases)
+    assert {student.device.type, teacher.device.type, kd_mask.device.type} == {"meta"}
+    assert teacher.shape == student.shape == (3, 2, 4) and kd_mask.shape == (3, 2)
+
+
+def test_forward_makes_the_weight_on_the_features_device() -> None:
+    """Under another default device (``meta``, as ``torch.set_default_device("cuda")``), the weight
+    is made on the features' device. The terms are stubbed: the teacher computes its matching on
+    the default device."""
+    batch = _hand_batch()
+    regions, phrases = _features()
+    loss = _loss(kd_weight_unit="steps", kd_weight_every=2, kd_weight_initial=0.5)
+    loss.contrastive = lambda batch, regions, phrases: regions.sum() * 0 + 1.5
+    loss.distillation = lambda batch, regions, phrases: phrases.sum() * 0 + 0.25
+    with torch.device("meta"):
+        terms = loss(batch, regions, phrases, step=2)
+    assert {t.device.type for t in terms.values()} == {"cpu"}
+    assert terms["kd_weight"].item() == pytest.approx(1.5) and terms["loss"].item() == pytest.approx(1.5 + 1.5 * 0.25)
