@@ -172,7 +172,8 @@ def test_defaults_and_settings_are_kept() -> None:
     assert loss.teacher is teacher and loss.total_steps is None
     assert loss.ramp == {"initial": 0.001, "increment": 1.0, "every": 0.25, "unit": "run", "maximum": 3.0}
     varied = ContrastiveDistillationLoss(teacher, gather_negatives=False, use_nce=False, **VARIED)
-    assert {k: getattr(varied, k) for k in stored} == VARIED | {"gather_negatives": False, "use_nce": False, "use_kd": True}
+    expected = VARIED | {"gather_negatives": False, "use_nce": False, "use_kd": True}
+    assert {k: getattr(varied, k) for k in stored} == expected
     assert type(varied.kd_top_k) is int and type(varied.tau_student) is float
     # without distillation the teacher is not kept (nor saved as a submodule)
     assert ContrastiveDistillationLoss(teacher, use_kd=False).teacher is None
@@ -264,7 +265,8 @@ def test_distillation_scores_keep_only_the_batch_phrases() -> None:
 
 def test_distillation_scores_refuse_a_loss_without_teacher_or_a_batch_without_labels() -> None:
     regions, phrases = _features()
-    with pytest.raises(ValueError, match=r"^distillation_scores: this loss has no teacher \(model.loss.use_kd=false\)$"):
+    no_teacher = r"^distillation_scores: this loss has no teacher \(model.loss.use_kd=false\)$"
+    with pytest.raises(ValueError, match=no_teacher):
         ContrastiveDistillationLoss(use_kd=False).distillation_scores(_hand_batch(), regions, phrases)
     batch = _hand_batch()
     batch.proposal_labels = None
@@ -284,7 +286,9 @@ def test_distillation_options_are_the_loss_settings() -> None:
     assert _loss(kd_top_k=None).distillation_options()["top_k"] is None
 
 
-@pytest.mark.parametrize("settings", [{}, VARIED, {"kd_top_k": 3}, {"kd_top_k": None}], ids=["defaults", "varied", "top3", "all"])
+@pytest.mark.parametrize(
+    "settings", [{}, VARIED, {"kd_top_k": 3}, {"kd_top_k": None}], ids=["defaults", "varied", "top3", "all"]
+)
 def test_distillation_is_the_kl_of_the_scores_with_the_loss_settings(settings: dict) -> None:
     batch = _hand_batch()
     regions, phrases = _features()

@@ -185,7 +185,8 @@ def test_nccl_backward_reduce_scatters_each_ranks_gradient() -> None:
             mp.setattr(distributed, "dist", group)
             results[name] = group.run(lambda rank: _loss_and_grads(_features(rows[rank], split), case))
     assert group.calls and set(group.calls) == {"reduce_scatter_tensor"}
-    for (loss, region_grad, phrase_grad), (nccl_loss, nccl_region, nccl_phrase) in zip(results["gloo"], results["nccl"]):
+    for gloo, nccl in zip(results["gloo"], results["nccl"]):
+        (loss, region_grad, phrase_grad), (nccl_loss, nccl_region, nccl_phrase) = gloo, nccl
         assert nccl_loss == pytest.approx(loss, rel=1e-6)
         torch.testing.assert_close(nccl_region, region_grad)
         torch.testing.assert_close(nccl_phrase, phrase_grad)
@@ -217,7 +218,8 @@ def test_pad_to_pads_the_end_of_each_dim() -> None:
     x = torch.arange(6.0).reshape(2, 3)
     assert _pad_to(x, [2, 3]) is x  # nothing to pad: the tensor itself
     padded = _pad_to(x, [3, 5])
-    assert padded.shape == (3, 5) and torch.equal(padded[:2, :3], x) and not padded[2:].any() and not padded[:, 3:].any()
+    assert padded.shape == (3, 5) and torch.equal(padded[:2, :3], x)
+    assert not padded[2:].any() and not padded[:, 3:].any()
     assert _pad_to(x, [3, 3], value=-1.0)[2].tolist() == [-1.0, -1.0, -1.0]
     mask = torch.tensor([[True, False]])
     assert _pad_to(mask, [2, 3]).dtype == torch.bool
@@ -556,7 +558,8 @@ def test_slurm_environment_outside_a_step_and_with_few_variables(monkeypatch: py
     monkeypatch.setenv("SLURM_PROCID", "0")
     assert slurm_environment() is None
     # a step that sets only some variables, the node count under its older name, uneven tasks per node
-    for k, v in {"SLURM_JOB_ID": "7", "SLURM_NNODES": "3", "SLURM_NTASKS_PER_NODE": "4,2", "SLURM_NTASKS": "n/a"}.items():
+    step = {"SLURM_JOB_ID": "7", "SLURM_NNODES": "3", "SLURM_NTASKS_PER_NODE": "4,2", "SLURM_NTASKS": "n/a"}
+    for k, v in step.items():
         monkeypatch.setenv(k, v)
     assert slurm_environment() == {
         "job_id": "7", "num_nodes": 3, "node_rank": None, "num_tasks": None, "global_rank": 0,
