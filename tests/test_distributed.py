@@ -21,7 +21,7 @@ import torch
 import yaml
 import torch.nn.functional as F
 from helpers.cli import FLICKR_YAML, REPO, TINY_MODEL_YAML, TINY_TEXT, data_args, tiny_model_args, trainer_args
-from helpers.ddp import CASES, SPLITS, B, ThreadGroup, hand_loss, loss_and_grads, run_two_ranks
+from helpers.ddp import CASES, SPLITS, B, NcclThreadGroup, ThreadGroup, hand_loss, loss_and_grads, run_two_ranks
 from helpers.flickr import make_tiny_flickr
 from helpers.model import tiny_model
 from helpers.trainer import quiet_trainer
@@ -40,7 +40,7 @@ from lightning_wsg.data.samplers import (
     training_sampler,
 )
 from lightning_wsg.contrastive_distillation import gathered_info_nce
-from lightning_wsg.distributed import image_id_codes, slurm_environment
+from lightning_wsg.distributed import _pad_to, all_gather_padded, gather_sizes, image_id_codes, slurm_environment
 from lightning_wsg.grounding_module import GroundingModule
 
 DDP_SIM_YAML = str(REPO / "cli_configs" / "trainer" / "ddp_sim.yaml")
@@ -173,9 +173,117 @@ def test_property_gathered_loss_equals_the_one_process_loss_for_any_split(split:
             assert not expected[:, grad.shape[1] :].any()
 
 
+def test_nccl_backward_reduce_scatters_each_ranks_gradient() -> None:
+    """Under NCCL the gather's backward reduce-scatters (each rank receives only its own slot's sum)
+    instead of all-reducing the whole gradient as gloo must; both give the same gradients."""
+    split = {"sizes": [2, 1], "image_ids": ["a", "b", "a"], "n_regions": [3, 1, 2], "n_phrases": [1, 2, 2], "seed": 5}
+    case = CASES[-1]  # symmetric: the phrases are gathered with gradients too
+    rows = [slice(0, 2), slice(2, 3)]
+    results = {}
+    for name, group in (("gloo", ThreadGroup(2)), ("nccl", NcclThreadGroup(2))):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(distributed, "dist", group)
+            results[name] = group.run(lambda rank: _loss_and_grads(_features(rows[rank], split), case))
+    assert group.calls and set(group.calls) == {"reduce_scatter_tensor"}
+    for gloo, nccl in zip(results["gloo"], results["nccl"]):
+        (loss, region_grad, phrase_grad), (nccl_loss, nccl_region, nccl_phrase) = gloo, nccl
+        assert nccl_loss == pytest.approx(loss, rel=1e-6)
+        torch.testing.assert_close(nccl_region, region_grad)
+        torch.testing.assert_close(nccl_phrase, phrase_grad)
+        assert region_grad.abs().sum() > 0 and phrase_grad.abs().sum() > 0
+
+
+def test_gathered_info_nce_makes_its_tensors_on_the_features_device() -> None:
+    """Under another default device (``meta`` here, as ``torch.set_default_device("cuda")`` would be
+    on a GPU machine), the loss of CPU features is the same: the codes, positives and masks it makes
+    are made on the features' device, on one rank and across ranks."""
+    split = {"sizes": [2, 1], "image_ids": ["a", "b", "a"], "n_regions": [3, 1, 2], "n_phrases": [1, 2, 2], "seed": 9}
+    rows = [slice(0, 2), slice(2, 3)]
+    for case in (CASES[0], CASES[-1]):
+        for one_rank in (True, False):
+
+            def loss(rank: int, default: str, case=case, one_rank=one_rank) -> float:
+                x = _features(rows[rank], split)
+                with torch.device(default):
+                    return gathered_info_nce(**x, tau=0.5, gather=not one_rank, **case).item()
+
+            group = ThreadGroup(2)
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(distributed, "dist", group)
+                expected = group.run(lambda rank: loss(rank, "cpu"))
+                assert group.run(lambda rank: loss(rank, "meta")) == expected
+
+
+def test_pad_to_pads_the_end_of_each_dim() -> None:
+    x = torch.arange(6.0).reshape(2, 3)
+    assert _pad_to(x, [2, 3]) is x  # nothing to pad: the tensor itself
+    padded = _pad_to(x, [3, 5])
+    assert padded.shape == (3, 5) and torch.equal(padded[:2, :3], x)
+    assert not padded[2:].any() and not padded[:, 3:].any()
+    assert _pad_to(x, [3, 3], value=-1.0)[2].tolist() == [-1.0, -1.0, -1.0]
+    mask = torch.tensor([[True, False]])
+    assert _pad_to(mask, [2, 3]).dtype == torch.bool
+    assert _pad_to(mask, [2, 3]).tolist() == [[True, False, False], [False, False, False]]
+    assert _pad_to(mask, [2, 3], value=True).tolist() == [[True, False, True], [True, True, True]]
+
+
+def test_all_gather_padded_of_ragged_ranks() -> None:
+    """Rank 0 holds ``[2, 3]``, rank 1 ``[1, 2]``: every rank gets the 3 rows, rank 1's padded to 3
+    columns with ``value``; gradients only when asked."""
+    shares = [torch.arange(6.0).reshape(2, 3), torch.tensor([[10.0, 11.0]])]
+    masks = [torch.ones(2, 3, dtype=torch.bool), torch.tensor([[True, False]])]
+    group = ThreadGroup(2)
+
+    def gather(rank: int) -> tuple:
+        x = shares[rank].clone().requires_grad_()
+        sizes = gather_sizes(x)
+        plain = all_gather_padded(x, sizes, value=-1.0)
+        mask = all_gather_padded(masks[rank], sizes)
+        kept = all_gather_padded(x, sizes, with_grad=True)
+        kept.sum().backward()
+        return sizes, plain, mask, kept, x.grad
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(distributed, "dist", group)
+        results = group.run(gather)
+    for sizes, plain, mask, kept, grad in results:
+        assert sizes.tolist() == [[2, 3], [1, 2]]
+        assert plain.tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0], [10.0, 11.0, -1.0]]
+        assert not plain.requires_grad  # with_grad=False by default
+        assert mask.dtype == torch.bool and mask.tolist() == [[True] * 3, [True] * 3, [True, False, False]]
+        assert kept.requires_grad and kept[2, 2] == 0
+        assert torch.equal(grad, torch.full_like(grad, 2.0))  # both ranks' sums reach each input
+
+
+def test_gather_sizes_of_one_or_two_tensors_on_their_device() -> None:
+    group = ThreadGroup(2)
+    shapes = [((2, 3, 4), (2, 5)), ((1, 7, 4), (1, 2))]
+
+    def sizes(rank: int) -> tuple:
+        a, b = (torch.zeros(s) for s in shapes[rank])
+        return gather_sizes(a), gather_sizes(a, b), gather_sizes(torch.zeros(shapes[rank][0], device="meta"))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(distributed, "dist", group)
+        results = group.run(sizes)
+    for one, two, meta in results:
+        assert one.dtype == torch.long and one.tolist() == [[2, 3], [1, 7]]
+        assert two.tolist() == [[2, 3, 2, 5], [1, 7, 1, 2]]
+        assert meta.device.type == "meta" and meta.shape == (2, 2)
+
+
 def test_image_id_codes_are_stable_and_distinct() -> None:
     codes = image_id_codes(["a", "b", "a", "1000092795"])
     assert codes.dtype == torch.long and codes[0] == codes[2] and len(set(codes.tolist())) == 3
+    # 64 bits read as signed: half of all ids have a negative code (unsigned, they would not fit int64)
+    many = image_id_codes([str(i) for i in range(64)])
+    assert (many < 0).any() and (many > 0).any()
+    assert image_id_codes(["a"], "meta").device.type == "meta"
+
+
+def test_one_process_is_rank_0_of_1() -> None:
+    assert not torch.distributed.is_initialized()
+    assert distributed.world_size_and_rank() == (1, 0)
 
 
 def test_image_id_codes_agree_across_processes_with_different_hash_seeds() -> None:
@@ -439,6 +547,24 @@ def test_slurm_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         "local_rank": 1,
         "tasks_per_node": 8,
     }
+
+
+def test_slurm_environment_outside_a_step_and_with_few_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("SLURM_JOB_ID", "42")  # an allocation (salloc), no step: no rank yet
+    assert slurm_environment() is None
+    monkeypatch.delenv("SLURM_JOB_ID")
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert slurm_environment() is None
+    # a step that sets only some variables, the node count under its older name, uneven tasks per node
+    step = {"SLURM_JOB_ID": "7", "SLURM_NNODES": "3", "SLURM_NTASKS_PER_NODE": "4,2", "SLURM_NTASKS": "n/a"}
+    for k, v in step.items():
+        monkeypatch.setenv(k, v)
+    assert slurm_environment() == {
+        "job_id": "7", "num_nodes": 3, "node_rank": None, "num_tasks": None, "global_rank": 0,
+        "local_rank": None, "tasks_per_node": 4,
+    }  # fmt: skip
 
 
 # ------------------------------------------------------------ trainer fragments parse

@@ -22,7 +22,7 @@ from lightning_wsg.contrastive_distillation import gathered_info_nce
 
 __all__ = [
     "B", "IMAGE_IDS", "SPLITS", "CASES", "HAND_IMAGE_IDS", "inputs", "hand_inputs", "hand_loss", "loss_and_grads",
-    "free_port", "run_two_ranks", "ThreadGroup",
+    "free_port", "run_two_ranks", "ThreadGroup", "NcclThreadGroup",
 ]  # fmt: skip
 
 B, R, P, D_IN, D = 6, 7, 4, 10, 8
@@ -198,3 +198,28 @@ class ThreadGroup:
         if errors:
             raise errors[0]
         return results
+
+
+class NcclThreadGroup(ThreadGroup):
+    """A :class:`ThreadGroup` that calls itself ``nccl``: it has NCCL's ``reduce_scatter_tensor``
+    (which gloo lacks) and records the collectives called, so that a test can tell which path of
+    the backward ran. Its ``reduce_scatter_tensor`` reads the input as NCCL does, as one flat buffer
+    of ``world`` chunks of the output's size."""
+
+    def __init__(self, world: int, timeout: float = 60.0) -> None:
+        super().__init__(world, timeout)
+        self.calls: list[str] = []
+
+    def get_backend(self) -> str:
+        return "nccl"
+
+    def all_reduce(self, tensor: torch.Tensor) -> None:
+        self.calls.append("all_reduce")
+        super().all_reduce(tensor)
+
+    def reduce_scatter_tensor(self, output: torch.Tensor, input: torch.Tensor) -> None:  # noqa: A002 - torch's name
+        self.calls.append("reduce_scatter_tensor")
+        if input.numel() != output.numel() * self.world:
+            raise RuntimeError(f"reduce_scatter_tensor: input of {input.numel()} for an output of {output.numel()}")
+        summed = torch.stack(self._exchange(input.contiguous())).sum(0).reshape(self.world, -1)
+        output.copy_(summed[self.get_rank()].view_as(output))
